@@ -1,0 +1,216 @@
+"""The hash-chained audit trail.
+
+Every registry mutation appends one event inside the transaction that makes the change.
+An event's hash is the SHA-256 (hex) of its *canonical form*: the JSON object of its fields
+``seq, ts, actor, action, target, details, prev_hash`` with keys sorted, no whitespace
+(``separators=(",", ":")``), non-ASCII kept as UTF-8 (``ensure_ascii=False``). ``prev_hash`` is
+the previous event's hash; the first event's is 64 zeros. Editing, deleting or reordering any
+row breaks the chain at that row, which :func:`verify` reports.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from fleet.models import AuditEvent, AuditHead
+
+GENESIS_HASH = "0" * 64
+HASHED_FIELDS = ("seq", "ts", "actor", "action", "target", "details", "prev_hash")
+
+
+def current_actor() -> str:
+    """Who is acting: ``$FLEET_ACTOR``, else the OS user name."""
+    actor = os.environ.get("FLEET_ACTOR")
+    if actor:
+        return actor[:128]
+    try:
+        return getpass.getuser()[:128]
+    except (KeyError, OSError):  # no passwd entry, e.g. in a bare container
+        return "unknown"
+
+
+def format_ts(moment: datetime) -> str:
+    """The audit trail's timestamp text: UTC, microseconds, ``Z`` suffix."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON text in fleet's canonical form (sorted keys, compact, UTF-8)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_hash(fields: dict[str, Any]) -> str:
+    """SHA-256 hex of the canonical form of an event given as a dict of :data:`HASHED_FIELDS`.
+
+    ``details`` may be given parsed (an object) or as its canonical JSON text.
+    """
+    body = {name: fields[name] for name in HASHED_FIELDS}
+    if isinstance(body["details"], str):
+        body["details"] = json.loads(body["details"])
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event to append: what happened, to what, with which (secret-free) details."""
+
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+def append(
+    session: Session,
+    action: str,
+    target: str,
+    details: dict[str, Any],
+    *,
+    actor: str | None = None,
+    at: datetime | None = None,
+) -> AuditEvent:
+    """Append one event in ``session``'s transaction and return it."""
+    return append_many(session, [PendingEvent(action, target, details)], actor=actor, at=at)[0]
+
+
+def append_many(
+    session: Session,
+    events: Iterable[PendingEvent],
+    *,
+    actor: str | None = None,
+    at: datetime | None = None,
+) -> list[AuditEvent]:
+    """Append events in order, in ``session``'s transaction, locking the chain head.
+
+    The head row is read ``FOR UPDATE`` (PostgreSQL); on SQLite the write transaction already
+    holds the database's write lock. Either way two writers never link to the same parent.
+    """
+    head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS_HASH)
+        session.add(head)
+    who = actor or current_actor()
+    ts = format_ts(at or datetime.now(UTC))
+    created: list[AuditEvent] = []
+    seq, prev = head.seq, head.hash
+    for pending in events:
+        seq += 1
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "ts": ts,
+            "actor": who,
+            "action": pending.action,
+            "target": pending.target,
+            "details": canonical_json(pending.details),
+            "prev_hash": prev,
+        }
+        prev = event_hash(fields)
+        created.append(AuditEvent(**fields, hash=prev))
+    session.add_all(created)
+    head.seq, head.hash = seq, prev
+    session.add(head)
+    session.flush()
+    return created
+
+
+def event_to_dict(event: AuditEvent) -> dict[str, Any]:
+    """The event as exported: its hashed fields (``details`` parsed) plus ``hash``."""
+    return {
+        "seq": event.seq,
+        "ts": event.ts,
+        "actor": event.actor,
+        "action": event.action,
+        "target": event.target,
+        "details": json.loads(event.details),
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+
+
+def iter_events(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    batch_size: int = 5000,
+) -> Iterator[AuditEvent]:
+    """Events in chain order, optionally within ``[since, until)``, streamed in batches."""
+    last_seq = 0
+    while True:
+        query = select(AuditEvent).where(AuditEvent.seq > last_seq)
+        if since is not None:
+            query = query.where(AuditEvent.ts >= format_ts(since))
+        if until is not None:
+            query = query.where(AuditEvent.ts < format_ts(until))
+        rows = session.exec(query.order_by(col(AuditEvent.seq)).limit(batch_size)).all()
+        if not rows:
+            return
+        yield from rows
+        last_seq = rows[-1].seq
+        session.expunge_all()
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify`. ``bad_seq`` names the first event that fails, if any."""
+
+    ok: bool
+    events: int
+    head_hash: str
+    bad_seq: int | None = None
+    reason: str | None = None
+
+
+def verify(session: Session) -> VerifyResult:
+    """Re-hash the whole chain; report the first event that was edited, removed or moved."""
+    expected_seq, prev = 1, GENESIS_HASH
+    count = 0
+    for event in iter_events(session):
+        count += 1
+        if event.seq != expected_seq:
+            return VerifyResult(
+                False,
+                count,
+                prev,
+                event.seq,
+                f"event {expected_seq} is missing (next event is {event.seq})",
+            )
+        if event.prev_hash != prev:
+            return VerifyResult(
+                False,
+                count,
+                prev,
+                event.seq,
+                "prev_hash does not match the previous event's hash (reordered or removed)",
+            )
+        recomputed = event_hash(event.model_dump())
+        if recomputed != event.hash:
+            return VerifyResult(
+                False,
+                count,
+                prev,
+                event.seq,
+                "content does not match its hash (edited)",
+            )
+        prev = event.hash
+        expected_seq += 1
+    head = session.get(AuditHead, 1)
+    head_seq, head_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
+    if (head_seq, head_hash) != (count, prev):
+        return VerifyResult(
+            False,
+            count,
+            prev,
+            count + 1 if head_seq > count else head_seq,
+            f"chain head says {head_seq} events ending in {head_hash[:12]}…, "
+            f"the table holds {count} ending in {prev[:12]}… (events removed from the end?)",
+        )
+    return VerifyResult(True, count, prev)

@@ -1,0 +1,185 @@
+"""Certificates: list, renew, revoke."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from sqlmodel import Session, col, select
+
+from fleet import audit, ca
+from fleet.bundles import stage_bundle
+from fleet.db import read_session, write_session
+from fleet.devices import (
+    certificate_details,
+    certificate_row,
+    device_certificates,
+    get_device_row,
+    make_identity,
+    read_csr_file,
+    validate_key_type,
+)
+from fleet.errors import Conflict, InvalidInput, NotFound
+from fleet.identifiers import normalize_serial
+from fleet.models import Certificate
+from fleet.profiles import load_profile
+from fleet.views import certificate_to_dict
+from fleet.workspace import Passphrase, Workspace, require_passphrase
+
+CERT_STATUSES = ("active", "revoked", "expired")
+
+
+def list_certificates(
+    ws: Workspace,
+    *,
+    device_id: str | None = None,
+    status: str | None = None,
+    expiring_within_days: int | None = None,
+) -> list[dict[str, Any]]:
+    """Certificates matching every filter, newest first.
+
+    ``expiring_within_days`` keeps unrevoked, unexpired certificates whose ``not_after`` falls
+    within that many days from now.
+    """
+    if status is not None and status not in CERT_STATUSES:
+        raise InvalidInput(f"certificate status must be one of {', '.join(CERT_STATUSES)}")
+    if expiring_within_days is not None and expiring_within_days < 0:
+        raise InvalidInput("--expiring-within must be zero or more days")
+    now = datetime.now(UTC)
+    query = select(Certificate)
+    if device_id is not None:
+        query = query.where(Certificate.device_id == device_id)
+    if status == "revoked":
+        query = query.where(Certificate.status == "revoked")
+    elif status == "active":
+        query = query.where(Certificate.status == "active", col(Certificate.not_after) >= now)
+    elif status == "expired":
+        query = query.where(Certificate.status == "active", col(Certificate.not_after) < now)
+    if expiring_within_days is not None:
+        horizon = now + timedelta(days=expiring_within_days)
+        query = query.where(
+            col(Certificate.status) == "active",
+            col(Certificate.not_after) >= now,
+            col(Certificate.not_after) <= horizon,
+        )
+    query = query.order_by(col(Certificate.issued_at).desc(), col(Certificate.serial))
+    with read_session(ws.open_registry()) as session:
+        if device_id is not None:
+            get_device_row(session, device_id)
+        rows = session.exec(query).all()
+        return [certificate_to_dict(c, now) for c in rows]
+
+
+def revoke_rows(session: Session, rows: Sequence[Certificate], reason: str, now: datetime) -> None:
+    """Mark ``rows`` revoked (used inside a caller's transaction; no audit event)."""
+    for row in rows:
+        row.status = "revoked"
+        row.revoked_at = now
+        row.revocation_reason = reason
+        session.add(row)
+
+
+def revoke_certificate(
+    ws: Workspace, serial: str, *, reason: str = "unspecified"
+) -> dict[str, Any]:
+    """Revoke the certificate with ``serial`` (hex); ``reason`` is an RFC 5280 reason name.
+
+    Revocation needs no CA passphrase: it is a registry fact, published by the next CRL.
+    """
+    wanted = normalize_serial(serial)
+    reason_name = ca.normalize_reason(reason)
+    now = datetime.now(UTC)
+    with write_session(ws.open_registry()) as session:
+        row = session.get(Certificate, wanted)
+        if row is None:
+            raise NotFound(f"no certificate with serial {wanted} in the registry")
+        if row.status == "revoked":
+            raise Conflict(f"certificate {wanted} is already revoked ({row.revocation_reason})")
+        revoke_rows(session, [row], reason_name, now)
+        audit.append(
+            session,
+            "cert.revoke",
+            row.device_id,
+            {"serial": wanted, "reason": reason_name},
+            at=now,
+        )
+        session.flush()
+        return certificate_to_dict(row, now)
+
+
+def renew_certificate(
+    ws: Workspace,
+    device_id: str,
+    *,
+    csr: Path | x509.CertificateSigningRequest | None = None,
+    out_dir: Path | None = None,
+    revoke_old: bool = False,
+    profile: str | None = None,
+    key_type: str | None = None,
+    passphrase: Passphrase | None = None,
+) -> dict[str, Any]:
+    """Issue a new certificate for an active device and replace its bundle in ``out_dir``.
+
+    The profile defaults to the one of the device's newest certificate. The old certificates
+    stay valid (for a rollover window) unless ``revoke_old`` revokes them as ``superseded``.
+    """
+    validate_key_type(key_type)
+    request = read_csr_file(csr, device_id) if isinstance(csr, Path) else csr
+    if request is not None:
+        ca.check_csr(request, device_id)
+    engine = ws.open_registry()
+    with read_session(engine) as session:
+        device = get_device_row(session, device_id)
+        if device.status != "active":
+            raise Conflict(
+                f"device {device_id!r} is decommissioned; its identity cannot be renewed"
+            )
+        previous = device_certificates(session, device_id)
+    latest = max(previous, key=lambda c: c.issued_at, default=None)
+    chosen = load_profile(profile or (latest.profile if latest else "default"), ws.home)
+    if key_type is None and request is None and latest is not None and profile is None:
+        key_type = latest.key_type if latest.key_origin == "generated" else None
+    issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
+    now = datetime.now(UTC)
+    identity = make_identity(issuer, device_id, chosen, key_type=key_type, csr=request, now=now)
+    new_row = certificate_row(device_id, identity, chosen.name, now)
+    staged = stage_bundle(
+        out_dir or Path.cwd(),
+        device_id,
+        key_pem=identity.key_pem,
+        cert_pem=ca.cert_pem(identity.cert),
+        chain_pem=issuer.chain_pem,
+    )
+    try:
+        with write_session(engine) as session:
+            device = get_device_row(session, device_id)
+            if device.status != "active":
+                raise Conflict(f"device {device_id!r} was decommissioned meanwhile")
+            old_active = [
+                c for c in device_certificates(session, device_id) if c.status == "active"
+            ]
+            session.add(new_row)
+            revoked = old_active if revoke_old else []
+            revoke_rows(session, revoked, "superseded", now)
+            device.updated_at = now
+            session.add(device)
+            audit.append(
+                session,
+                "cert.renew",
+                device_id,
+                {
+                    "certificate": certificate_details(new_row),
+                    "revoked": [c.serial for c in revoked],
+                },
+                at=now,
+            )
+            session.flush()
+            staged.publish(replace=True)
+        staged.commit()
+    except BaseException:
+        staged.rollback()
+        raise
+    return certificate_to_dict(new_row, now)

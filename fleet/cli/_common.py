@@ -1,0 +1,105 @@
+"""Shared CLI plumbing: the workspace from the root options, output, errors, prompts.
+
+Human output (rich tables) goes to stdout; ``--json`` puts stable JSON on stdout; messages
+and errors go to stderr, so ``fleet ... --json | jq`` never sees anything but JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import OperationalError
+from typer._click.core import Context as ClickContext
+from typer.core import TyperGroup
+
+from fleet.db import redact_url
+from fleet.errors import AuthError, FleetError, RegistryError
+from fleet.workspace import Workspace, passphrase_from_env
+
+stdout = Console(highlight=False, soft_wrap=False)
+
+
+class FleetGroup(TyperGroup):
+    """Root command group: turns :class:`FleetError` into one stderr line and its exit code."""
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FleetError as exc:
+            fail(str(exc), exc.exit_code)
+        except OperationalError as exc:
+            ws = ctx.obj if isinstance(ctx.obj, Workspace) else None
+            where = redact_url(ws.registry_url) if ws else "the registry"
+            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else "error"
+            fail(f"database error at {where}: {detail}", RegistryError.exit_code)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``error: message`` on stderr (one line) and exit with ``code``."""
+    # Print plainly: rich would wrap long messages over several lines.
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def workspace(ctx: typer.Context) -> Workspace:
+    """The workspace the root options selected."""
+    root = ctx.find_root()
+    obj = root.obj
+    assert isinstance(obj, Workspace)
+    return obj
+
+
+def ask_passphrase(*, confirm: bool = False) -> str:
+    """``$FLEET_CA_PASSPHRASE``, else a hidden prompt on a terminal, else a clear error."""
+    env = passphrase_from_env()
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise AuthError(
+            "the CA passphrase is needed: set FLEET_CA_PASSPHRASE (no terminal to prompt on)"
+        )
+    value: str = typer.prompt(
+        "CA passphrase", hide_input=True, confirmation_prompt=confirm, err=True
+    )
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Pretty JSON on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def print_json_array(items: Iterable[Any]) -> None:
+    """A JSON array on stdout, streamed item by item (lists can hold millions of devices)."""
+    out = sys.stdout
+    first = True
+    out.write("[")
+    for item in items:
+        out.write("\n  " if first else ",\n  ")
+        out.write(json.dumps(item, ensure_ascii=False))
+        first = False
+    out.write("\n]\n" if not first else "]\n")
+
+
+def message(text: str) -> None:
+    """A status line on stderr, printed as is (no markup, no wrapping)."""
+    print(text, file=sys.stderr)
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A rich table with fleet's look."""
+    result = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        result.add_column(column, overflow="fold")
+    return result
+
+
+def short_labels(labels: dict[str, str]) -> str:
+    """``k=v, k=v`` for table cells."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))

@@ -1,0 +1,80 @@
+"""``fleet ca ...``"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleet import registry
+from fleet.cli._common import ask_passphrase, message, print_json, stdout, table, workspace
+from fleet.files import atomic_write
+
+app = typer.Typer(help="Inspect the CA, export its chain, publish CRLs.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Show the root and issuing CA: subjects, SHA-256 fingerprints, validity.
+
+    Example:
+
+        fleet ca show --json
+    """
+    info = registry.ca_info(workspace(ctx))
+    if json_out:
+        print_json(info)
+        return
+    view = table("CA", "Subject", "Not before", "Not after", "SHA-256 fingerprint")
+    for role in ("root", "issuing"):
+        cert = info[role]
+        view.add_row(
+            role,
+            cert["subject"],
+            cert["not_before"],
+            cert["not_after"],
+            cert["fingerprint_sha256"],
+        )
+    stdout.print(view)
+
+
+def _emit(data: bytes, out: Path | None, what: str) -> None:
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        atomic_write(out, data)
+        message(f"Wrote {what} to {out}")
+
+
+@app.command("chain")
+def chain(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the CA chain as PEM: the issuing CA, then the root.
+
+    Example:
+
+        fleet ca chain --out chain.pem
+    """
+    _emit(registry.ca_chain_pem(workspace(ctx)), out, "the CA chain")
+
+
+@app.command("crl")
+def crl(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Sign and print a new CRL (PEM) listing every revoked certificate.
+
+    Example:
+
+        fleet ca crl --out fleet.crl.pem
+    """
+    _emit(registry.publish_crl(workspace(ctx), passphrase=ask_passphrase), out, "the CRL")

@@ -1,0 +1,120 @@
+"""``fleet cert ...``"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleet import certs
+from fleet.cli._common import ask_passphrase, message, print_json, stdout, table, workspace
+
+app = typer.Typer(help="List, renew and revoke device certificates.", no_args_is_help=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    device: Annotated[str | None, typer.Option(help="Only this device's certificates.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="active, revoked or expired.", show_default=False)
+    ] = None,
+    expiring_within: Annotated[
+        int | None,
+        typer.Option(
+            "--expiring-within", metavar="DAYS", help="Only valid ones expiring within DAYS."
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List certificates, newest first. Serials are lowercase hex.
+
+    Example:
+
+        fleet cert list --expiring-within 30 --json
+    """
+    rows = certs.list_certificates(
+        workspace(ctx), device_id=device, status=status, expiring_within_days=expiring_within
+    )
+    if json_out:
+        print_json(rows)
+        return
+    view = table("Serial", "Device", "Status", "Not before", "Not after", "Profile")
+    for cert in rows:
+        view.add_row(
+            cert["serial"],
+            cert["device_id"],
+            cert["status"],
+            cert["not_before"],
+            cert["not_after"],
+            cert["profile"],
+        )
+    stdout.print(view)
+    message(f"{len(rows)} certificate(s)")
+
+
+@app.command("renew")
+def renew(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument()],
+    csr: Annotated[Path | None, typer.Option(help="Sign this CSR instead of a new key.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Replace the bundle in OUT/DEVICE_ID/. Default: current dir."),
+    ] = None,
+    revoke_old: Annotated[
+        bool, typer.Option("--revoke-old", help="Revoke the previous certificates (superseded).")
+    ] = False,
+    profile: Annotated[
+        str | None, typer.Option(help="Profile; default: the newest certificate's.")
+    ] = None,
+    key_type: Annotated[str | None, typer.Option("--key-type", help="Key type override.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Issue a new certificate for a device and replace its bundle.
+
+    Example:
+
+        fleet cert renew pump-0042 --out ids --revoke-old
+    """
+    cert = certs.renew_certificate(
+        workspace(ctx),
+        device_id,
+        csr=csr,
+        out_dir=out,
+        revoke_old=revoke_old,
+        profile=profile,
+        key_type=key_type,
+        passphrase=ask_passphrase,
+    )
+    if json_out:
+        print_json(cert)
+        return
+    message(f"Renewed {device_id}: certificate {cert['serial']}, valid until {cert['not_after']}")
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    serial: Annotated[str, typer.Argument(help="Certificate serial (hex).")],
+    reason: Annotated[
+        str,
+        typer.Option(help="RFC 5280 reason: keyCompromise, superseded, cessationOfOperation..."),
+    ] = "unspecified",
+    json_out: JsonOption = False,
+) -> None:
+    """Revoke a certificate; the next `fleet ca crl` lists it.
+
+    Example:
+
+        fleet cert revoke 3f9a0c... --reason keyCompromise
+    """
+    cert = certs.revoke_certificate(workspace(ctx), serial, reason=reason)
+    if json_out:
+        print_json(cert)
+        return
+    message(
+        f"Revoked certificate {cert['serial']} of {cert['device_id']} ({cert['revocation_reason']})"
+    )

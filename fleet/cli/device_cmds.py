@@ -1,0 +1,217 @@
+"""``fleet device ...``"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fleet import devices
+from fleet.cli._common import (
+    ask_passphrase,
+    message,
+    print_json,
+    print_json_array,
+    short_labels,
+    stdout,
+    table,
+    workspace,
+)
+from fleet.identifiers import parse_labels
+
+app = typer.Typer(help="Add, list, show, update and decommission devices.", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+LabelOption = Annotated[
+    list[str] | None,
+    typer.Option("--label", "-l", help="KEY=VALUE label; repeat for several.", show_default=False),
+]
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument(help="The device's ID (its CN).")],
+    model: Annotated[str | None, typer.Option(help="Hardware model.")] = None,
+    serial: Annotated[str | None, typer.Option(help="Hardware serial number.")] = None,
+    label: LabelOption = None,
+    profile: Annotated[str, typer.Option(help="Certificate profile name.")] = "default",
+    key_type: Annotated[
+        str | None, typer.Option("--key-type", help="Override the profile's key type.")
+    ] = None,
+    csr: Annotated[
+        Path | None,
+        typer.Option(help="Sign this CSR (PEM or DER) instead of generating a key."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the bundle to OUT/DEVICE_ID/. Default: current dir.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Register a device and issue its X.509 identity in one step.
+
+    Writes OUT/DEVICE_ID/key.pem (0600), cert.pem and chain.pem; with --csr the key stays on
+    the device and no key.pem is written.
+
+    Example:
+
+        fleet device add pump-0042 --model p200 --serial SN123 --label site=hamburg --out ids
+    """
+    ws = workspace(ctx)
+    result = devices.add_device(
+        ws,
+        device_id,
+        model=model,
+        serial=serial,
+        labels=parse_labels(label or []),
+        profile=profile,
+        key_type=key_type,
+        csr=csr,
+        out_dir=out,
+        passphrase=ask_passphrase,
+    )
+    if json_out:
+        print_json(result)
+        return
+    cert = result["certificates"][0]
+    bundle = (out or Path.cwd()) / device_id
+    message(
+        f"Added device {device_id}: certificate {cert['serial']}, valid until {cert['not_after']}"
+    )
+    message(f"  identity bundle: {bundle}/")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    label: LabelOption = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only devices in this state: active, decommissioned.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List devices, optionally filtered.
+
+    Example:
+
+        fleet device list --model p200 --label site=hamburg --json
+    """
+    rows = devices.iter_devices(
+        workspace(ctx), model=model, labels=parse_labels(label or []), status=status
+    )
+    if json_out:
+        print_json_array(rows)
+        return
+    view = table("ID", "Model", "Serial", "Status", "Labels", "Certificate expires")
+    count = 0
+    for device in rows:
+        count += 1
+        active = [c for c in device["certificates"] if c["status"] == "active"]
+        expires = active[0]["not_after"] if active else "-"
+        view.add_row(
+            device["id"],
+            device["model"] or "",
+            device["serial"] or "",
+            device["status"],
+            short_labels(device["labels"]),
+            expires,
+        )
+    stdout.print(view)
+    message(f"{count} device(s)")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument()],
+    json_out: JsonOption = False,
+) -> None:
+    """Show one device with all its certificates.
+
+    Example:
+
+        fleet device show pump-0042 --json
+    """
+    device = devices.show_device(workspace(ctx), device_id)
+    if json_out:
+        print_json(device)
+        return
+    render_device(device)
+
+
+def render_device(device: dict[str, Any]) -> None:
+    """A device as a field table plus its certificates."""
+    fields = table("Field", "Value", title=f"Device {device['id']}")
+    for key in ("id", "model", "serial", "status", "created_at", "updated_at"):
+        fields.add_row(key, str(device[key] or ""))
+    fields.add_row("labels", short_labels(device["labels"]))
+    if device["decommissioned_at"]:
+        fields.add_row("decommissioned_at", device["decommissioned_at"])
+        fields.add_row("decommission_reason", device["decommission_reason"] or "")
+    stdout.print(fields)
+    certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
+    for cert in device["certificates"]:
+        certs.add_row(
+            cert["serial"],
+            cert["status"],
+            cert["not_after"],
+            cert["profile"],
+            cert["fingerprint_sha256"],
+        )
+    stdout.print(certs)
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument()],
+    model: Annotated[str | None, typer.Option(help="New model.")] = None,
+    serial: Annotated[str | None, typer.Option(help="New hardware serial.")] = None,
+    label: LabelOption = None,
+    remove_label: Annotated[
+        list[str] | None, typer.Option("--remove-label", help="Label key to remove; repeatable.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Change a device's model, serial or labels (recorded in the audit trail).
+
+    Example:
+
+        fleet device update pump-0042 --label site=bremen --remove-label rack
+    """
+    device = devices.update_device(
+        workspace(ctx),
+        device_id,
+        model=model,
+        serial=serial,
+        set_labels=parse_labels(label or []),
+        remove_labels=remove_label or [],
+    )
+    if json_out:
+        print_json(device)
+        return
+    message(f"Updated device {device_id}")
+
+
+@app.command("decommission")
+def decommission(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit trail.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Retire a device: revoke its active certificates; its row and history are kept.
+
+    Example:
+
+        fleet device decommission pump-0042 --reason "replaced after flood damage"
+    """
+    device = devices.decommission_device(workspace(ctx), device_id, reason=reason)
+    if json_out:
+        print_json(device)
+        return
+    revoked = [c["serial"] for c in device["certificates"] if c["status"] == "revoked"]
+    message(f"Decommissioned {device_id}; revoked certificates: {', '.join(revoked) or 'none'}")
+    message("Publish a new CRL with `fleet ca crl` so relying parties learn of it.")

@@ -1,0 +1,124 @@
+"""Registry tables (SQLModel). Alembic migrations in ``migrations/versions`` mirror these;
+``tests/test_migrations.py`` fails when the two drift apart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite keeps no offset, so values are stored as naive UTC there and handed back aware.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, to the microsecond (what every timestamp column stores)."""
+    return datetime.now(UTC)
+
+
+def _utc_column(*, nullable: bool, index: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+class Device(SQLModel, table=True):
+    """A device in the registry. Rows are never deleted: decommissioning changes ``status``."""
+
+    __tablename__ = "device"
+
+    id: str = Field(primary_key=True, max_length=64)
+    model: str | None = Field(default=None, max_length=128, index=True)
+    serial: str | None = Field(default=None, max_length=128)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="active", max_length=16, index=True)
+    created_at: datetime = _utc_column(nullable=False)
+    updated_at: datetime = _utc_column(nullable=False)
+    decommissioned_at: datetime | None = _utc_column(nullable=True)
+    decommission_reason: str | None = Field(default=None, max_length=256)
+
+
+class Certificate(SQLModel, table=True):
+    """An X.509 certificate fleet's issuing CA signed for a device."""
+
+    __tablename__ = "certificate"
+
+    # lowercase hex without leading zeros; up to 20 octets, so not an integer column
+    serial: str = Field(primary_key=True, max_length=40)
+    device_id: str = Field(foreign_key="device.id", max_length=64, index=True)
+    fingerprint_sha256: str = Field(max_length=64, unique=True)
+    subject: str = Field(max_length=512)
+    not_before: datetime = _utc_column(nullable=False)
+    not_after: datetime = _utc_column(nullable=False, index=True)
+    status: str = Field(default="active", max_length=16, index=True)
+    revoked_at: datetime | None = _utc_column(nullable=True)
+    revocation_reason: str | None = Field(default=None, max_length=32)
+    profile: str = Field(max_length=64)
+    key_type: str = Field(max_length=16)
+    key_origin: str = Field(max_length=16)  # "generated" or "csr"
+    issued_at: datetime = _utc_column(nullable=False)
+    pem: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class AuditEvent(SQLModel, table=True):
+    """One link of the hash-chained audit trail (see :mod:`fleet.audit`).
+
+    ``ts`` and ``details`` are stored exactly as hashed (ISO-8601 text, canonical JSON), so a
+    row read back re-hashes to the same value on every backend.
+    """
+
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    ts: str = Field(max_length=32, index=True)
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=64, index=True)
+    target: str = Field(max_length=128, index=True)
+    details: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """The chain's newest link, one row. Writers lock it so appends never interleave."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(default=0)
+    hash: str = Field(max_length=64)
+
+
+class CrlRecord(SQLModel, table=True):
+    """Each CRL the issuing CA published; ``number`` is the CRL number extension."""
+
+    __tablename__ = "crl"
+
+    number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    this_update: datetime = _utc_column(nullable=False)
+    next_update: datetime = _utc_column(nullable=False)
+    revoked_count: int

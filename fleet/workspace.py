@@ -1,0 +1,88 @@
+"""A workspace: the home folder (CA, profiles) plus the registry database it points at."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from fleet import ca, db
+from fleet.errors import AuthError
+
+HOME_ENV = "FLEET_HOME"
+DATABASE_URL_ENV = "FLEET_DATABASE_URL"
+
+
+def default_home() -> Path:
+    """``$FLEET_HOME``, else the per-user data directory (e.g. ``~/.local/share/fleet``)."""
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("fleet", appauthor=False)
+
+
+@dataclass
+class Workspace:
+    """Where fleet keeps its state. Library functions take one of these.
+
+    ``db_url`` overrides the registry (any SQLAlchemy URL); by default it is the SQLite file
+    ``<home>/registry.db``.
+    """
+
+    home: Path = field(default_factory=default_home)
+    db_url: str | None = None
+    _engine: Engine | None = field(default=None, init=False, repr=False)
+
+    @property
+    def registry_url(self) -> str:
+        """The registry's SQLAlchemy URL."""
+        if self.db_url:
+            return self.db_url
+        env = os.environ.get(DATABASE_URL_ENV)
+        return env or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def engine(self) -> Engine:
+        """The registry engine (created on first use)."""
+        if self._engine is None:
+            self._engine = db.create_registry_engine(self.registry_url)
+        return self._engine
+
+    def open_registry(self) -> Engine:
+        """The engine, after checking that the registry exists and is at the current schema."""
+        db.check_schema(self.engine)
+        return self.engine
+
+    def close(self) -> None:
+        """Release database connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def passphrase_from_env() -> str | None:
+    """The CA passphrase from ``$FLEET_CA_PASSPHRASE``, if set."""
+    return os.environ.get(ca.PASSPHRASE_ENV) or None
+
+
+Passphrase = str | bytes | Callable[[], str]
+
+
+def require_passphrase(passphrase: Passphrase | None) -> str | bytes:
+    """``passphrase`` (called if it is a prompt function), else ``$FLEET_CA_PASSPHRASE``.
+
+    Raises :class:`AuthError` when neither gives one. Commands pass a prompt function so that
+    they ask only once they know the request is otherwise valid.
+    """
+    value = passphrase() if callable(passphrase) else passphrase
+    value = value or passphrase_from_env()
+    if not value:
+        raise AuthError(
+            f"the CA passphrase is needed: set {ca.PASSPHRASE_ENV} or run on a terminal to be asked"
+        )
+    return value
