@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from fleet import ca, db
-from fleet.errors import AuthError
+from fleet.errors import AuthError, RegistryError
 
 HOME_ENV = "FLEET_HOME"
 DATABASE_URL_ENV = "FLEET_DATABASE_URL"
@@ -55,6 +55,12 @@ class Workspace:
 
     def open_registry(self) -> Engine:
         """The engine, after checking that the registry exists and is at the current schema."""
+        uses_default_sqlite = not self.db_url and not os.environ.get(DATABASE_URL_ENV)
+        # SQLite would silently create an empty file: say what is missing instead.
+        if uses_default_sqlite and not (self.home / "registry.db").is_file():
+            raise RegistryError(
+                f"no fleet workspace at {self.home}: run `fleet init` (or pass --home)"
+            )
         db.check_schema(self.engine)
         return self.engine
 

@@ -22,7 +22,14 @@ from fleet.db import redact_url
 from fleet.errors import AuthError, FleetError, RegistryError
 from fleet.workspace import Workspace, passphrase_from_env
 
-stdout = Console(highlight=False, soft_wrap=False)
+# Piped output is for grep and scripts: never fold a fingerprint across lines there.
+PIPED_WIDTH = 400
+
+
+def render(renderable: Any) -> None:
+    """Print a rich table (or other renderable) on stdout."""
+    width = None if sys.stdout.isatty() else PIPED_WIDTH
+    Console(highlight=False, width=width).print(renderable)
 
 
 class FleetGroup(TyperGroup):

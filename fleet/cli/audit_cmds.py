@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from fleet import registry
-from fleet.cli._common import fail, message, print_json_array, stdout, table, workspace
+from fleet.cli._common import fail, message, print_json_array, render, table, workspace
 from fleet.errors import IntegrityError
 from fleet.identifiers import parse_timestamp
 
@@ -39,7 +39,7 @@ def log(
         view.add_row(
             str(event["seq"]), event["ts"], event["actor"], event["action"], event["target"]
         )
-    stdout.print(view)
+    render(view)
 
 
 @app.command("verify")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fleet import registry
-from fleet.cli._common import ask_passphrase, message, print_json, stdout, table, workspace
+from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.files import atomic_write
 
 app = typer.Typer(help="Inspect the CA, export its chain, publish CRLs.", no_args_is_help=True)
@@ -40,7 +40,7 @@ def show(
             cert["not_after"],
             cert["fingerprint_sha256"],
         )
-    stdout.print(view)
+    render(view)
 
 
 def _emit(data: bytes, out: Path | None, what: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fleet import certs
-from fleet.cli._common import ask_passphrase, message, print_json, stdout, table, workspace
+from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 
 app = typer.Typer(help="List, renew and revoke device certificates.", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -51,7 +51,7 @@ def list_(
             cert["not_after"],
             cert["profile"],
         )
-    stdout.print(view)
+    render(view)
     message(f"{len(rows)} certificate(s)")
 
 

@@ -13,8 +13,8 @@ from fleet.cli._common import (
     message,
     print_json,
     print_json_array,
+    render,
     short_labels,
-    stdout,
     table,
     workspace,
 )
@@ -118,7 +118,7 @@ def list_(
             short_labels(device["labels"]),
             expires,
         )
-    stdout.print(view)
+    render(view)
     message(f"{count} device(s)")
 
 
@@ -150,7 +150,7 @@ def render_device(device: dict[str, Any]) -> None:
     if device["decommissioned_at"]:
         fields.add_row("decommissioned_at", device["decommissioned_at"])
         fields.add_row("decommission_reason", device["decommission_reason"] or "")
-    stdout.print(fields)
+    render(fields)
     certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
     for cert in device["certificates"]:
         certs.add_row(
@@ -160,7 +160,7 @@ def render_device(device: dict[str, Any]) -> None:
             cert["profile"],
             cert["fingerprint_sha256"],
         )
-    stdout.print(certs)
+    render(certs)
 
 
 @app.command("update")

@@ -1,0 +1,219 @@
+"""The CA: init, RFC 5280 hygiene checked by pkilint and `openssl verify`, CRLs, profiles."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import PASSPHRASE, Cli, snapshot
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from pkitools import (
+    openssl_verify,
+    openssl_verify_crl,
+    pkilint_cert,
+    pkilint_chain,
+    pkilint_crl,
+)
+
+from fleet import devices, registry
+from fleet.errors import Conflict, NotFound
+from fleet.workspace import Workspace
+
+
+def test_init_creates_protected_encrypted_ca(sqlite_ws: Workspace, sqlite_cli: Cli) -> None:
+    result = sqlite_cli("init", "--name", "Acme", "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["root"]["subject"] == "CN=Acme Root CA,O=Acme"
+    assert info["issuing"]["subject"] == "CN=Acme Issuing CA,O=Acme"
+    folder = sqlite_ws.home / "ca"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for key_file in ("root.key.pem", "issuing.key.pem"):
+        path = folder / key_file
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        data = path.read_bytes()
+        assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        with pytest.raises(TypeError):  # unusable without the passphrase
+            serialization.load_pem_private_key(data, password=None)
+        serialization.load_pem_private_key(data, password=PASSPHRASE.encode())
+    assert PASSPHRASE not in result.stdout + result.stderr
+    events = registry.iter_audit_events(sqlite_ws)
+    assert [e["action"] for e in events] == ["ca.init"]
+
+
+def test_init_twice_refuses_and_changes_nothing(ready_ws: Workspace, cli: Cli) -> None:
+    before = snapshot(ready_ws)
+    result = cli("init", "--name", "Other")
+    assert result.exit_code == Conflict.exit_code
+    assert "already initialised" in result.stderr
+    assert snapshot(ready_ws) == before
+
+
+def test_init_on_registry_owned_by_another_ca_refuses(ready_ws: Workspace, tmp_path: Path) -> None:
+    """A second home pointed at the same registry must not create a second CA for it."""
+    if ready_ws.db_url is None:
+        other = Workspace(home=tmp_path / "other", db_url=ready_ws.registry_url)
+    else:
+        other = Workspace(home=tmp_path / "other", db_url=ready_ws.db_url)
+    with pytest.raises(Conflict, match="already belongs to a CA"):
+        registry.init_workspace(other, passphrase=PASSPHRASE)
+    assert not (tmp_path / "other" / "ca").exists()
+    other.close()
+
+
+def test_init_without_passphrase_or_terminal(
+    sqlite_ws: Workspace, sqlite_cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLEET_CA_PASSPHRASE")
+    result = sqlite_cli("init")
+    assert result.exit_code == 6
+    assert "FLEET_CA_PASSPHRASE" in result.stderr
+    assert not (sqlite_ws.home / "ca").exists()
+
+
+def test_init_rejects_unknown_key_type(sqlite_ws: Workspace, sqlite_cli: Cli) -> None:
+    result = sqlite_cli("init", "--key-type", "dsa-1024")
+    assert result.exit_code == 2
+    assert "ec-p256, ec-p384, rsa-3072" in result.stderr
+    assert not (sqlite_ws.home / "ca").exists()
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-3072"])
+@pytest.mark.parametrize("profile", ["default", "rsa"])
+def test_certificates_are_rfc5280_clean(
+    sqlite_ws: Workspace, tmp_path: Path, key_type: str, profile: str
+) -> None:
+    """pkilint (NOTICE) on every certificate and link, and `openssl verify -x509_strict`."""
+    registry.init_workspace(sqlite_ws, name="Lint Co", key_type=key_type, passphrase=PASSPHRASE)
+    devices.add_device(
+        sqlite_ws, "lint-1", profile=profile, out_dir=tmp_path / "out", passphrase=PASSPHRASE
+    )
+    ca_dir = sqlite_ws.home / "ca"
+    root, issuing = ca_dir / "root.cert.pem", ca_dir / "issuing.cert.pem"
+    leaf = tmp_path / "out" / "lint-1" / "cert.pem"
+    for cert in (root, issuing, leaf):
+        assert pkilint_cert(cert) == [], cert.name
+    assert pkilint_chain(root, root) == []
+    assert pkilint_chain(root, issuing) == []
+    assert pkilint_chain(issuing, leaf) == []
+    ok, output = openssl_verify(root, issuing, leaf, "-purpose", "sslclient")
+    assert ok, output
+    parsed = x509.load_pem_x509_certificate(leaf.read_bytes())
+    assert parsed.extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    ).value == x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+def test_openssl_rejects_a_leaf_from_another_ca(ready_sqlite_ws: Workspace, tmp_path: Path) -> None:
+    """The verification helper can fail: a foreign chain does not verify."""
+    devices.add_device(ready_sqlite_ws, "x-1", out_dir=tmp_path, passphrase=PASSPHRASE)
+    stranger = Workspace(home=tmp_path / "stranger")
+    registry.init_workspace(stranger, name="Stranger", passphrase=PASSPHRASE)
+    ok, output = openssl_verify(
+        stranger.home / "ca" / "root.cert.pem",
+        stranger.home / "ca" / "issuing.cert.pem",
+        tmp_path / "x-1" / "cert.pem",
+    )
+    assert not ok, output
+    stranger.close()
+
+
+def test_crl_lists_revoked_serials_and_is_clean(
+    ready_ws: Workspace, cli: Cli, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    for device_id in ("c1", "c2", "c3"):
+        devices.add_device(ready_ws, device_id, out_dir=out, passphrase=PASSPHRASE)
+    c1 = devices.show_device(ready_ws, "c1")["certificates"][0]["serial"]
+    assert cli("cert", "revoke", c1, "--reason", "key-compromise").exit_code == 0
+    assert cli("device", "decommission", "c2").exit_code == 0
+    c2 = devices.show_device(ready_ws, "c2")["certificates"][0]["serial"]
+
+    crl_path = tmp_path / "fleet.crl.pem"
+    result = cli("ca", "crl", "--out", str(crl_path))
+    assert result.exit_code == 0, result.stderr
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    listed = {format(r.serial_number, "x"): r for r in crl}
+    assert set(listed) == {c1, c2}
+    reason = listed[c1].extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.key_compromise
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 1
+    crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    assert pkilint_crl(crl_path) == []
+    chain = tmp_path / "chain.pem"
+    assert cli("ca", "chain", "--out", str(chain)).exit_code == 0
+    ok, output = openssl_verify_crl(crl_path, chain)
+    assert ok, output
+
+    # A relying party checking revocation: the revoked leaf fails, the healthy one passes.
+    root = ready_ws.home / "ca" / "root.cert.pem"
+    issuing = ready_ws.home / "ca" / "issuing.cert.pem"
+    crl_args = ("-crl_check", "-CRLfile", str(crl_path))
+    ok, output = openssl_verify(root, issuing, out / "c1" / "cert.pem", *crl_args)
+    assert not ok and "revoked" in output
+    ok, output = openssl_verify(root, issuing, out / "c3" / "cert.pem", *crl_args)
+    assert ok, output
+
+    second = cli("ca", "crl")
+    assert second.exit_code == 0
+    number = x509.load_pem_x509_crl(second.stdout.encode()).extensions.get_extension_for_class(
+        x509.CRLNumber
+    )
+    assert number.value.crl_number == 2
+
+
+def test_ca_show_and_chain(ready_ws: Workspace, cli: Cli) -> None:
+    info = json.loads(cli("ca", "show", "--json").stdout)
+    root = x509.load_pem_x509_certificate((ready_ws.home / "ca" / "root.cert.pem").read_bytes())
+    assert info["root"]["fingerprint_sha256"] == root.fingerprint(hashes.SHA256()).hex()
+    assert info["issuing"]["subject"] == "CN=Test Fleet Issuing CA,O=Test Fleet"
+    assert {"not_before", "not_after", "serial"} <= set(info["root"])
+    chain = x509.load_pem_x509_certificates(cli("ca", "chain").stdout.encode())
+    assert [c.subject.rfc4514_string() for c in chain] == [
+        info["issuing"]["subject"],
+        info["root"]["subject"],
+    ]
+    human = cli("ca", "show")
+    assert "issuing" in human.stdout and info["root"]["fingerprint_sha256"][:16] in human.stdout
+
+
+def test_workspace_profile_overrides_and_unknown_profile(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    profiles = ready_sqlite_ws.home / "profiles"
+    profiles.mkdir()
+    (profiles / "gateway.toml").write_text(
+        'key_type = "ec-p384"\nvalidity_days = 30\n[subject]\norganization = "Acme"\n'
+        '[extensions]\nextended_key_usage = ["client_auth", "server_auth"]\n'
+        'san_dns = ["{id}.gw.example.com"]\n'
+    )
+    result = sqlite_cli("device", "add", "gw-1", "--profile", "gateway", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    cert = x509.load_pem_x509_certificate((tmp_path / "gw-1" / "cert.pem").read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=gw-1,O=Acme"
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 30
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["gw-1.gw.example.com"]
+    assert pkilint_cert(tmp_path / "gw-1" / "cert.pem") == []
+
+    missing = sqlite_cli("device", "add", "gw-2", "--profile", "nope", "--out", str(tmp_path))
+    assert missing.exit_code == NotFound.exit_code
+    assert "no certificate profile named 'nope'" in missing.stderr
+    assert "gateway" in missing.stderr
+
+    (profiles / "broken.toml").write_text('key_type = "dsa"\n')
+    broken = sqlite_cli("device", "add", "gw-3", "--profile", "broken", "--out", str(tmp_path))
+    assert broken.exit_code == 2
+    assert "key_type must be one of" in broken.stderr
+
+
+def test_key_type_override(ready_sqlite_ws: Workspace, tmp_path: Path) -> None:
+    device = devices.add_device(
+        ready_sqlite_ws, "k-1", key_type="ec-p384", out_dir=tmp_path, passphrase=PASSPHRASE
+    )
+    assert device["certificates"][0]["key_type"] == "ec-p384"
+    key = serialization.load_pem_private_key((tmp_path / "k-1" / "key.pem").read_bytes(), None)
+    assert key.key_size == 384  # type: ignore[union-attr]
