@@ -217,3 +217,49 @@ def test_key_type_override(ready_sqlite_ws: Workspace, tmp_path: Path) -> None:
     assert device["certificates"][0]["key_type"] == "ec-p384"
     key = serialization.load_pem_private_key((tmp_path / "k-1" / "key.pem").read_bytes(), None)
     assert key.key_size == 384  # type: ignore[union-attr]
+
+
+def test_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
+    """A technician without FLEET_CA_PASSPHRASE is asked (hidden, confirmed) on a real tty."""
+    import os
+    import pty
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "FLEET_CA_PASSPHRASE"}
+    env["PYTHONPATH"] = str(REPO)
+
+    def run_on_tty(args: list[str], answers: list[str]) -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # child: becomes `python -m fleet ...` on the pty
+            os.execve(sys.executable, [sys.executable, "-m", "fleet", *args], env)
+        output = b""
+        pending = list(answers)
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+            if pending and output.rstrip().endswith(b":"):
+                os.write(fd, (pending.pop(0) + "\n").encode())
+                output += b"\n"
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+    home = str(tmp_path / "home")
+    code, screen = run_on_tty(["--home", home, "init"], ["s3cret-pass", "s3cret-pass"])
+    assert code == 0, screen
+    assert "CA passphrase" in screen and "s3cret-pass" not in screen  # hidden input
+    code, screen = run_on_tty(
+        ["--home", home, "device", "add", "tty-1", "--out", str(tmp_path)], ["wrong"]
+    )
+    assert code == 6, screen
+    code, screen = run_on_tty(
+        ["--home", home, "device", "add", "tty-1", "--out", str(tmp_path)], ["s3cret-pass"]
+    )
+    assert code == 0, screen
+    assert (tmp_path / "tty-1" / "key.pem").is_file()
