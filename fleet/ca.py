@@ -134,6 +134,17 @@ def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     )
 
 
+def key_usage(usages: set[str]) -> x509.KeyUsage:
+    """A KeyUsage extension with exactly the named bits set (``digital_signature``...)."""
+    names = (
+        "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+        "key_agreement", "key_cert_sign", "crl_sign",
+    )  # fmt: skip
+    return x509.KeyUsage(
+        **{name: name in usages for name in names}, encipher_only=False, decipher_only=False
+    )
+
+
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     """Lowercase hex SHA-256 of the certificate's DER encoding."""
     return cert.fingerprint(hashes.SHA256()).hex()
@@ -268,20 +279,7 @@ def _ca_cert(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage({"key_cert_sign", "crl_sign"}), critical=True)
         .add_extension(ski, critical=False)
     )
     # The root carries an AKI too (its own key): pkilint's chain lint wants one everywhere.
@@ -346,7 +344,6 @@ def issue_device_certificate(
         if (v := profile.subject.get(k))
     ]
     attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, device_id))
-    usage = set(profile.key_usage)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name(attributes))
@@ -356,20 +353,7 @@ def issue_device_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature="digital_signature" in usage,
-                content_commitment="content_commitment" in usage,
-                key_encipherment="key_encipherment" in usage,
-                data_encipherment="data_encipherment" in usage,
-                key_agreement="key_agreement" in usage,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(set(profile.key_usage)), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(issuer.aki, critical=False)
     )

@@ -11,7 +11,6 @@ from cryptography import x509
 from sqlmodel import Session, col, select
 
 from fleet import audit, ca
-from fleet.bundles import stage_bundle
 from fleet.db import read_session, write_session
 from fleet.devices import (
     certificate_details,
@@ -20,6 +19,7 @@ from fleet.devices import (
     get_device_row,
     make_identity,
     read_csr_file,
+    stage_identity,
     validate_key_type,
 )
 from fleet.errors import Conflict, InvalidInput, NotFound
@@ -146,13 +146,7 @@ def renew_certificate(
     now = datetime.now(UTC)
     identity = make_identity(issuer, device_id, chosen, key_type=key_type, csr=request, now=now)
     new_row = certificate_row(device_id, identity, chosen.name, now)
-    staged = stage_bundle(
-        out_dir or Path.cwd(),
-        device_id,
-        key_pem=identity.key_pem,
-        cert_pem=ca.cert_pem(identity.cert),
-        chain_pem=issuer.chain_pem,
-    )
+    staged = stage_identity(out_dir or Path.cwd(), device_id, identity, issuer)
     try:
         with write_session(engine) as session:
             device = get_device_row(session, device_id)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from fleet import audit, ca
-from fleet.bundles import stage_bundle
+from fleet.bundles import StagedBundle, stage_bundle
 from fleet.db import read_session, write_session
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
@@ -58,6 +58,19 @@ def make_identity(
     key = ca.generate_key(chosen)
     cert = ca.issue_device_certificate(issuer, device_id, key.public_key(), profile, now=now)
     return Identity(cert, ca.private_key_pem(key), chosen, "generated")
+
+
+def stage_identity(
+    out_dir: Path, device_id: str, identity: Identity, issuer: ca.Issuer
+) -> StagedBundle:
+    """Write an identity's bundle (key if generated, cert, chain) to a staging folder."""
+    return stage_bundle(
+        out_dir,
+        device_id,
+        key_pem=identity.key_pem,
+        cert_pem=ca.cert_pem(identity.cert),
+        chain_pem=issuer.chain_pem,
+    )
 
 
 def certificate_row(
@@ -174,13 +187,7 @@ def add_device(
         updated_at=now,
     )
     cert_row = certificate_row(device_id, identity, chosen_profile.name, now)
-    staged = stage_bundle(
-        out.parent,
-        device_id,
-        key_pem=identity.key_pem,
-        cert_pem=ca.cert_pem(identity.cert),
-        chain_pem=issuer.chain_pem,
-    )
+    staged = stage_identity(out.parent, device_id, identity, issuer)
     try:
         with write_session(engine) as session:
             session.add(device)
