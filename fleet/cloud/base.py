@@ -1,7 +1,12 @@
 """The interface every cloud backend implements (see CLOUD_INTERFACE.md).
 
 Changes after the first commit stay backward compatible and are listed here:
-  (none yet)
+  - ``current_idempotency_key()``: the outbox sets a key per job (stable across the job's
+    retries) around every backend call; backends that can send one (HTTP ``Idempotency-Key``)
+    read it here. None outside the outbox.
+  - ``retry_after_seconds(value)``: parses a ``Retry-After`` header (seconds or HTTP date).
+  - ``CloudBackend.status_batch_size``: how many ids the outbox passes per ``fetch_status``
+    call (each call costs one rate-limit token). Default 100.
 
 The outbox (``fleet.cloud.outbox``) owns retries, backoff, rate and concurrency limits and
 persistence; a backend only performs one operation per call and classifies its failures:
@@ -13,12 +18,55 @@ one platform: ``remote`` and ``state`` are opaque JSON-safe mappings owned by th
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+import contextvars
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import httpx
+
+_IDEMPOTENCY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fleet_cloud_idempotency_key", default=None
+)
+
+
+def current_idempotency_key() -> str | None:
+    """The key of the outbox job being pushed (same across its retries), or None."""
+    return _IDEMPOTENCY_KEY.get()
+
+
+@contextmanager
+def idempotency_key(key: str) -> Iterator[None]:
+    """Make ``key`` the current idempotency key for the calls inside the block."""
+    token = _IDEMPOTENCY_KEY.set(key)
+    try:
+        yield
+    finally:
+        _IDEMPOTENCY_KEY.reset(token)
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    None when absent or unparseable; never negative.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class CloudError(Exception):
@@ -94,6 +142,7 @@ class CloudBackend(abc.ABC):
     type_name: ClassVar[str]  # "aws-iot", "http", later "azure-iot-hub", "thingsboard"
     default_concurrency: ClassVar[int] = 8
     default_rate_per_second: ClassVar[float] = 10.0  # below the platform's documented quota
+    status_batch_size: ClassVar[int] = 100  # ids per fetch_status call (one rate token each)
 
     def __init__(
         self, name: str, options: Mapping[str, Any], *, client: httpx.Client | None = None
