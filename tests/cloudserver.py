@@ -40,8 +40,8 @@ class RegistryState:
         self.responses: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self.faults: dict[str, list[str]] = {}
         self.status: dict[str, dict[str, Any]] = {}
-        self.requests: list[tuple[str, str, str | None]] = []  # method, path, idempotency key
-        self.request_times: list[float] = []  # monotonic arrival of PUT/DELETE requests
+        # (method, device id or None, Idempotency-Key, monotonic arrival time)
+        self.requests: list[tuple[str, str | None, str | None, float]] = []
         self.required_headers: dict[str, str] = {}
         self.latency = 0.0
         self.slow_seconds = 1.0
@@ -102,9 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         device_id = self._device_id()
         key = self.headers.get("Idempotency-Key")
         with state.lock:
-            state.requests.append((method, self.path, key))
-            if method in ("PUT", "DELETE", "POST", "PATCH"):
-                state.request_times.append(time.monotonic())
+            state.requests.append((method, device_id, key, time.monotonic()))
         if state.latency:
             time.sleep(state.latency)
         if not self._authorised():
@@ -203,8 +201,8 @@ class RegistryServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.state = RegistryState()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
