@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cloud_contract import BackendContract
+from conftest import PASSPHRASE, require_service
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -34,7 +36,6 @@ from fleet.cloud.base import (
 from fleet.cloud.sigv4 import BotocoreSigV4Auth
 from fleet.errors import InvalidInput
 from fleet.profiles import load_profile
-from tests.conftest import PASSPHRASE, require_service
 
 REGION = "eu-west-1"
 ACCESS_KEY = "AKIAFLEETTEST0000001"
@@ -225,9 +226,29 @@ def read_back(iot: Any, device_id: str) -> dict[str, Any] | None:
     }
 
 
-class TestAwsIotBackendContract:
-    """The shared contract, spelled out for AWS (register, idempotency, conflict, deregister,
-    status, secrets), each result read back with boto3."""
+class TestAwsIotBackendContract(BackendContract):
+    """The shared backend contract (tests/cloud_contract.py) against moto."""
+
+    @pytest.fixture
+    def backend(self, make_backend: Callable[..., AwsIotBackend]) -> AwsIotBackend:
+        return make_backend(thing_group="contract")
+
+    @pytest.fixture
+    def backend_state(self, backend: AwsIotBackend, fleet_issuer: ca.Issuer) -> dict[str, Any]:
+        return backend.prepare(ca_material(fleet_issuer))
+
+    @pytest.fixture
+    def read_back(self, iot: Any) -> Callable[[str], dict[str, Any] | None]:
+        return lambda device_id: read_back(iot, device_id)
+
+    @pytest.fixture
+    def secret_values(self) -> list[str]:
+        return [SECRET_KEY, SESSION_TOKEN]
+
+
+class TestAwsRegistration:
+    """Register, idempotency, conflict, deregister, status and secrets in AWS terms, each
+    result read back with boto3."""
 
     def test_register_then_read_back(
         self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
