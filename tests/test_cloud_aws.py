@@ -38,6 +38,7 @@ from fleet.errors import InvalidInput
 from fleet.profiles import load_profile
 
 REGION = "eu-west-1"
+CERT_ARN = f"arn:aws:iot:{REGION}:123456789012:cert/{'ab' * 32}"
 ACCESS_KEY = "AKIAFLEETTEST0000001"
 SECRET_KEY = "fleet-test-SECRET-do-not-leak-4f2a9c"
 SESSION_TOKEN = "fleet-test-TOKEN-do-not-leak-8d1e"
@@ -462,6 +463,16 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
             "/endpoint" + query_string(endpointType="iot:Data-ATS"),
         ),
         (
+            "iot",
+            "iot",
+            "list_attached_policies",
+            {"target": CERT_ARN, "recursive": False, "pageSize": 100},
+            "POST",
+            "/attached-policies/"
+            + uri_label(CERT_ARN)
+            + query_string(recursive="false", pageSize="100"),
+        ),
+        (
             "iot-data",
             "iotdata",
             "get_thing_shadow",
@@ -488,7 +499,12 @@ def test_signature_equals_boto3s(
     reference = boto3_request(service, operation, **params)
     ours = httpx.Request(method, "https://iot.eu-west-1.amazonaws.com" + path)
     BotocoreSigV4Auth(signing_name, REGION).sign(ours)
-    assert ours.url.raw_path.decode() == reference.url.split(".com", 1)[1]
+    # Same path bytes; same query pairs (boto3 sends them in model order, fleet sorted: the
+    # signature sorts them anyway).
+    sent_path, _, sent_query = ours.url.raw_path.decode().partition("?")
+    ref_path, _, ref_query = reference.url.split(".com", 1)[1].partition("?")
+    assert sent_path == ref_path
+    assert sorted(sent_query.split("&")) == sorted(ref_query.split("&"))
     assert (
         ours.headers["x-amz-security-token"] == reference.headers["X-Amz-Security-Token"].decode()
     )
@@ -726,6 +742,8 @@ def test_deregister_modes(
     state = backend.prepare(ca_material(issuer))
     device = device_record(issuer, "gw-0105")
     remote = backend.register(device, state)
+    iot.create_policy(policyName="extra", policyDocument=json.dumps({"Statement": []}))
+    iot.attach_policy(policyName="extra", target=remote["certificate_arn"])
     backend.deregister(device, remote, state)
     backend.deregister(device, remote, state)  # idempotent
     cert = iot.describe_certificate(certificateId=remote["certificate_id"])

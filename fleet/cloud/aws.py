@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -209,6 +210,8 @@ class AwsIotBackend(CloudBackend):
         self.firmware_field: str = self.options.get("firmware_field") or DEFAULT_FIRMWARE_FIELD
         self._control_auth = BotocoreSigV4Auth("iot", self.region, profile=profile)
         self._data_auth = BotocoreSigV4Auth("iotdata", self.region, profile=profile)
+        self._lock = threading.Lock()  # the outbox calls one instance from many threads
+        self._data_endpoint: str | None = None
 
     def __repr__(self) -> str:
         return f"AwsIotBackend(name={self.name!r}, region={self.region!r})"
@@ -284,9 +287,10 @@ class AwsIotBackend(CloudBackend):
     @property
     def client(self) -> httpx.Client:
         """The HTTP client (built on first use: timeouts on every request)."""
-        if self._client is None:
-            self._client = httpx.Client(timeout=REQUEST_TIMEOUT)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=REQUEST_TIMEOUT)
+            return self._client
 
     def _call(
         self,
@@ -512,13 +516,16 @@ class AwsIotBackend(CloudBackend):
         explicit = self.options.get("data_endpoint_url") or self.options.get("endpoint_url")
         if explicit:
             return str(explicit).rstrip("/")
+        if self._data_endpoint:
+            return self._data_endpoint
         found = self._call(
             "DescribeEndpoint", "GET", "/endpoint" + query_string(endpointType="iot:Data-ATS")
         )
         address = str(found.get("endpointAddress", ""))
         if not address:
             raise PermanentError("AWS IoT DescribeEndpoint returned no data endpoint")
-        return f"https://{address}"
+        self._data_endpoint = f"https://{address}"
+        return self._data_endpoint
 
     # --- register ---------------------------------------------------------------------------
 
@@ -715,13 +722,19 @@ class AwsIotBackend(CloudBackend):
             if exc.code != "ResourceNotFoundException" and exc.status != 404:
                 raise
             principals = []
-        arns = {p for p in principals if ":cert/" in p and p.rsplit("/", 1)[1] in cert_ids}
-        if remote.get("certificate_arn"):
-            arns.add(str(remote["certificate_arn"]))
+        # Every fleet certificate of this device that AWS knows: the registered one (remote),
+        # the device's current one, and whichever of them the thing still holds.
+        targets: dict[str, str | None] = dict.fromkeys(cert_ids)
+        for principal in principals:
+            if ":cert/" in principal and principal.rsplit("/", 1)[1] in cert_ids:
+                targets[principal.rsplit("/", 1)[1]] = principal
+        if remote.get("certificate_id") and remote.get("certificate_arn"):
+            targets[str(remote["certificate_id"])] = str(remote["certificate_arn"])
         new_status = "REVOKED" if self.options.get("deregister_mode") == "revoke" else "INACTIVE"
-        for arn in sorted(arns):
-            cert_id = arn.rsplit("/", 1)[1]
-            self._set_certificate_status(cert_id, new_status)
+        for cert_id, known_arn in sorted(targets.items()):
+            arn = self._set_certificate_status(cert_id, new_status) or known_arn
+            if arn is None:
+                continue  # AWS never had this certificate
             if arn in principals:
                 self._ignore_missing(
                     "DetachThingPrincipal",
@@ -729,12 +742,13 @@ class AwsIotBackend(CloudBackend):
                     thing_path + "/principals",
                     headers={"x-amzn-principal": arn},
                 )
-            self._ignore_missing(
-                "DetachPolicy",
-                "POST",
-                f"/target-policies/{uri_label(self.policy_name)}",
-                body={"target": arn},
-            )
+            for policy in self._attached_policies(arn):
+                self._ignore_missing(
+                    "DetachPolicy",
+                    "POST",
+                    f"/target-policies/{uri_label(policy)}",
+                    body={"target": arn},
+                )
         if self.options.get("delete_thing"):
             try:
                 self._ignore_missing("DeleteThing", "DELETE", thing_path)
@@ -745,22 +759,46 @@ class AwsIotBackend(CloudBackend):
                     raise TransientError(str(exc), retry_after=5.0) from None
                 raise
 
-    def _set_certificate_status(self, cert_id: str, new_status: str) -> None:
+    def _set_certificate_status(self, cert_id: str, new_status: str) -> str | None:
+        """Set the status; return the certificate's ARN, or None if AWS does not have it."""
         path = f"/certificates/{uri_label(cert_id)}"
-        try:
-            self._ignore_missing(
-                "UpdateCertificate", "PUT", path + query_string(newStatus=new_status)
+        info = (self._describe("DescribeCertificate", path) or {}).get("certificateDescription", {})
+        if not info:
+            return None
+        # REVOKED is final and stronger than INACTIVE: a revoked certificate stays revoked.
+        if info.get("status") not in (new_status, "REVOKED"):
+            try:
+                self._call("UpdateCertificate", "PUT", path + query_string(newStatus=new_status))
+            except AwsApiError as exc:
+                if exc.code != "ResourceNotFoundException" and exc.status != 404:
+                    raise
+        return str(info.get("certificateArn") or "") or None
+
+    def _attached_policies(self, target_arn: str) -> list[str]:
+        """Names of the policies attached to a certificate (the ARN travels percent-encoded in
+        the path, as boto3 sends it)."""
+        names: list[str] = []
+        marker: str | None = None
+        while True:
+            query = query_string(
+                recursive="false", pageSize="100", **({"marker": marker} if marker else {})
             )
-        except AwsApiError as exc:
-            if exc.code != "CertificateStateException":
+            try:
+                page = self._call(
+                    "ListAttachedPolicies",
+                    "POST",
+                    f"/attached-policies/{uri_label(target_arn)}{query}",
+                )
+            except AwsApiError as exc:
+                if exc.code == "ResourceNotFoundException" or exc.status == 404:
+                    return names
                 raise
-            # e.g. INACTIVE requested for a certificate already REVOKED: revoked is final
-            # and stronger, so that is done too.
-            info = (self._describe("DescribeCertificate", path) or {}).get(
-                "certificateDescription", {}
+            names.extend(
+                str(p["policyName"]) for p in page.get("policies", []) if "policyName" in p
             )
-            if info.get("status") not in ("REVOKED", new_status):
-                raise
+            marker = page.get("nextMarker") or None
+            if marker is None:
+                return names
 
     def _ignore_missing(
         self,
