@@ -1010,3 +1010,46 @@ def test_validate_options() -> None:
         "deregister_mode": "inactive",
         "delete_thing": False,
     }
+
+
+# --- through the CLI and the outbox -------------------------------------------------------------
+
+
+def test_cli_register_sync_decommission_against_moto(
+    ready_sqlite_ws: Any, sqlite_cli: Any, moto: str, iot: Any, tmp_path: Path
+) -> None:
+    """``fleet cloud add/register/sync/status`` and ``device decommission`` end to end: the
+    outbox prepares the cloud (fleet's CA registered), pushes, pulls status, deregisters."""
+    cli = sqlite_cli
+    added = cli(
+        "cloud", "add", "aws", "--type", "aws-iot", "--region", REGION,
+        "--endpoint-url", moto, "--thing-group", "plant-7",
+    )  # fmt: skip
+    assert added.exit_code == 0, added.stderr
+    checked = cli("cloud", "check", "aws")
+    assert checked.exit_code == 0, checked.stderr
+    for device_id in ("gw:1", "gw-2"):
+        made = cli("device", "add", device_id, "--model", "gw-200", "--out", str(tmp_path / "o"))
+        assert made.exit_code == 0, made.stderr
+    pushed = cli("cloud", "register", "aws", "--all", "--json")
+    assert pushed.exit_code == 0, pushed.stderr
+    assert {t["thingName"] for t in iot.list_things()["things"]} == {"gw:1", "gw-2"}
+    issuing, _ = ca.load_ca_certificates(ready_sqlite_ws.home)
+    registered_ca = iot.describe_ca_certificate(certificateId=ca.fingerprint_sha256(issuing))
+    assert registered_ca["certificateDescription"]["status"] == "ACTIVE"
+    synced = cli("cloud", "sync", "aws")
+    assert synced.exit_code == 0, synced.stderr
+    status = json.loads(cli("cloud", "status", "aws", "--json").stdout)
+    assert {(s["device_id"], s["status"]) for s in status} == {
+        ("gw:1", "registered"),
+        ("gw-2", "registered"),
+    }
+    gone = cli("device", "decommission", "gw:1", "--reason", "retired")
+    assert gone.exit_code == 0, gone.stderr
+    cli("cloud", "sync", "aws")
+    principals = iot.list_thing_principals(thingName="gw:1")["principals"]
+    assert principals == []
+    certs = iot.list_certificates()["certificates"]
+    assert sorted(c["status"] for c in certs) == ["ACTIVE", "INACTIVE"]
+    joined = added.stderr + pushed.stdout + pushed.stderr + synced.stderr + checked.stdout
+    assert SECRET_KEY not in joined
