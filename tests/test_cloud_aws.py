@@ -1053,3 +1053,36 @@ def test_cli_register_sync_decommission_against_moto(
     assert sorted(c["status"] for c in certs) == ["ACTIVE", "INACTIVE"]
     joined = added.stderr + pushed.stdout + pushed.stderr + synced.stderr + checked.stdout
     assert SECRET_KEY not in joined
+
+
+def test_data_endpoint_is_looked_up_once_on_real_aws() -> None:
+    """Without an endpoint override, the shadow endpoint comes from DescribeEndpoint
+    (iot:Data-ATS), as on real AWS (MockTransport in AWS's documented shapes)."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.url.host}{request.url.raw_path.decode()}")
+        if request.url.path == "/endpoint":
+            return httpx.Response(
+                200, json={"endpointAddress": "a1b2c3-ats.iot.eu-west-1.amazonaws.com"}
+            )
+        if request.url.path == "/indices/search":
+            thing = {"thingName": "gw-1", "connectivity": {"connected": True}}
+            return httpx.Response(200, json={"things": [thing]})
+        return httpx.Response(200, json={"state": {"reported": {"firmware_version": 7}}})
+
+    options = AwsIotBackend.validate_options({"region": REGION})
+    backend = AwsIotBackend(
+        "real", options, client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
+    for _ in range(2):
+        statuses = backend.fetch_status(["gw-1"], {})
+        assert statuses["gw-1"].firmware_version == "7"
+        assert statuses["gw-1"].last_activity is None
+    assert seen == [
+        "iot.eu-west-1.amazonaws.com/indices/search",
+        "iot.eu-west-1.amazonaws.com/endpoint?endpointType=iot%3AData-ATS",
+        "a1b2c3-ats.iot.eu-west-1.amazonaws.com/things/gw-1/shadow?name=firmware",
+        "iot.eu-west-1.amazonaws.com/indices/search",
+        "a1b2c3-ats.iot.eu-west-1.amazonaws.com/things/gw-1/shadow?name=firmware",
+    ]
