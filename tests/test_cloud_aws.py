@@ -408,6 +408,8 @@ class _Captured(Exception):
 
 def boto3_request(service: str, operation: str, **params: Any) -> Any:
     """The request boto3 would send (URL, headers, body), captured before it leaves."""
+    if boto3 is None:
+        require_service("boto3 is not installed (pip install -e .[test])")
     client = boto3.client(
         service,
         endpoint_url="https://iot.eu-west-1.amazonaws.com",
@@ -473,6 +475,14 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
             + query_string(recursive="false", pageSize="100"),
         ),
         (
+            "iot",
+            "iot",
+            "attach_thing_principal",
+            {"thingName": "gw:01", "principal": CERT_ARN},
+            "PUT",
+            "/things/" + uri_label("gw:01") + "/principals",
+        ),
+        (
             "iot-data",
             "iotdata",
             "get_thing_shadow",
@@ -497,7 +507,8 @@ def test_signature_equals_boto3s(
     thing name with ``:`` and a query value with ``:``."""
     monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
     reference = boto3_request(service, operation, **params)
-    ours = httpx.Request(method, "https://iot.eu-west-1.amazonaws.com" + path)
+    headers = {"x-amzn-principal": params["principal"]} if "principal" in params else {}
+    ours = httpx.Request(method, "https://iot.eu-west-1.amazonaws.com" + path, headers=headers)
     BotocoreSigV4Auth(signing_name, REGION).sign(ours)
     # Same path bytes; same query pairs (boto3 sends them in model order, fleet sorted: the
     # signature sorts them anyway).
@@ -1086,3 +1097,18 @@ def test_data_endpoint_is_looked_up_once_on_real_aws() -> None:
         "iot.eu-west-1.amazonaws.com/indices/search",
         "a1b2c3-ats.iot.eu-west-1.amazonaws.com/things/gw-1/shadow?name=firmware",
     ]
+
+
+def test_check_unreachable_region_names_the_region() -> None:
+    """A DNS or connection failure on the real endpoint (MockTransport raising ConnectError):
+    the message points at --region."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("name resolution failed", request=request)
+
+    options = AwsIotBackend.validate_options({"region": "eu-west-9"})
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    result = AwsIotBackend("r", options, client=client).check()
+    assert not result.ok
+    assert "cannot reach https://iot.eu-west-9.amazonaws.com" in result.message
+    assert "check --region 'eu-west-9'" in result.message

@@ -56,7 +56,7 @@ ATTRIBUTE_NAME_RE = re.compile(r"^[a-zA-Z0-9_.,@/:#-]{1,128}$")
 ATTRIBUTE_VALUE_RE = re.compile(r"^[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}$")
 POLICY_NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$")
 SHADOW_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,64}$")
-REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+REGION_RE = re.compile(r"^[a-z]{2,5}(-[a-z]+)+-\d+$")
 # Documented AWS IoT quotas: a thing without a thing type holds at most 3 attributes, one with
 # a thing type at most 50.
 MAX_ATTRIBUTES_UNTYPED = 3
@@ -157,11 +157,13 @@ def device_policy_document(region: str) -> dict[str, Any]:
 
 
 def partition_of(region: str) -> str:
-    """The ARN partition of a region (``aws``, ``aws-cn``, ``aws-us-gov``)."""
+    """The ARN partition of a region (``aws``, ``aws-cn``, ``aws-us-gov``, ``aws-eusc``)."""
     if region.startswith("cn-"):
         return "aws-cn"
     if region.startswith("us-gov-"):
         return "aws-us-gov"
+    if region.startswith("eusc-"):
+        return "aws-eusc"
     return "aws"
 
 

@@ -24,9 +24,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
-# Only these request headers are signed: the ones AWS requires plus the body's type. Headers a
-# proxy or httpx itself may rewrite (connection, accept-encoding, user-agent) stay unsigned.
+# Signed request headers: host, the body's type and every x-amz*/x-amzn* header (as boto3
+# does). Headers a proxy or httpx itself may rewrite (connection, accept-encoding,
+# user-agent, content-length) stay unsigned.
 _SIGNED_HEADERS = ("host", "content-type", "content-md5")
+_SIGNED_PREFIX = "x-amz"
 # Headers botocore adds while signing, copied back onto the httpx request.
 _AUTH_HEADERS = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token")
 
@@ -91,7 +93,9 @@ class BotocoreSigV4Auth(httpx.Auth):
         # raw_path is path + "?" + query exactly as httpx will write them on the wire.
         wire_url = f"{url.scheme}://{url.netloc.decode('ascii')}{url.raw_path.decode('ascii')}"
         headers = {
-            name: value for name, value in request.headers.items() if name in _SIGNED_HEADERS
+            name: value
+            for name, value in request.headers.items()
+            if name in _SIGNED_HEADERS or name.startswith(_SIGNED_PREFIX)
         }
         for name in _AUTH_HEADERS:
             if name in request.headers:
