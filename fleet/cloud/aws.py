@@ -189,9 +189,10 @@ class AwsIotBackend(CloudBackend):
     """AWS IoT Core (type ``aws-iot``). Options: see :meth:`validate_options`."""
 
     type_name: ClassVar[str] = "aws-iot"
-    # AWS IoT throttles each control-plane API per account (CreateThing, RegisterCertificate,
-    # AttachThingPrincipal, AttachPolicy... in the order of 10-15 TPS). One registration job
-    # calls each of them once, so 10 jobs/s stays under every one of them.
+    # AWS IoT throttles each control-plane API per account and region (CreateThing,
+    # RegisterCertificate, AttachThingPrincipal, AttachPolicy..., several with default quotas
+    # in the low tens of TPS). One registration calls each of them about once, so 10 jobs/s
+    # stays below them; ThrottlingException is retried anyway.
     default_concurrency: ClassVar[int] = 4
     default_rate_per_second: ClassVar[float] = 10.0
     status_batch_size: ClassVar[int] = 50  # thing names per SearchIndex query
