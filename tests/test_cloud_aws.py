@@ -1112,3 +1112,56 @@ def test_check_unreachable_region_names_the_region() -> None:
     assert not result.ok
     assert "cannot reach https://iot.eu-west-9.amazonaws.com" in result.message
     assert "check --region 'eu-west-9'" in result.message
+
+
+def test_delete_thing_refused_while_foreign_principals_remain(
+    make_backend: Callable[..., AwsIotBackend], issuer: ca.Issuer, iot: Any
+) -> None:
+    backend = make_backend(delete_thing=True)
+    state = backend.prepare(ca_material(issuer))
+    device = device_record(issuer, "gw-0300")
+    remote = backend.register(device, state)
+    # Someone attaches a certificate of their own to fleet's thing.
+    foreign = iot.create_keys_and_certificate(setAsActive=True)
+    iot.attach_thing_principal(thingName="gw-0300", principal=foreign["certificateArn"])
+    with pytest.raises(PermanentError, match="principals fleet did not attach"):
+        backend.deregister(device, remote, state)
+    cert = iot.describe_certificate(certificateId=remote["certificate_id"])
+    assert cert["certificateDescription"]["status"] == "INACTIVE"
+    assert iot.list_thing_principals(thingName="gw-0300")["principals"] == [
+        foreign["certificateArn"]
+    ]
+    foreign_status = iot.describe_certificate(certificateId=foreign["certificateId"])
+    assert foreign_status["certificateDescription"]["status"] == "ACTIVE"
+
+
+def test_delete_thing_still_attached_is_transient() -> None:
+    """AWS applies DetachThingPrincipal asynchronously: a DeleteThing right after it may still
+    be refused (InvalidRequestException, documented message). MockTransport, since moto
+    detaches at once."""
+    cert_id = "cd" * 32
+    still_attached = "Cannot delete. Thing gw-1 is still attached to one or more principals"
+    arn = f"arn:aws:iot:{REGION}:123456789012:cert/{cert_id}"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/principals") and request.method == "GET":
+            return httpx.Response(200, json={"principals": [arn]})
+        if path == f"/certificates/{cert_id}" and request.method == "GET":
+            description = {"certificateArn": arn, "certificateId": cert_id, "status": "ACTIVE"}
+            return httpx.Response(200, json={"certificateDescription": description})
+        if path.startswith("/attached-policies/"):
+            return httpx.Response(200, json={"policies": []})
+        if request.method == "DELETE" and path == "/things/gw-1":
+            return httpx.Response(
+                409,
+                headers={"x-amzn-ErrorType": "InvalidRequestException"},
+                json={"message": still_attached},
+            )
+        return httpx.Response(200, json={})
+
+    backend = mock_backend(handler, delete_thing=True)
+    device = DeviceRecord("gw-1", None, None, {}, "active", "", "", cert_id)
+    with pytest.raises(TransientError, match="still attached") as info:
+        backend.deregister(device, {"thing_name": "gw-1", "certificate_id": cert_id}, {})
+    assert info.value.retry_after == 5.0

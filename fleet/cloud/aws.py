@@ -753,6 +753,13 @@ class AwsIotBackend(CloudBackend):
                     body={"target": arn},
                 )
         if self.options.get("delete_thing"):
+            detached = {arn for arn in targets.values() if arn}
+            others = [p for p in principals if p not in detached]
+            if others:
+                raise PermanentError(
+                    f"fleet's certificate is detached and disabled, but thing {thing!r} is not "
+                    f"deleted: it still holds principals fleet did not attach ({others[0]})"
+                )
             try:
                 self._ignore_missing("DeleteThing", "DELETE", thing_path)
             except AwsApiError as exc:
