@@ -1027,10 +1027,19 @@ def test_validate_options() -> None:
 
 
 def test_cli_register_sync_decommission_against_moto(
-    ready_sqlite_ws: Any, sqlite_cli: Any, moto: str, iot: Any, tmp_path: Path
+    ready_sqlite_ws: Any,
+    sqlite_cli: Any,
+    moto: str,
+    iot: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``fleet cloud add/register/sync/status`` and ``device decommission`` end to end: the
-    outbox prepares the cloud (fleet's CA registered), pushes, pulls status, deregisters."""
+    outbox prepares the cloud (fleet's CA registered), pushes, pulls status, deregisters.
+    The AWS secret key and session token appear in no output, log record or registry file."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
+    caplog.set_level(logging.DEBUG)
     cli = sqlite_cli
     added = cli(
         "cloud", "add", "aws", "--type", "aws-iot", "--region", REGION,
@@ -1062,8 +1071,13 @@ def test_cli_register_sync_decommission_against_moto(
     assert principals == []
     certs = iot.list_certificates()["certificates"]
     assert sorted(c["status"] for c in certs) == ["ACTIVE", "INACTIVE"]
-    joined = added.stderr + pushed.stdout + pushed.stderr + synced.stderr + checked.stdout
-    assert SECRET_KEY not in joined
+    outputs = [added, checked, pushed, synced, gone]
+    joined = "\n".join(r.stdout + r.stderr for r in outputs) + caplog.text
+    stored = b"".join(p.read_bytes() for p in ready_sqlite_ws.home.rglob("*") if p.is_file())
+    assert b"arn:aws:iot" in stored  # the registry (with the remote ids) was scanned
+    for secret in (SECRET_KEY, SESSION_TOKEN):
+        assert secret not in joined
+        assert secret.encode() not in stored
 
 
 def test_data_endpoint_is_looked_up_once_on_real_aws() -> None:
