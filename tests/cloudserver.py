@@ -9,7 +9,7 @@ created, so tests can assert "registered exactly once".
 Faults are scripted per device: ``faults["pump-1"] = ["500", "429:2", "429:date", "slow",
 "drop_before", "drop_after"]`` makes its next requests fail in that order:
 ``500`` (server error), ``429:N`` (Retry-After N seconds), ``429:date`` (Retry-After as an
-HTTP date 1 s ahead), ``slow`` (apply, then answer after ``slow_seconds``, past the client's
+HTTP date 1 to 2 s ahead), ``slow`` (apply, then answer after ``slow_seconds``, past the client's
 timeout), ``drop_before`` (close the connection without applying), ``drop_after`` (apply, then
 close without answering), ``400`` (permanent).
 """
@@ -55,6 +55,9 @@ class RegistryState:
 class _Handler(BaseHTTPRequestHandler):
     server: RegistryServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus delayed
+    # ACKs add ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -105,6 +108,12 @@ class _Handler(BaseHTTPRequestHandler):
             state.requests.append((method, device_id, key, time.monotonic()))
         if state.latency:
             time.sleep(state.latency)
+        if method == "GET" and self.path == "/_stats":  # for the bench's separate process
+            with state.lock:
+                times = [t for m, _, _, t in state.requests if m == "PUT"]
+                stats = {"creations": sum(state.creations.values()), "put_times": times}
+            self._send(200, stats)
+            return
         if not self._authorised():
             return
         if method == "OPTIONS":
@@ -123,7 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.startswith("429:"):
             value = fault[4:]
             if value == "date":
-                when = datetime.now(UTC) + timedelta(seconds=1)
+                # HTTP dates have whole seconds: 2 s ahead is at least 1 s ahead.
+                when = datetime.now(UTC) + timedelta(seconds=2)
                 value = format_datetime(when, usegmt=True)
             self._send(429, {"error": "slow down"}, {"Retry-After": value})
             return
@@ -218,6 +228,10 @@ class RegistryServer(ThreadingHTTPServer):
     def start(self) -> RegistryServer:
         self._thread.start()
         return self
+
+    def reset(self) -> None:
+        """Forget everything (between bench phases)."""
+        self.state = RegistryState()
 
     def stop(self) -> None:
         self.shutdown()

@@ -227,7 +227,7 @@ def test_every_job_registered_exactly_once_despite_faults(
     for device_id in (ids[1], ids[2]):
         times = [t for _, d, _, t in puts if d == device_id]
         assert len(times) == 2
-        assert times[1] - times[0] >= 0.9
+        assert times[1] - times[0] >= 0.95
     with read_session(ready_ws.open_registry()) as session:
         regs = session.exec(select(CloudRegistration)).all()
         assert {r.device_id: r.status for r in regs} == dict.fromkeys(ids, "registered")

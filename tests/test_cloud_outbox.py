@@ -264,7 +264,8 @@ def test_rate_limiter_never_exceeds_the_limit() -> None:
     # Any k+1 consecutive starts span at least k intervals: no window beats the rate.
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert min(gaps) >= 1 / 50 - 1e-9
-    assert slots[-1] - slots[0] == pytest.approx(399 / 50)
+    # ... and it stays close to the limit: 0.5% safety margin, no more.
+    assert slots[-1] - slots[0] == pytest.approx(399 / 50 * outbox.RateLimiter.SAFETY)
 
 
 def test_push_respects_rate_limit_on_the_wire(

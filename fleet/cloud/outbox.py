@@ -33,7 +33,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from sqlalchemy import func, or_
+from sqlalchemy import bindparam, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -58,6 +58,7 @@ from fleet.views import iso
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 OPEN_STATES = ("pending", "retry")
+_JOB_COLUMNS = ("state", "attempts", "last_error", "next_attempt_at", "updated_at")
 _CLOUD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ERROR_MAX = 500
 CHUNK = 500  # ids per IN (...) query
@@ -98,14 +99,17 @@ class RateLimiter:
 
     A token bucket with a capacity of one token: there is no burst, so in ANY window of
     length T at most ``floor(T * rate) + 1`` requests start and the achieved rate never
-    exceeds the limit (a larger bucket would allow short bursts above it). ``rate=None``
-    means unlimited.
+    exceeds the limit (a larger bucket would allow short bursts above it). Slots are spaced
+    0.5% wider than ``1/rate`` so that network jitter cannot make the rate the platform sees
+    exceed its quota. ``rate=None`` means unlimited.
     """
+
+    SAFETY = 1.005
 
     def __init__(self, rate: float | None, clock: Clock = SYSTEM_CLOCK) -> None:
         if rate is not None and rate <= 0:
             raise InvalidInput("rate must be positive")
-        self.interval = 0.0 if rate is None else 1.0 / rate
+        self.interval = 0.0 if rate is None else self.SAFETY / rate
         self.clock = clock
         self._lock = threading.Lock()
         self._next_slot: float | None = None
@@ -143,7 +147,7 @@ class PushPolicy:
     max_wait: float = 30.0
     max_attempts: int | None = None
     retry_after_cap: float = 300.0
-    commit_every: int = 50
+    commit_every: int = 100
 
 
 ProgressFn = Callable[[int, int], None]  # (jobs finished, jobs to push)
@@ -811,8 +815,10 @@ class _Pusher:
         pending: set[Future[_Outcome]] = set()
         batch: list[_Outcome] = []
         items = iter(works)
-        # Keep at most 2x concurrency submitted so a crash strands few finished results.
-        window = self.cloud.concurrency * 2
+        # A bounded number of submitted jobs: enough to keep workers busy while this thread
+        # commits a batch, few enough that a crash strands few finished results (they are
+        # pushed again, idempotently, by the next run).
+        window = self.cloud.concurrency * 4 + self.policy.commit_every
         exhausted = False
         while True:
             while not exhausted and len(pending) < window:
@@ -832,70 +838,95 @@ class _Pusher:
             self._apply(batch)
 
     def _apply(self, outcomes: Sequence[_Outcome]) -> None:
+        """Commit a batch of outcomes: job rows, registration rows, audit events.
+
+        Core executemany UPDATEs (grouped by the columns they set) rather than ORM objects:
+        this thread's CPU time is what the worker threads wait for.
+        """
         now = self.clock.now()
+        name = self.cloud.name
         events: list[audit.PendingEvent] = []
+        job_updates: list[dict[str, Any]] = []
+        reg_updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+
+        def reg_update(device_id: str, **values: Any) -> None:
+            values["updated_at"] = now
+            key = tuple(sorted(values))
+            reg_updates.setdefault(key, []).append({"b_device_id": device_id, **values})
+
         with write_session(self.engine) as session:
+            job_ids = [o.work.job_id for o in outcomes]
+            rows = session.exec(
+                select(CloudJob.id, CloudJob.state, CloudJob.attempts).where(
+                    col(CloudJob.id).in_(job_ids)
+                )
+            ).all()
+            jobs = {row[0]: (row[1], row[2]) for row in rows}
+            reg_query = select(CloudRegistration.device_id).where(
+                CloudRegistration.cloud == name,
+                col(CloudRegistration.device_id).in_([o.work.device_id for o in outcomes]),
+            )
+            missing = {o.work.device_id for o in outcomes} - set(session.exec(reg_query).all())
+            for device_id in sorted(
+                missing
+            ):  # registration rows come with their jobs; just in case
+                session.add(
+                    CloudRegistration(device_id=device_id, cloud=name, remote={}, updated_at=now)
+                )
+            session.flush()
             for outcome in outcomes:
                 work = outcome.work
-                job = session.get(CloudJob, work.job_id)
-                if job is None:  # the cloud was removed meanwhile (--force)
+                found = jobs.get(work.job_id)
+                if found is None:  # the cloud was removed meanwhile (--force)
                     continue
-                reg = session.get(CloudRegistration, (work.device_id, self.cloud.name))
-                if reg is None:
-                    reg = CloudRegistration(
-                        device_id=work.device_id, cloud=self.cloud.name, remote={}
-                    )
-                if job.state not in OPEN_STATES:
+                job_state, attempts = found
+                record = work.record
+                serial = record.certificate_serial if record is not None else None
+                if job_state not in OPEN_STATES:
                     # Superseded while in flight (a deregistration was queued): only a
                     # success matters, so the deregistration knows the remote ids.
                     if outcome.kind == "done" and work.action == "register":
-                        reg.status = "registered"
-                        reg.remote = outcome.remote
-                        reg.certificate_serial = (
-                            work.record.certificate_serial if work.record else None
+                        reg_update(
+                            work.device_id,
+                            status="registered",
+                            remote=outcome.remote,
+                            certificate_serial=serial,
                         )
-                        reg.updated_at = now
-                        session.add(reg)
                     continue
-                job.attempts += 1
-                job.updated_at = now
-                reg.attempts = job.attempts
-                reg.updated_at = now
-                kind = outcome.kind
+                attempts += 1
+                kind, error = outcome.kind, outcome.error
                 if kind == "transient" and (
-                    self.policy.max_attempts is not None
-                    and job.attempts >= self.policy.max_attempts
+                    self.policy.max_attempts is not None and attempts >= self.policy.max_attempts
                 ):
-                    kind = "permanent"
-                    outcome = _Outcome(
-                        work,
-                        kind,
-                        error=_short(f"gave up after {job.attempts} attempts: {outcome.error}"),
-                    )
-                record = work.record
-                serial = record.certificate_serial if record is not None else None
+                    kind, error = "permanent", _short(f"gave up after {attempts} attempts: {error}")
+                job = {"b_id": work.job_id, "attempts": attempts, "updated_at": now}
                 if kind == "done":
-                    job.state = "done" if job.state in OPEN_STATES else job.state
-                    job.last_error = None
-                    job.next_attempt_at = None
-                    reg.last_error = None
+                    job_updates.append(
+                        {**job, "state": "done", "last_error": None, "next_attempt_at": None}
+                    )
                     if work.action == "register":
-                        reg.status = "registered"
-                        reg.remote = outcome.remote
-                        reg.certificate_serial = serial
+                        reg_update(
+                            work.device_id,
+                            status="registered",
+                            remote=outcome.remote,
+                            certificate_serial=serial,
+                            attempts=attempts,
+                            last_error=None,
+                        )
                     else:
-                        reg.status = "deregistered"
+                        reg_update(
+                            work.device_id,
+                            status="deregistered",
+                            attempts=attempts,
+                            last_error=None,
+                        )
                     self.report.done += 1
                     self.finished += 1
                     events.append(
                         audit.PendingEvent(
                             f"cloud.{work.action}",
                             work.device_id,
-                            {
-                                "cloud": self.cloud.name,
-                                "certificate_serial": serial,
-                                "attempts": job.attempts,
-                            },
+                            {"cloud": name, "certificate_serial": serial, "attempts": attempts},
                         )
                     )
                 elif kind == "transient":
@@ -903,43 +934,64 @@ class _Pusher:
                         min(outcome.retry_after, self.policy.retry_after_cap)
                         if outcome.retry_after is not None
                         else backoff_delay(
-                            job.attempts, self.policy.base_delay, self.policy.max_delay, self.rng
+                            attempts, self.policy.base_delay, self.policy.max_delay, self.rng
                         )
                     )
-                    job.state = "retry"
-                    job.last_error = outcome.error
-                    job.next_attempt_at = now + timedelta(seconds=delay)
-                    reg.last_error = outcome.error
-                else:
-                    job.state = "failed"
-                    job.last_error = outcome.error
-                    job.next_attempt_at = None
-                    reg.status = "failed"
-                    reg.last_error = _short(f"{work.action}: {outcome.error}")
-                    self.report.failed += 1
-                    self.finished += 1
-                    self.report.failures.append(
+                    job_updates.append(
                         {
-                            "device_id": work.device_id,
-                            "action": work.action,
-                            "attempts": job.attempts,
-                            "error": outcome.error,
+                            **job,
+                            "state": "retry",
+                            "last_error": error,
+                            "next_attempt_at": now + timedelta(seconds=delay),
                         }
                     )
+                    reg_update(work.device_id, attempts=attempts, last_error=error)
+                else:
+                    job_updates.append(
+                        {**job, "state": "failed", "last_error": error, "next_attempt_at": None}
+                    )
+                    reg_update(
+                        work.device_id,
+                        status="failed",
+                        attempts=attempts,
+                        last_error=_short(f"{work.action}: {error}"),
+                    )
+                    self.report.failed += 1
+                    self.finished += 1
+                    failure = {
+                        "device_id": work.device_id,
+                        "action": work.action,
+                        "attempts": attempts,
+                        "error": error,
+                    }
+                    self.report.failures.append(failure)
                     events.append(
                         audit.PendingEvent(
                             "cloud.failed",
                             work.device_id,
                             {
-                                "cloud": self.cloud.name,
-                                "action": work.action,
-                                "attempts": job.attempts,
-                                "error": outcome.error,
+                                "cloud": name,
+                                **{k: failure[k] for k in ("action", "attempts", "error")},
                             },
                         )
                     )
-                session.add(job)
-                session.add(reg)
+            jobs_table = CloudJob.__table__  # type: ignore[attr-defined]
+            regs_table = CloudRegistration.__table__  # type: ignore[attr-defined]
+            if job_updates:
+                statement = (
+                    update(jobs_table)
+                    .where(jobs_table.c.id == bindparam("b_id"))
+                    .values({k: bindparam(k) for k in _JOB_COLUMNS})
+                )
+                session.connection().execute(statement, job_updates)
+            for columns, values in reg_updates.items():
+                statement = (
+                    update(regs_table)
+                    .where(regs_table.c.cloud == name)
+                    .where(regs_table.c.device_id == bindparam("b_device_id"))
+                    .values({k: bindparam(k) for k in columns})
+                )
+                session.connection().execute(statement, values)
             if events:
                 audit.append_many(session, events, at=now)
         if self.progress:
