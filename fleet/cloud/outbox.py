@@ -33,7 +33,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy import bindparam, delete, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -289,11 +289,8 @@ def remove_cloud(ws: Workspace, name: str, *, force: bool = False) -> dict[str, 
             )
         dropped_jobs = sum(jobs.values())
         dropped_regs = sum(regs.values())
-        for job in session.exec(select(CloudJob).where(CloudJob.cloud == name)):
-            session.delete(job)
-        for reg in session.exec(select(CloudRegistration).where(CloudRegistration.cloud == name)):
-            session.delete(reg)
-        session.flush()
+        session.exec(delete(CloudJob).where(col(CloudJob.cloud) == name))
+        session.exec(delete(CloudRegistration).where(col(CloudRegistration.cloud) == name))
         session.delete(cloud)
         audit.append(
             session,
