@@ -401,3 +401,23 @@ def test_add_cloud_validation(sqlite_ws: Workspace) -> None:
     outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}", "region": None})
     with pytest.raises(Conflict, match="already exists"):
         outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}"})
+
+
+def test_plugins_are_found_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from fleet.cloud import plugins
+    from fleet.cloud.http import HttpBackend
+    from fleet.errors import InvalidInput
+
+    assert {"aws-iot", "http"} <= set(plugins.available_types())
+    assert plugins.load_backend_class("http") is HttpBackend
+    broken = {
+        "gone": EntryPoint("gone", "fleet_no_such_module:Backend", plugins.GROUP),
+        "odd": EntryPoint("odd", "fleet.errors:InvalidInput", plugins.GROUP),
+    }
+    monkeypatch.setattr(plugins, "_entry_points", lambda: broken)
+    with pytest.raises(InvalidInput, match="fleet_no_such_module is missing"):
+        plugins.load_backend_class("gone")
+    with pytest.raises(InvalidInput, match="is not a CloudBackend"):
+        plugins.load_backend_class("odd")

@@ -29,7 +29,13 @@ def load_backend_class(type_name: str) -> type[CloudBackend]:
     if ep is None:
         known = ", ".join(available_types()) or "none installed"
         raise InvalidInput(f"unknown cloud type {type_name!r} (available: {known})")
-    cls = ep.load()
+    try:
+        cls = ep.load()
+    except ImportError as exc:  # a plugin whose dependencies are not installed
+        missing = exc.name or "a dependency"
+        raise InvalidInput(
+            f"cloud type {type_name!r} cannot be loaded: {missing} is missing"
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, CloudBackend)):
         raise InvalidInput(f"cloud type {type_name!r} ({ep.value}) is not a CloudBackend")
     return cls
