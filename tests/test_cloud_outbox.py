@@ -162,9 +162,11 @@ def test_queue_only_then_sync(ready_ws: Workspace, server: RegistryServer, tmp_p
     assert result == {"queued": 3, "push": None}
     assert server.state.requests == []
     assert {r.status for r in registrations(ready_ws).values()} == {"pending"}
-    (report,) = outbox.sync(ready_ws, "reg", policy=FAST)
+    seen: list[tuple[int, int]] = []
+    (report,) = outbox.sync(ready_ws, "reg", policy=FAST, progress=lambda d, t: seen.append((d, t)))
     assert (report.push.done, report.push.left) == (3, 0)
     assert set(server.state.devices) == set(ids)
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3)  # what the CLI's progress bar shows
     # Registering again changes nothing: already registered with this certificate.
     assert outbox.register(ready_ws, "reg", ids)["queued"] == 0
 
