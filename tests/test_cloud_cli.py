@@ -203,3 +203,21 @@ def test_secret_never_in_output_logs_or_database(
     for path in [*ready_ws.home.rglob("*"), *tmp_path.joinpath("out").rglob("*")]:
         if path.is_file():
             assert b"tok-9f8e7d6c5b4a" not in path.read_bytes(), path
+
+
+def test_aws_options_pass_through_the_cli(ready_sqlite_ws: Workspace, sqlite_cli: Cli) -> None:
+    result = sqlite_cli(
+        "cloud", "add", "prod", "--type", "aws-iot", "--region", "eu-central-1",
+        "--thing-group", "plant-7", "--thing-type", "pump", "--policy", "p1", "--profile", "ops",
+        "--deregister-mode", "revoke", "--delete-thing", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    options = json.loads(result.stdout)["options"]
+    assert options["region"] == "eu-central-1" and options["thing_group"] == "plant-7"
+    assert options["thing_type"] == "pump" and options["policy"] == "p1"
+    assert options["profile"] == "ops" and options["deregister_mode"] == "revoke"
+    assert options["delete_thing"] is True
+    result = sqlite_cli("cloud", "add", "web", "--type", "http", "--url", "http://h/{id}",
+                        "--delete-thing")  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr == "error: cloud type 'http' does not take --delete-thing\n"

@@ -65,6 +65,38 @@ def add(
     thing_group: Annotated[
         str | None, typer.Option("--thing-group", help="[aws-iot] Thing group to add devices to.")
     ] = None,
+    data_endpoint_url: Annotated[
+        str | None,
+        typer.Option("--data-endpoint-url", help="[aws-iot] Shadow endpoint (default: looked up)."),
+    ] = None,
+    aws_profile: Annotated[
+        str | None,
+        typer.Option("--profile", help="[aws-iot] AWS profile to take credentials from."),
+    ] = None,
+    thing_type: Annotated[
+        str | None, typer.Option("--thing-type", help="[aws-iot] Thing type (created if missing).")
+    ] = None,
+    ca_mode: Annotated[
+        str | None, typer.Option("--ca-mode", help="[aws-iot] CA registration: default, sni-only.")
+    ] = None,
+    deregister_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--deregister-mode", help="[aws-iot] Certificate on deregister: inactive, revoke."
+        ),
+    ] = None,
+    delete_thing: Annotated[
+        bool, typer.Option("--delete-thing", help="[aws-iot] Also delete the thing on deregister.")
+    ] = False,
+    shadow_name: Annotated[
+        str | None, typer.Option("--shadow-name", help="[aws-iot] Named shadow with the firmware.")
+    ] = None,
+    firmware_field: Annotated[
+        str | None,
+        typer.Option(
+            "--firmware-field", help="[aws-iot] Reported key holding the firmware version."
+        ),
+    ] = None,
     url: Annotated[
         str | None, typer.Option(help="[http] URL template with {id}, e.g. https://h/devices/{id}.")
     ] = None,
@@ -115,6 +147,14 @@ def add(
         "endpoint_url": endpoint_url,
         "policy": policy,
         "thing_group": thing_group,
+        "data_endpoint_url": data_endpoint_url,
+        "profile": aws_profile,
+        "thing_type": thing_type,
+        "ca_mode": ca_mode,
+        "deregister_mode": deregister_mode,
+        "delete_thing": True if delete_thing else None,
+        "shadow_name": shadow_name,
+        "firmware_field": firmware_field,
         "url": url,
         "method": method,
         "deregister_method": deregister_method,
