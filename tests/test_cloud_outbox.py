@@ -35,7 +35,8 @@ class FakeClock:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._t = 1000.0
-        self.start = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+        # Starts at the real time: jobs queued just before are due, as in real use.
+        self.start = datetime.now(UTC)
         self.sleeps: list[float] = []
 
     def monotonic(self) -> float:
