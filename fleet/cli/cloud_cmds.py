@@ -20,7 +20,7 @@ from fleet.cli._common import (
     workspace,
 )
 from fleet.cloud import outbox
-from fleet.cloud.outbox import ProgressFn, PushReport
+from fleet.cloud.outbox import ProgressFn
 
 app = typer.Typer(
     help="Register devices with cloud IoT platforms (queued, concurrent, rate-limited).",
@@ -351,11 +351,9 @@ def sync(
         fleet cloud sync plant
     """
     ws = workspace(ctx)
-    reports: list[PushReport] = []
     with progress_bar(f"sync {name or 'all clouds'}") as progress:
         results = outbox.sync(ws, name, progress=progress, passphrase=ask_passphrase)
     data = [r.to_dict() for r in results]
-    reports = [r.push for r in results]
     if json_out:
         print_json(data)
     else:
@@ -364,7 +362,7 @@ def sync(
             message(f"{item['cloud']}: status updated for {item['status_updated']} device(s)")
             for error in item["status_errors"]:
                 message(f"  status: {error}")
-        if not reports:
+        if not data:
             message("no clouds configured")
     if _exit_code(data):
         raise typer.Exit(1)
