@@ -11,6 +11,7 @@ from cryptography import x509
 from sqlmodel import Session, col, select
 
 from fleet import audit, ca
+from fleet.cloud.outbox import enqueue_deregister
 from fleet.db import read_session, write_session
 from fleet.devices import (
     certificate_details,
@@ -99,6 +100,8 @@ def revoke_certificate(
         if row.status == "revoked":
             raise Conflict(f"certificate {wanted} is already revoked ({row.revocation_reason})")
         revoke_rows(session, [row], reason_name, now)
+        # The platform must stop accepting this certificate too.
+        enqueue_deregister(session, [row.device_id], certificate_serial=wanted, now=now)
         audit.append(
             session,
             "cert.revoke",

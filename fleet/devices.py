@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from fleet import audit, ca
 from fleet.bundles import StagedBundle, stage_bundle
+from fleet.cloud.outbox import enqueue_deregister, enqueue_register, validate_clouds_exist
 from fleet.db import read_session, write_session
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
@@ -145,8 +146,12 @@ def add_device(
     csr: Path | x509.CertificateSigningRequest | None = None,
     out_dir: Path | None = None,
     passphrase: Passphrase | None = None,
+    clouds: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Register a device and issue its identity in one transaction; return its JSON view.
+
+    ``clouds``: queue its registration on these clouds in the same transaction (pushed by
+    ``fleet cloud sync``); unknown names are refused before anything is written.
 
     Without ``csr`` a key is generated and ``out_dir/ID/key.pem`` (0600), ``cert.pem`` and
     ``chain.pem`` are written; with ``csr`` (a path or parsed CSR) no key file is written.
@@ -169,6 +174,8 @@ def add_device(
     with read_session(engine) as session:
         if session.get(Device, device_id) is not None:
             raise Conflict(f"device {device_id!r} already exists")
+        if clouds:
+            validate_clouds_exist(session, clouds)
     if out.exists():
         raise Conflict(f"{out} already exists; move it away or choose another --out")
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
@@ -200,6 +207,8 @@ def add_device(
                 {**device_details(device), "certificate": certificate_details(cert_row)},
                 at=now,
             )
+            if clouds:
+                enqueue_register(session, [device_id], clouds, now=now)
             staged.publish()
         staged.commit()
     except IntegrityError as exc:
@@ -346,6 +355,7 @@ def decommission_device(
         device.updated_at = now
         session.add(device)
         revoke_rows(session, active, "cessationOfOperation", now)
+        enqueue_deregister(session, [device_id], now=now)
         audit.append(
             session,
             "device.decommission",

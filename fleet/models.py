@@ -122,3 +122,8 @@ class CrlRecord(SQLModel, table=True):
     this_update: datetime = _utc_column(nullable=False)
     next_update: datetime = _utc_column(nullable=False)
     revoked_count: int
+
+
+# Cloud registration tables live with their feature; importing them here puts them on
+# SQLModel.metadata wherever the registry's models are loaded (migrations, drift test).
+from fleet.cloud import models as _cloud_models  # noqa: E402, F401

@@ -231,22 +231,31 @@ def test_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(REPO)
 
     def run_on_tty(args: list[str], answers: list[str]) -> tuple[int, str]:
+        import select
+        import time
+
         pid, fd = pty.fork()
         if pid == 0:  # child: becomes `python -m fleet ...` on the pty
             os.execve(sys.executable, [sys.executable, "-m", "fleet", *args], env)
         output = b""
         pending = list(answers)
-        while True:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 1)[0]:
+                continue
             try:
                 chunk = os.read(fd, 1024)
-            except OSError:
+            except OSError:  # EIO: the child closed the pty
                 break
             if not chunk:
                 break
             output += chunk
-            if pending and output.rstrip().endswith(b":"):
+            # click prints "CA passphrase:", then getpass flushes pending input and prints
+            # " ": answer only after that, or the answer is discarded.
+            if pending and output.endswith(b": "):
                 os.write(fd, (pending.pop(0) + "\n").encode())
-                output += b"\n"
+        else:
+            os.kill(pid, 9)
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 

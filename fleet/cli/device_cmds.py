@@ -47,6 +47,15 @@ def add(
     out: Annotated[
         Path | None, typer.Option(help="Write the bundle to OUT/DEVICE_ID/. Default: current dir.")
     ] = None,
+    cloud: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cloud",
+            help="Queue its registration on this cloud (same transaction); repeatable. "
+            "Pushed by `fleet cloud sync`.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Register a device and issue its X.509 identity in one step.
@@ -57,6 +66,8 @@ def add(
     Example:
 
         fleet device add pump-0042 --model p200 --serial SN123 --label site=hamburg --out ids
+
+        fleet device add pump-0043 --cloud plant-registry && fleet cloud sync plant-registry
     """
     ws = workspace(ctx)
     result = devices.add_device(
@@ -70,6 +81,7 @@ def add(
         csr=csr,
         out_dir=out,
         passphrase=ask_passphrase,
+        clouds=cloud or (),
     )
     if json_out:
         print_json(result)
@@ -80,6 +92,9 @@ def add(
         f"Added device {device_id}: certificate {cert['serial']}, valid until {cert['not_after']}"
     )
     message(f"  identity bundle: {bundle}/")
+    if cloud:
+        names = ", ".join(dict.fromkeys(cloud))
+        message(f"  registration queued on {names}: run `fleet cloud sync` to push it")
 
 
 @app.command("list")

@@ -1,0 +1,198 @@
+"""The interface every cloud backend implements (see CLOUD_INTERFACE.md).
+
+Changes after the first commit stay backward compatible and are listed here:
+  - ``current_idempotency_key()``: the outbox sets a key per job (stable across the job's
+    retries) around every backend call; backends that can send one (HTTP ``Idempotency-Key``)
+    read it here. None outside the outbox.
+  - ``retry_after_seconds(value)``: parses a ``Retry-After`` header (seconds or HTTP date).
+  - ``CloudBackend.status_batch_size``: how many ids the outbox passes per ``fetch_status``
+    call (each call costs one rate-limit token). Default 100.
+
+The outbox (``fleet.cloud.outbox``) owns retries, backoff, rate and concurrency limits and
+persistence; a backend only performs one operation per call and classifies its failures:
+``TransientError`` (retried: connection errors, timeouts, 5xx, 429, throttling) or
+``PermanentError`` (the job is marked failed, other jobs go on). Nothing here is specific to
+one platform: ``remote`` and ``state`` are opaque JSON-safe mappings owned by the backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextvars
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+import httpx
+
+_IDEMPOTENCY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fleet_cloud_idempotency_key", default=None
+)
+
+
+def current_idempotency_key() -> str | None:
+    """The key of the outbox job being pushed (same across its retries), or None."""
+    return _IDEMPOTENCY_KEY.get()
+
+
+@contextmanager
+def idempotency_key(key: str) -> Iterator[None]:
+    """Make ``key`` the current idempotency key for the calls inside the block."""
+    token = _IDEMPOTENCY_KEY.set(key)
+    try:
+        yield
+    finally:
+        _IDEMPOTENCY_KEY.reset(token)
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    None when absent or unparseable; never negative.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class CloudError(Exception):
+    """A cloud operation failed; the message is safe to show (never contains secrets)."""
+
+
+class TransientError(CloudError):
+    """A failure worth retrying with backoff (connection error, timeout, 5xx, 429, throttling).
+
+    ``retry_after`` is the server's hint in seconds (``Retry-After``), when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(CloudError):
+    """A failure that retrying cannot fix (other 4xx, invalid names): the job is marked failed."""
+
+
+class ConflictError(PermanentError):
+    """The device exists remotely with a different certificate."""
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """What a backend is told about a device (never a private key)."""
+
+    device_id: str
+    model: str | None
+    serial: str | None
+    labels: dict[str, str]
+    status: str  # "active" / "decommissioned"
+    # The device's newest active certificate ("" for deregister of a device with none).
+    certificate_pem: str
+    certificate_serial: str  # lowercase hex
+    fingerprint_sha256: str  # lowercase hex
+
+
+@dataclass(frozen=True)
+class CaMaterial:
+    """fleet's CA as a backend's one-time setup needs it."""
+
+    issuing_pem: str  # fleet's issuing CA certificate (what signs device certs)
+    root_pem: str
+    # (common_name, subject public key PEM) -> PEM cert signed by fleet's issuing CA; AWS
+    # RegisterCACertificate DEFAULT mode needs a verification cert whose CN is the
+    # registration code.
+    sign_verification_cert: Callable[[str, bytes], str]
+
+
+@dataclass(frozen=True)
+class RemoteStatus:
+    """What the platform reports about one device."""
+
+    connected: bool | None
+    last_activity: datetime | None
+    firmware_version: str | None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of ``check``: one line saying what works, or what failed and how to fix it."""
+
+    ok: bool
+    message: str
+
+
+class CloudBackend(abc.ABC):
+    """One cloud platform. Instances are used from several threads at once by the outbox."""
+
+    type_name: ClassVar[str]  # "aws-iot", "http", later "azure-iot-hub", "thingsboard"
+    default_concurrency: ClassVar[int] = 8
+    default_rate_per_second: ClassVar[float] = 10.0  # below the platform's documented quota
+    status_batch_size: ClassVar[int] = 100  # ids per fetch_status call (one rate token each)
+
+    def __init__(
+        self, name: str, options: Mapping[str, Any], *, client: httpx.Client | None = None
+    ) -> None:
+        """``options`` is what ``validate_options`` returned (JSON-safe, no secrets: only names
+        of env vars holding secrets). ``client`` is an injectable ``httpx.Client``; when None
+        the backend builds its own (timeouts on every request, its own Auth) and closes it in
+        ``close``."""
+        self.name = name
+        self.options = dict(options)
+        self._owns_client = client is None
+        self._client = client
+
+    @classmethod
+    @abc.abstractmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check the options of ``fleet cloud add`` (keys are CLI option names with '-' -> '_',
+        unset ones absent or None) and return what gets stored. Raise
+        ``fleet.errors.InvalidInput`` for missing, unknown or bad ones."""
+
+    @abc.abstractmethod
+    def check(self) -> CheckResult:
+        """Reachability and credentials."""
+
+    @abc.abstractmethod
+    def prepare(self, ca: CaMaterial) -> dict[str, Any]:
+        """One-time setup (e.g. register the CA, create a policy); idempotent. Returns the
+        JSON-safe state to persist, passed back as ``state`` to the other operations."""
+
+    @abc.abstractmethod
+    def register(self, device: DeviceRecord, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Upsert the device with its certificate and attributes. Already present with the
+        same certificate is success; a different certificate raises ``ConflictError``.
+        Returns JSON-safe remote ids that the outbox stores and passes to ``deregister``."""
+
+    @abc.abstractmethod
+    def deregister(
+        self, device: DeviceRecord, remote: Mapping[str, Any], state: Mapping[str, Any]
+    ) -> None:
+        """Disable or remove the device; idempotent (already gone is success).
+        ``remote`` is what ``register`` returned (may be empty)."""
+
+    @abc.abstractmethod
+    def fetch_status(
+        self, device_ids: Sequence[str], state: Mapping[str, Any]
+    ) -> dict[str, RemoteStatus]:
+        """Status of many devices at once where the platform allows; unknown ids are absent."""
+
+    def close(self) -> None:
+        """Close the HTTP client if this backend built it."""
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None

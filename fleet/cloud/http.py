@@ -1,0 +1,287 @@
+"""Generic HTTP backend for in-house registries.
+
+register: ``METHOD url`` (default ``PUT``; ``{id}`` in the URL template is the URL-encoded
+device ID) with a JSON body::
+
+    {"device_id", "model", "serial", "labels", "status",
+     "certificate": {"pem", "serial", "fingerprint_sha256"}}
+
+and an ``Idempotency-Key`` header that stays the same across retries of one outbox job.
+Any 2xx is success (a JSON object in the response is stored as the device's remote ids);
+409 means the device exists with a different certificate (``ConflictError``); 408, 425, 429
+and 5xx are transient (``Retry-After`` honoured); other 4xx are permanent.
+deregister: ``DELETE`` (or ``--deregister-method``) on the same URL; 404/410 count as done.
+fetch_status: ``GET`` on the same URL, one device per request (``status_batch_size = 1``);
+a 2xx JSON object's ``connected`` (bool), ``last_activity`` (ISO 8601) and
+``firmware_version`` (string) are read when present; 404 means unknown (absent).
+check: ``OPTIONS`` on the URL with ``{id}`` = ``fleet-check``: any answer below 500 other than
+401/403 proves reachability and credentials.
+
+Header values come from environment variables named at ``cloud add`` time
+(``--header Authorization=REG_TOKEN``), read at request time and never stored or shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from fleet.cloud.base import (
+    CaMaterial,
+    CheckResult,
+    CloudBackend,
+    ConflictError,
+    DeviceRecord,
+    PermanentError,
+    RemoteStatus,
+    TransientError,
+    current_idempotency_key,
+    retry_after_seconds,
+)
+from fleet.errors import InvalidInput
+
+METHODS = ("PUT", "POST", "PATCH")
+DEREGISTER_METHODS = ("DELETE", "POST", "PUT", "PATCH")
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+DEFAULT_TIMEOUT = 10.0
+KNOWN_OPTIONS = ("url", "method", "deregister_method", "header", "timeout")
+
+
+def _parse_headers(values: Any) -> dict[str, str]:
+    if isinstance(values, str):
+        values = [values]
+    if isinstance(values, Mapping):
+        values = [f"{k}={v}" for k, v in values.items()]
+    result: dict[str, str] = {}
+    for item in values or []:
+        name, sep, env = str(item).partition("=")
+        name, env = name.strip(), env.strip()
+        if not sep or not _HEADER_NAME_RE.match(name) or not _ENV_NAME_RE.match(env):
+            raise InvalidInput(
+                f"--header must be NAME=ENV_VAR (the value is read from that environment "
+                f"variable at run time), got {str(item).partition('=')[0]!r}=..."
+            )
+        result[name] = env
+    return result
+
+
+class HttpBackend(CloudBackend):
+    """Registers devices with a generic HTTP endpoint (see the module docstring)."""
+
+    type_name: ClassVar[str] = "http"
+    default_concurrency: ClassVar[int] = 8
+    default_rate_per_second: ClassVar[float] = 50.0
+    status_batch_size: ClassVar[int] = 1
+
+    def __init__(
+        self, name: str, options: Mapping[str, Any], *, client: httpx.Client | None = None
+    ) -> None:
+        super().__init__(name, options, client=client)
+        self.url_template = str(options["url"])
+        self.method = str(options.get("method", "PUT"))
+        self.deregister_method = str(options.get("deregister_method", "DELETE"))
+        self.header_envs: dict[str, str] = dict(options.get("header", {}))
+        self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+        if self._client is None:  # built eagerly: worker threads share it
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0)),
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            )
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``url`` (required, http(s), with ``{id}``), ``method``, ``deregister_method``,
+        ``header`` (list of NAME=ENV_VAR), ``timeout`` (seconds)."""
+        unknown = sorted(set(options) - set(KNOWN_OPTIONS))
+        if unknown:
+            shown = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise InvalidInput(f"cloud type 'http' does not take {shown}")
+        url = options.get("url")
+        if not url:
+            raise InvalidInput("cloud type 'http' needs --url (a template with {id})")
+        url = str(url)
+        parts = urlsplit(url.replace("{id}", "x"))
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidInput(f"--url must be an http:// or https:// URL, got {url!r}")
+        if parts.username or parts.password:
+            raise InvalidInput("--url must not contain credentials; use --header NAME=ENV_VAR")
+        if "{id}" not in url:
+            raise InvalidInput("--url must contain {id} (replaced by the device ID)")
+        if any(p not in ("{id}",) for p in re.findall(r"\{[^}]*\}", url)):
+            raise InvalidInput("--url may only use the {id} placeholder")
+        method = str(options.get("method", "PUT")).upper()
+        if method not in METHODS:
+            raise InvalidInput(f"--method must be one of {', '.join(METHODS)}")
+        deregister = str(options.get("deregister_method", "DELETE")).upper()
+        if deregister not in DEREGISTER_METHODS:
+            raise InvalidInput(
+                f"--deregister-method must be one of {', '.join(DEREGISTER_METHODS)}"
+            )
+        stored: dict[str, Any] = {"url": url, "method": method, "deregister_method": deregister}
+        headers = _parse_headers(options.get("header"))
+        if headers:
+            stored["header"] = headers
+        if options.get("timeout") is not None:
+            try:
+                timeout = float(options["timeout"])
+            except (TypeError, ValueError):
+                raise InvalidInput("--timeout must be a number of seconds") from None
+            if not 0 < timeout <= 600:
+                raise InvalidInput("--timeout must be between 0 and 600 seconds")
+            stored["timeout"] = timeout
+        return stored
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            raise RuntimeError("backend is closed")
+        return self._client
+
+    def url_for(self, device_id: str) -> str:
+        return self.url_template.replace("{id}", quote(device_id, safe=""))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        for name, env in self.header_envs.items():
+            value = os.environ.get(env)
+            if not value:
+                # Transient: the jobs stay queued until the variable is exported. Names
+                # only in the message: it is shown and stored.
+                raise TransientError(f"environment variable {env} (for header {name}) is not set")
+            headers[name] = value
+        return headers
+
+    def _send(
+        self, method: str, url: str, *, json: Any = None, key: str | None = None
+    ) -> httpx.Response:
+        headers = self._headers()
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        try:
+            return self.client.request(method, url, json=json, headers=headers)
+        except httpx.TimeoutException:
+            raise TransientError(f"{method} {self._where(url)}: timed out") from None
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"{method} {self._where(url)}: connection failed ({type(exc).__name__})"
+            ) from None
+
+    @staticmethod
+    def _where(url: str) -> str:
+        # Scheme, host and path only (a query string might carry a token).
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+    def _raise_for(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        summary = f"{what}: HTTP {status} {response.reason_phrase}".strip()
+        if status in TRANSIENT_STATUSES or status >= 500:
+            retry = retry_after_seconds(response.headers.get("Retry-After"))
+            raise TransientError(summary, retry_after=retry)
+        if status == 409:
+            raise ConflictError(f"{what}: the device exists with a different certificate (409)")
+        raise PermanentError(summary)
+
+    # --- the interface ---------------------------------------------------------------------
+
+    def check(self) -> CheckResult:
+        url = self.url_for("fleet-check")
+        try:
+            response = self._send("OPTIONS", url)
+        except (TransientError, PermanentError) as exc:
+            return CheckResult(False, f"{exc}; is the URL right and the server up?")
+        status = response.status_code
+        if status in (401, 403):
+            envs = ", ".join(self.header_envs.values()) or "none configured"
+            return CheckResult(
+                False,
+                f"{self._where(url)} refused the credentials (HTTP {status}); check the "
+                f"header environment variables ({envs})",
+            )
+        if status >= 500:
+            return CheckResult(False, f"{self._where(url)} answered HTTP {status}: server error")
+        return CheckResult(True, f"{self._where(url)} reachable (HTTP {status})")
+
+    def prepare(self, ca: CaMaterial) -> dict[str, Any]:
+        return {}
+
+    def register(self, device: DeviceRecord, state: Mapping[str, Any]) -> dict[str, Any]:
+        url = self.url_for(device.device_id)
+        body = {
+            "device_id": device.device_id,
+            "model": device.model,
+            "serial": device.serial,
+            "labels": device.labels,
+            "status": device.status,
+            "certificate": {
+                "pem": device.certificate_pem,
+                "serial": device.certificate_serial,
+                "fingerprint_sha256": device.fingerprint_sha256,
+            },
+        }
+        key = current_idempotency_key() or f"fleet-{device.device_id}-{device.certificate_serial}"
+        response = self._send(self.method, url, json=body, key=key)
+        self._raise_for(response, f"register {device.device_id}")
+        try:
+            data = response.json()
+        except ValueError:
+            return {}
+        return dict(data) if isinstance(data, dict) else {}
+
+    def deregister(
+        self, device: DeviceRecord, remote: Mapping[str, Any], state: Mapping[str, Any]
+    ) -> None:
+        url = self.url_for(device.device_id)
+        key = current_idempotency_key()
+        body = None if self.deregister_method == "DELETE" else {"device_id": device.device_id}
+        response = self._send(self.deregister_method, url, json=body, key=key)
+        if response.status_code in (404, 410):
+            return
+        self._raise_for(response, f"deregister {device.device_id}")
+
+    def fetch_status(
+        self, device_ids: Sequence[str], state: Mapping[str, Any]
+    ) -> dict[str, RemoteStatus]:
+        result: dict[str, RemoteStatus] = {}
+        for device_id in device_ids:
+            response = self._send("GET", self.url_for(device_id))
+            if response.status_code in (404, 410):
+                continue
+            self._raise_for(response, f"status of {device_id}")
+            try:
+                data = response.json()
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                result[device_id] = RemoteStatus(None, None, None)
+                continue
+            connected = data.get("connected")
+            firmware = data.get("firmware_version")
+            result[device_id] = RemoteStatus(
+                connected=connected if isinstance(connected, bool) else None,
+                last_activity=_parse_time(data.get("last_activity")),
+                firmware_version=str(firmware) if isinstance(firmware, str | int) else None,
+            )
+        return result
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,168 @@
+"""The contract every cloud backend passes (CLOUD_INTERFACE.md).
+
+Subclass :class:`BackendContract` in a ``test_*.py`` module as ``Test<Backend>Contract`` and
+provide these fixtures:
+
+* ``backend``: a ready, prepared backend instance (``CloudBackend``);
+* ``backend_state``: the state its ``prepare`` returned (default ``{}``);
+* ``read_back(device_id) -> dict | None``: the platform's view of a device from an
+  INDEPENDENT client (boto3, the test server's own state), with at least
+  ``{"certificate_pem": str, "active": bool}``; None when the platform has no such device;
+* ``secret_values``: strings that must never appear in an error message (default: none).
+
+``make_device(device_id) -> DeviceRecord`` comes with the class: each call issues a NEW real
+certificate (fresh key) from a real fleet CA, so two calls for one ID conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet import ca
+from fleet.cloud.base import CloudBackend, CloudError, ConflictError, DeviceRecord
+from fleet.devices import make_identity
+from fleet.profiles import load_profile
+
+ReadBack = Callable[[str], dict[str, Any] | None]
+MakeDevice = Callable[[str], DeviceRecord]
+
+
+def device_record(issuer: ca.Issuer, device_id: str, **attrs: Any) -> DeviceRecord:
+    """A DeviceRecord with a freshly issued certificate for ``device_id``."""
+    identity = make_identity(issuer, device_id, load_profile("default"), now=datetime.now(UTC))
+    cert = identity.cert
+    return DeviceRecord(
+        device_id=device_id,
+        model=attrs.get("model", "p200"),
+        serial=attrs.get("serial", "SN-" + device_id),
+        labels=attrs.get("labels", {"site": "hamburg"}),
+        status="active",
+        certificate_pem=ca.cert_pem(cert).decode("ascii"),
+        certificate_serial=ca.serial_hex(cert.serial_number),
+        fingerprint_sha256=ca.fingerprint_sha256(cert),
+    )
+
+
+class BackendContract:
+    """Shared tests; not collected by itself (no ``Test`` prefix)."""
+
+    @pytest.fixture(scope="class")
+    def fleet_issuer(self, tmp_path_factory: pytest.TempPathFactory) -> ca.Issuer:
+        home: Path = tmp_path_factory.mktemp("contract-ca")
+        return ca.create_ca(home, "Contract CA", "ec-p256", "contract passphrase")
+
+    @pytest.fixture
+    def make_device(self, fleet_issuer: ca.Issuer) -> MakeDevice:
+        return lambda device_id: device_record(fleet_issuer, device_id)
+
+    @pytest.fixture
+    def backend_state(self) -> dict[str, Any]:
+        return {}
+
+    @pytest.fixture
+    def secret_values(self) -> list[str]:
+        return []
+
+    def test_register_then_read_back(
+        self,
+        backend: CloudBackend,
+        backend_state: dict[str, Any],
+        make_device: MakeDevice,
+        read_back: ReadBack,
+    ) -> None:
+        device = make_device("contract-1")
+        remote = backend.register(device, backend_state)
+        assert isinstance(remote, dict)
+        found = read_back("contract-1")
+        assert found is not None
+        assert found["active"] is True
+        assert found["certificate_pem"].strip() == device.certificate_pem.strip()
+
+    def test_register_twice_is_success(
+        self,
+        backend: CloudBackend,
+        backend_state: dict[str, Any],
+        make_device: MakeDevice,
+        read_back: ReadBack,
+    ) -> None:
+        device = make_device("contract-2")
+        backend.register(device, backend_state)
+        backend.register(device, backend_state)
+        found = read_back("contract-2")
+        assert found is not None and found["active"] is True
+
+    def test_different_certificate_is_a_conflict(
+        self,
+        backend: CloudBackend,
+        backend_state: dict[str, Any],
+        make_device: MakeDevice,
+        read_back: ReadBack,
+    ) -> None:
+        first = make_device("contract-3")
+        backend.register(first, backend_state)
+        with pytest.raises(ConflictError):
+            backend.register(make_device("contract-3"), backend_state)
+        found = read_back("contract-3")
+        assert found is not None
+        assert found["certificate_pem"].strip() == first.certificate_pem.strip()
+
+    def test_deregister_then_read_back(
+        self,
+        backend: CloudBackend,
+        backend_state: dict[str, Any],
+        make_device: MakeDevice,
+        read_back: ReadBack,
+    ) -> None:
+        device = make_device("contract-4")
+        remote = backend.register(device, backend_state)
+        backend.deregister(device, remote, backend_state)
+        found = read_back("contract-4")
+        assert found is None or found["active"] is False
+
+    def test_deregister_twice_is_success(
+        self,
+        backend: CloudBackend,
+        backend_state: dict[str, Any],
+        make_device: MakeDevice,
+        read_back: ReadBack,
+    ) -> None:
+        device = make_device("contract-5")
+        remote = backend.register(device, backend_state)
+        backend.deregister(device, remote, backend_state)
+        backend.deregister(device, remote, backend_state)
+        found = read_back("contract-5")
+        assert found is None or found["active"] is False
+
+    def test_fetch_status_covers_registered_ids(
+        self,
+        backend: CloudBackend,
+        backend_state: dict[str, Any],
+        make_device: MakeDevice,
+    ) -> None:
+        for device_id in ("contract-6", "contract-7"):
+            backend.register(make_device(device_id), backend_state)
+        status = backend.fetch_status(["contract-6", "contract-7", "never-seen"], backend_state)
+        assert {"contract-6", "contract-7"} <= set(status)
+        assert "never-seen" not in status
+
+    def test_secrets_never_in_error_messages(
+        self,
+        backend: CloudBackend,
+        backend_state: dict[str, Any],
+        make_device: MakeDevice,
+        secret_values: list[str],
+    ) -> None:
+        messages = [backend.check().message]
+        backend.register(make_device("contract-8"), backend_state)
+        try:
+            backend.register(make_device("contract-8"), backend_state)
+        except CloudError as exc:
+            messages += [str(exc), repr(exc)]
+        joined = "\n".join(messages)
+        for secret in secret_values:
+            assert secret not in joined

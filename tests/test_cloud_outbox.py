@@ -1,0 +1,426 @@
+"""The outbox: same-transaction enqueueing, offline queueing, backoff and Retry-After
+timings (injected clock), the rate limiter, failure isolation, crash safety, audit events.
+Registry tests run on SQLite and PostgreSQL; pushes go to a real local HTTP registry."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudserver import RegistryServer
+from conftest import PASSPHRASE, snapshot
+from sqlmodel import select
+
+from fleet import audit, bundles, certs, devices
+from fleet.cloud import outbox
+from fleet.cloud.base import retry_after_seconds
+from fleet.cloud.models import CloudJob, CloudRegistration
+from fleet.db import read_session, write_session
+from fleet.errors import Conflict, NotFound
+from fleet.registry import init_workspace
+from fleet.workspace import Workspace
+
+FAST = outbox.PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
+
+
+class FakeClock:
+    """A clock whose sleep advances time instantly (thread-safe); records every sleep."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._t = 1000.0
+        # Starts at the real time: jobs queued just before are due, as in real use.
+        self.start = datetime.now(UTC)
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._t
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self.start + timedelta(seconds=self._t - 1000.0)
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self._t += max(0.0, seconds)
+
+
+@pytest.fixture
+def server() -> Iterator[RegistryServer]:
+    srv = RegistryServer().start()
+    yield srv
+    srv.stop()
+
+
+def add_http_cloud(ws: Workspace, server: RegistryServer, name: str = "reg", **kw: Any) -> None:
+    outbox.add_cloud(ws, name, "http", {"url": server.url, "timeout": 2.0}, **kw)
+
+
+def add_devices(
+    ws: Workspace, tmp_path: Path, count: int, clouds: tuple[str, ...] = ()
+) -> list[str]:
+    ids = [f"dev-{i:04d}" for i in range(count)]
+    for device_id in ids:
+        devices.add_device(ws, device_id, out_dir=tmp_path / "out", clouds=clouds)
+    return ids
+
+
+def jobs(ws: Workspace) -> list[CloudJob]:
+    with read_session(ws.open_registry()) as session:
+        return list(session.exec(select(CloudJob).order_by(CloudJob.id)))  # type: ignore[arg-type]
+
+
+def registrations(ws: Workspace) -> dict[str, CloudRegistration]:
+    with read_session(ws.open_registry()) as session:
+        return {r.device_id: r for r in session.exec(select(CloudRegistration))}
+
+
+# --- same-transaction enqueueing -----------------------------------------------------------
+
+
+def test_device_add_with_cloud_queues_in_its_transaction(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server)
+    add_devices(ready_ws, tmp_path, 1, clouds=("reg", "reg"))
+    (job,) = jobs(ready_ws)
+    assert (job.device_id, job.cloud, job.action, job.state) == (
+        "dev-0000",
+        "reg",
+        "register",
+        "pending",
+    )
+    assert registrations(ready_ws)["dev-0000"].status == "pending"
+
+
+def test_failed_device_add_leaves_no_job(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_http_cloud(ready_ws, server)
+    before = snapshot(ready_ws, tmp_path / "out")
+    with pytest.raises(NotFound, match="no cloud named 'nope'"):
+        devices.add_device(ready_ws, "d1", out_dir=tmp_path / "out", clouds=["reg", "nope"])
+    assert snapshot(ready_ws, tmp_path / "out") == before
+
+    def broken_publish(self: Any) -> None:
+        raise OSError("disk full")
+
+    # A failure after the job row was written (publishing the bundle) rolls it back too.
+    monkeypatch.setattr(bundles.StagedBundle, "publish", broken_publish)
+    with pytest.raises(OSError, match="disk full"):
+        devices.add_device(ready_ws, "d1", out_dir=tmp_path / "out", clouds=["reg"])
+    assert snapshot(ready_ws, tmp_path / "out") == before
+    assert jobs(ready_ws) == []
+
+
+def test_provisioner_batch_api_rolls_back_with_the_batch(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server)
+    ids = add_devices(ready_ws, tmp_path, 3)
+    engine = ready_ws.open_registry()
+    with pytest.raises(RuntimeError), write_session(engine) as session:
+        assert outbox.enqueue_register(session, ids, ["reg"]) == 3
+        raise RuntimeError("batch failed")
+    assert jobs(ready_ws) == []
+    with write_session(engine) as session:
+        assert outbox.enqueue_register(session, ids, ["reg"]) == 3
+        # Already queued: not queued twice.
+        assert outbox.enqueue_register(session, ids, ["reg"]) == 0
+    assert len(jobs(ready_ws)) == 3
+    with write_session(engine) as session, pytest.raises(NotFound):
+        outbox.enqueue_register(session, ["ghost"], ["reg"])
+
+
+def test_register_refuses_decommissioned_devices(
+    ready_sqlite_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    ws = ready_sqlite_ws
+    add_http_cloud(ws, server)
+    ids = add_devices(ws, tmp_path, 2)
+    devices.decommission_device(ws, ids[0])
+    with pytest.raises(Conflict, match="decommissioned"):
+        outbox.queue_registrations(ws, "reg", [ids[0]])
+    assert outbox.queue_registrations(ws, "reg", all_devices=True) == 1
+    assert [j.device_id for j in jobs(ws)] == [ids[1]]
+
+
+# --- offline ---------------------------------------------------------------------------------
+
+
+def test_queue_only_then_sync(ready_ws: Workspace, server: RegistryServer, tmp_path: Path) -> None:
+    add_http_cloud(ready_ws, server)
+    ids = add_devices(ready_ws, tmp_path, 3)
+    result = outbox.register(ready_ws, "reg", ids, queue_only=True)
+    assert result == {"queued": 3, "push": None}
+    assert server.state.requests == []
+    assert {r.status for r in registrations(ready_ws).values()} == {"pending"}
+    seen: list[tuple[int, int]] = []
+    (report,) = outbox.sync(ready_ws, "reg", policy=FAST, progress=lambda d, t: seen.append((d, t)))
+    assert (report.push.done, report.push.left) == (3, 0)
+    assert set(server.state.devices) == set(ids)
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3)  # what the CLI's progress bar shows
+    # Registering again changes nothing: already registered with this certificate.
+    assert outbox.register(ready_ws, "reg", ids)["queued"] == 0
+
+
+def test_unreachable_server_leaves_jobs_for_a_later_sync(
+    ready_ws: Workspace, tmp_path: Path
+) -> None:
+    down = RegistryServer()
+    port = down.server_address[1]
+    down.server_close()  # nothing listens on the port now
+    add_http_cloud(ready_ws, down)
+    ids = add_devices(ready_ws, tmp_path, 3, clouds=("reg",))
+    quick = outbox.PushPolicy(base_delay=0.01, max_delay=0.05, max_wait=0.3)
+    (report,) = outbox.push(ready_ws, "reg", policy=quick)
+    assert (report.done, report.failed, report.left) == (0, 0, 3)
+    regs = registrations(ready_ws)
+    assert {r.status for r in regs.values()} == {"pending"}
+    assert all("connection failed" in (r.last_error or "") for r in regs.values())
+    assert {j.state for j in jobs(ready_ws)} == {"retry"}
+
+    up = RegistryServer(port).start()  # the network is back
+    try:
+        (report2,) = outbox.sync(ready_ws, "reg", policy=FAST)
+        assert (report2.push.done, report2.push.left) == (3, 0)
+        assert dict(up.state.creations) == dict.fromkeys(ids, 1)
+    finally:
+        up.stop()
+
+
+# --- timings with an injected clock ------------------------------------------------------------
+
+
+def test_retry_after_and_backoff_schedule(
+    ready_sqlite_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    ws = ready_sqlite_ws
+    add_http_cloud(ws, server, unlimited_rate=True)
+    ids = add_devices(ws, tmp_path, 2, clouds=("reg",))
+    server.state.faults = {ids[0]: ["429:7"], ids[1]: ["500", "500", "500"]}
+    clock = FakeClock()
+    policy = outbox.PushPolicy(base_delay=1.0, max_delay=60.0, max_wait=0.0)
+    rng = random.Random(42)
+    expected = random.Random(42)
+    outbox.push(ws, "reg", policy=policy, clock=clock, rng=rng)
+    by_device = {j.device_id: j for j in jobs(ws)}
+    assert by_device[ids[0]].next_attempt_at == clock.now() + timedelta(seconds=7)
+    first_delay = expected.uniform(0.0, 1.0)  # attempt 1: ceiling base * 2**0
+    scheduled = by_device[ids[1]].next_attempt_at
+    assert scheduled is not None
+    assert (scheduled - clock.now()).total_seconds() == pytest.approx(first_delay, abs=1e-5)
+    # With time to wait, the run sleeps until each job is due and finishes them all.
+    policy = outbox.PushPolicy(base_delay=1.0, max_delay=60.0, max_wait=120.0)
+    (report,) = outbox.push(ws, "reg", policy=policy, clock=clock, rng=rng)
+    assert (report.done, report.left) == (2, 0)
+    by_device = {j.device_id: j for j in jobs(ws)}
+    assert by_device[ids[1]].attempts == 4
+    assert sum(clock.sleeps) <= 7.0 + 2.0 + 4.0 + 1e-6  # Retry-After, then jittered ceilings
+
+
+def test_backoff_delay_is_full_jitter_capped() -> None:
+    rng = random.Random(1)
+    for attempts in range(1, 12):
+        ceiling = min(10.0, 0.5 * 2 ** (attempts - 1))
+        values = [outbox.backoff_delay(attempts, 0.5, 10.0, rng) for _ in range(200)]
+        assert all(0.0 <= v <= ceiling for v in values)
+        assert max(values) > ceiling * 0.8  # spread over the whole range, not fixed
+
+
+def test_retry_after_parsing() -> None:
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert retry_after_seconds("120", now=now) == 120.0
+    assert retry_after_seconds("Wed, 25 Nov 2026 12:00:30 GMT", now=now) == 30.0
+    assert retry_after_seconds("Wed, 25 Nov 2026 11:00:00 GMT", now=now) == 0.0
+    assert retry_after_seconds("soon", now=now) is None
+    assert retry_after_seconds(None) is None
+
+
+def test_rate_limiter_never_exceeds_the_limit() -> None:
+    clock = FakeClock()
+    limiter = outbox.RateLimiter(50.0, clock)
+    slots: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(50):
+            slot = limiter.acquire()
+            with lock:
+                slots.append(slot)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    slots.sort()
+    assert len(slots) == 400
+    # Any k+1 consecutive starts span at least k intervals: no window beats the rate.
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert min(gaps) >= 1 / 50 - 1e-9
+    # ... and it stays close to the limit: 0.5% safety margin, no more.
+    assert slots[-1] - slots[0] == pytest.approx(399 / 50 * outbox.RateLimiter.SAFETY)
+
+
+def test_push_respects_rate_limit_on_the_wire(
+    ready_sqlite_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    ws = ready_sqlite_ws
+    add_http_cloud(ws, server, rate_per_second=20.0, concurrency=8)
+    add_devices(ws, tmp_path, 21, clouds=("reg",))
+    outbox.push(ws, "reg", policy=FAST)
+    times = sorted(t for m, _, _, t in server.state.requests if m == "PUT")
+    assert len(times) == 21
+    assert times[-1] - times[0] >= 20 / 20.0 - 0.05  # 21 starts need >= 1 s at 20/s
+
+
+# --- isolation, crash safety -----------------------------------------------------------------
+
+
+def test_permanent_failure_does_not_block_others(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server)
+    ids = add_devices(ready_ws, tmp_path, 5, clouds=("reg",))
+    server.state.faults[ids[0]] = ["400"]
+    (report,) = outbox.push(ready_ws, "reg", policy=FAST)
+    assert (report.done, report.failed) == (4, 1)
+    assert report.failures[0]["device_id"] == ids[0]
+    assert set(server.state.devices) == set(ids[1:])
+    states = {j.device_id: j.state for j in jobs(ready_ws)}
+    assert states[ids[0]] == "failed"
+
+
+def test_crash_mid_push_loses_nothing(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server, concurrency=1)
+    ids = add_devices(ready_ws, tmp_path, 6, clouds=("reg",))
+
+    def crash(done: int, total: int) -> None:
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    policy = outbox.PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=5.0, commit_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        outbox.push(ready_ws, "reg", policy=policy, progress=crash)
+    done_before = [j.device_id for j in jobs(ready_ws) if j.state == "done"]
+    assert len(done_before) >= 2
+    (report,) = outbox.push(ready_ws, "reg", policy=policy)
+    assert report.left == 0 and {j.state for j in jobs(ready_ws)} == {"done"}
+    assert dict(server.state.creations) == dict.fromkeys(ids, 1)
+
+
+# --- deregistration hooks --------------------------------------------------------------------
+
+
+def test_revoke_deregisters_only_where_that_certificate_is_registered(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server, name="a")
+    add_http_cloud(ready_ws, server, name="b")
+    ids = add_devices(ready_ws, tmp_path, 2, clouds=("a",))
+    outbox.push(ready_ws, "a", policy=FAST)
+    serial = registrations(ready_ws)[ids[0]].certificate_serial
+    assert serial is not None
+    certs.revoke_certificate(ready_ws, serial, reason="keyCompromise")
+    open_jobs = [(j.device_id, j.cloud, j.action) for j in jobs(ready_ws) if j.state == "pending"]
+    assert open_jobs == [(ids[0], "a", "deregister")]
+
+
+def test_decommission_supersedes_a_queued_registration(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server)
+    (device_id,) = add_devices(ready_ws, tmp_path, 1, clouds=("reg",))
+    devices.decommission_device(ready_ws, device_id)
+    states = [(j.action, j.state, j.last_error) for j in jobs(ready_ws)]
+    assert states == [
+        ("register", "failed", "superseded by a deregistration"),
+        ("deregister", "pending", None),
+    ]
+    (report,) = outbox.push(ready_ws, "reg", policy=FAST)
+    assert (report.done, report.failed) == (1, 0)  # DELETE of an absent device is success
+    assert registrations(ready_ws)[device_id].status == "deregistered"
+    assert server.state.creations == {}
+
+
+# --- clouds ----------------------------------------------------------------------------------
+
+
+def test_remove_cloud_refuses_with_queued_jobs(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server)
+    add_devices(ready_ws, tmp_path, 2, clouds=("reg",))
+    with pytest.raises(Conflict, match="2 queued job"):
+        outbox.remove_cloud(ready_ws, "reg")
+    result = outbox.remove_cloud(ready_ws, "reg", force=True)
+    assert result == {"name": "reg", "dropped_jobs": 2, "dropped_registrations": 2}
+    assert outbox.list_clouds(ready_ws) == [] and jobs(ready_ws) == []
+
+
+def test_audit_trail_records_cloud_events(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    add_http_cloud(ready_ws, server)
+    ids = add_devices(ready_ws, tmp_path, 2, clouds=("reg",))
+    server.state.faults[ids[1]] = ["400"]
+    outbox.push(ready_ws, "reg", policy=FAST)
+    outbox.remove_cloud(ready_ws, "reg", force=True)
+    with read_session(ready_ws.open_registry()) as session:
+        events = [audit.event_to_dict(e) for e in audit.iter_events(session)]
+    actions = [(e["action"], e["target"]) for e in events]
+    assert ("cloud.add", "reg") in actions
+    assert ("cloud.prepare", "reg") in actions
+    assert ("cloud.register", ids[0]) in actions
+    assert ("cloud.failed", ids[1]) in actions
+    assert actions[-1] == ("cloud.remove", "reg")
+    failed = next(e for e in events if e["action"] == "cloud.failed")
+    assert failed["details"]["cloud"] == "reg" and "HTTP 400" in failed["details"]["error"]
+    with read_session(ready_ws.open_registry()) as session:
+        assert audit.verify(session).ok
+
+
+def test_add_cloud_validation(sqlite_ws: Workspace) -> None:
+    init_workspace(sqlite_ws, name="T", passphrase=PASSPHRASE)
+    from fleet.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="invalid cloud name"):
+        outbox.add_cloud(sqlite_ws, "bad name", "http", {"url": "http://h/{id}"})
+    with pytest.raises(InvalidInput, match="unknown cloud type 'azure'"):
+        outbox.add_cloud(sqlite_ws, "x", "azure", {})
+    with pytest.raises(InvalidInput, match="concurrency"):
+        outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}"}, concurrency=0)
+    outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}", "region": None})
+    with pytest.raises(Conflict, match="already exists"):
+        outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}"})
+
+
+def test_plugins_are_found_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from fleet.cloud import plugins
+    from fleet.cloud.http import HttpBackend
+    from fleet.errors import InvalidInput
+
+    assert {"aws-iot", "http"} <= set(plugins.available_types())
+    assert plugins.load_backend_class("http") is HttpBackend
+    broken = {
+        "gone": EntryPoint("gone", "fleet_no_such_module:Backend", plugins.GROUP),
+        "odd": EntryPoint("odd", "fleet.errors:InvalidInput", plugins.GROUP),
+    }
+    monkeypatch.setattr(plugins, "_entry_points", lambda: broken)
+    with pytest.raises(InvalidInput, match="fleet_no_such_module is missing"):
+        plugins.load_backend_class("gone")
+    with pytest.raises(InvalidInput, match="is not a CloudBackend"):
+        plugins.load_backend_class("odd")
