@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import String, Text, case, cast, func, literal, select
+from sqlalchemy import Select, String, Text, case, cast, func, literal, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -448,14 +448,17 @@ def csv_safe(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
-def _csv_cells(rows: Iterable[Cells]) -> Iterator[Cells]:
+def _csv_cells(rows: Iterable[Cells], counter: list[int]) -> Iterator[Cells]:
     text_cells = LAYOUT.text_cells
+    count = 0
     for cells in rows:
+        count += 1
         for i in text_cells:
             value = cells[i]
             if value and value.startswith(FORMULA_PREFIXES):
                 cells[i] = "'" + value
         yield cells
+    counter[0] = count
 
 
 def row_to_object(cells: Cells) -> dict[str, Any]:
@@ -478,10 +481,10 @@ def row_to_object(cells: Cells) -> dict[str, Any]:
 # --- reading rows: live and as-of ------------------------------------------------------
 
 
-def _live_rows(conn: Connection, filters: ExportFilters, now: datetime) -> Iterator[Cells]:
-    """Current rows, streamed from one query (one snapshot), ordered by device ID."""
+def live_query(dialect: str, filters: ExportFilters, now: datetime) -> Select[Any]:
+    """The SELECT behind a live export (``bench/export.py`` hands it to ``sqlite3 -csv``)."""
     device = Device.__table__  # type: ignore[attr-defined]
-    ctx = LiveContext(device, now, conn.dialect.name)
+    ctx = LiveContext(device, now, dialect)
     columns: list[ColumnElement[Any]] = []
     source: Any = device
     for section in SECTIONS:
@@ -497,7 +500,12 @@ def _live_rows(conn: Connection, filters: ExportFilters, now: datetime) -> Itera
         query = query.where(d.status == filters.status)
     for key, value in filters.labels.items():
         query = query.where(d.labels[key].as_string() == value)
-    query = query.order_by(d.id)
+    return query.order_by(d.id)
+
+
+def _live_rows(conn: Connection, filters: ExportFilters, now: datetime) -> Iterator[Cells]:
+    """Current rows, streamed from one query (one snapshot), ordered by device ID."""
+    query = live_query(conn.dialect.name, filters, now)
     result = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS).execute(query)
     labels_at = LAYOUT.labels
     for row in result:
@@ -518,9 +526,9 @@ def _replayed_rows(conn: Connection, as_of: datetime) -> Iterator[Cells]:
         .where(e.c.action.in_(LAYOUT.replay_actions), e.c.ts <= cutoff)
         .order_by(e.c.target, e.c.seq)
     )
-    result = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS).execute(query)
     state: ReplayedDevice | None = None
     loads = json.loads
+    result = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS).execute(query)
     for target, action, ts, details in result:
         if state is None or state.id != target:
             if state is not None and "created_at" in state.fields:
@@ -574,30 +582,28 @@ def _matcher(filters: ExportFilters) -> Callable[[Cells], bool] | None:
 
 def _write_rows(stream: TextIO, fmt: str, rows: Iterable[Cells]) -> int:
     """Write rows in ``fmt``; return how many."""
-    count = 0
-
-    def counted(items: Iterable[Cells]) -> Iterator[Cells]:
-        nonlocal count
-        for item in items:
-            count += 1
-            yield item
-
     if fmt == "csv":
+        counter = [0]
         writer = csv.writer(stream, lineterminator="\r\n")
         writer.writerow(CSV_COLUMNS)
-        writer.writerows(_csv_cells(counted(rows)))
-        return count
+        writer.writerows(_csv_cells(rows, counter))
+        return counter[0]
     encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    count = 0
+    write = stream.write
     if fmt == "jsonl":
-        stream.writelines(encode(row_to_object(c)) + "\n" for c in counted(rows))
+        for cells in rows:
+            write(encode(row_to_object(cells)) + "\n")
+            count += 1
         return count
-    stream.write("[")
+    write("[")
     separator = "\n"
-    for cells in counted(rows):
-        stream.write(separator)
-        stream.write(encode(row_to_object(cells)))
+    for cells in rows:
+        write(separator)
+        write(encode(row_to_object(cells)))
         separator = ",\n"
-    stream.write("\n]\n" if count else "]\n")
+        count += 1
+    write("\n]\n" if count else "]\n")
     return count
 
 
