@@ -20,6 +20,7 @@ signature over the signed attributes, and the chain signer -> issuing CA -> the 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import mmap
 import os
@@ -107,9 +108,7 @@ def _issue_signer(ws: Workspace, secret: str | bytes, now: datetime) -> Signer:
     issuer = ca.load_issuer(ws.home, secret)
     org = issuer.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
     name = str(org[0].value) if org else "fleet"
-    profile = Profile(
-        **{**SIGNER_PROFILE.__dict__, "subject": {"organization": name}},
-    )
+    profile = dataclasses.replace(SIGNER_PROFILE, subject={"organization": name})
     key = ca.generate_key(profile.key_type)
     cert = ca.issue_device_certificate(
         issuer, f"{name} Export Signing"[:64], key.public_key(), profile, now=now

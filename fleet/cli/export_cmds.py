@@ -12,10 +12,8 @@ from fleet.cli._common import ask_passphrase, fail, message, print_json, workspa
 from fleet.errors import IntegrityError
 from fleet.identifiers import parse_timestamp
 
-app = typer.Typer(
-    help="Export the registry for auditors (signed, verifiable with openssl).",
-    invoke_without_command=True,
-)
+# No help= here: the callback's docstring (with its examples) is the group's help.
+app = typer.Typer(invoke_without_command=True, subcommand_metavar="[verify FILE]")
 
 OutOption = Annotated[
     Path | None,
@@ -86,15 +84,16 @@ def export_devices(
 ) -> None:
     """Export every device with its current certificate, labels and status.
 
-    CSV (flat, documented columns, formula-safe), JSON or JSONL (nested). With --out the file
-    appears whole or not at all, with FILE.manifest.json and detached CMS signatures
-    FILE.p7s and FILE.manifest.json.p7s. Check them with `fleet export verify FILE`, or with
-    only the root certificate: openssl cms -verify -binary -inform PEM -in FILE.p7s
-    -content FILE -CAfile root.pem -purpose any -out /dev/null
+    CSV is flat and formula-safe; JSON and JSONL are nested. With --out the file appears
+    whole or not at all, beside FILE.manifest.json and the signatures FILE.p7s and
+    FILE.manifest.json.p7s. An auditor with only root.pem checks them with:
+
+        openssl cms -verify -binary -inform PEM -in FILE.p7s -content FILE
+        -CAfile root.pem -purpose any -out /dev/null
 
     Example:
 
-        fleet export --format csv --out devices.csv --label site=hamburg --as-of 2026-06-30
+        fleet export -f csv --out devices.csv --label site=hh --as-of 2026-06-30
 
         fleet export verify devices.csv --ca root.pem
     """
