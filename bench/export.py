@@ -304,6 +304,14 @@ def sqlite_dump(db: Path, out: Path) -> dict | None:
     return {"wall": wall}
 
 
+def _count_devices(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as raw:
+        try:
+            return int(raw.execute("SELECT count(*) FROM device").fetchone()[0])
+        except sqlite3.Error:
+            return -1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", "-n", type=int, default=100_000)
@@ -315,27 +323,38 @@ def main() -> int:
         help="Also verify the audit chain and that --as-of now equals the live export.",
     )
     parser.add_argument("--skip-as-of", action="store_true")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Reuse the registry already in --workdir if it has N devices (skips the build).",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
-    if home.exists():
+    db = home / "registry.db"
+    reused = args.reuse and db.exists() and _count_devices(db) == args.devices
+    if home.exists() and not reused:
         shutil.rmtree(home)
     ws = Workspace(home=home)
     failures: list[str] = []
     try:
-        init_workspace(ws, name="Bench", passphrase=PASSPHRASE)
         start = time.perf_counter()
-        events = build_registry(ws, args.devices)
+        if reused:
+            with contextlib.closing(sqlite3.connect(db)) as raw:
+                events = raw.execute("SELECT seq FROM audit_head").fetchone()[0]
+        else:
+            init_workspace(ws, name="Bench", passphrase=PASSPHRASE)
+            events = build_registry(ws, args.devices)
         built = time.perf_counter() - start
-        db = home / "registry.db"
         ws.close()
         with contextlib.closing(sqlite3.connect(db)) as raw:  # fold the WAL into the file
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         load = os.getloadavg()
         print(
             f"registry: {args.devices:,} devices, {events:,} audit events, "
-            f"{db.stat().st_size / 2**20:,.0f} MiB, built in {built:,.1f} s; "
+            f"{db.stat().st_size / 2**20:,.0f} MiB, "
+            f"{'reused' if reused else f'built in {built:,.1f} s'}; "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs"
         )
         results: dict[str, dict] = {}

@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Select, String, Text, case, cast, func, literal, select
+from sqlalchemy import Select, String, Text, case, cast, func, literal, literal_column, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -311,8 +311,15 @@ CERT_FIELDS = (
 def _cert_live(ctx: LiveContext, source: Any) -> tuple[list[ColumnElement[Any]], Any]:
     c = Certificate.__table__.alias("cert")  # type: ignore[attr-defined]
     newer = Certificate.__table__.alias("newest")  # type: ignore[attr-defined]
-    newest_serial = (
-        select(newer.c.serial)
+    # SQLite joins on the rowid: the serial's index is random access, the rowid is not
+    # (about 40% faster at 1M devices, see docs/export.md).
+    key, newer_key = (
+        (literal_column("cert.rowid"), literal_column("newest.rowid"))
+        if ctx.dialect == "sqlite"
+        else (c.c.serial, newer.c.serial)
+    )
+    newest = (
+        select(newer_key)
         .where(newer.c.device_id == ctx.device.c.id)
         .order_by(newer.c.issued_at.desc(), newer.c.serial.desc())
         .limit(1)
@@ -337,7 +344,7 @@ def _cert_live(ctx: LiveContext, source: Any) -> tuple[list[ColumnElement[Any]],
         c.c.key_type,
         c.c.key_origin,
     ]
-    return columns, source.outerjoin(c, c.c.serial == newest_serial)
+    return columns, source.outerjoin(c, key == newest)
 
 
 def _certs(state: ReplayedDevice) -> dict[str, dict[str, Any]]:
