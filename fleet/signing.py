@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import mmap
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -136,14 +135,15 @@ def _issue_signer(ws: Workspace, secret: str | bytes, now: datetime) -> Signer:
 
 
 def sign_detached(signer: Signer, data: bytes | Path) -> bytes:
-    """A detached CMS SignedData (PEM) over ``data`` or a file's content, with the signer
-    and issuing CA certificates. Files are memory-mapped, not read into memory."""
+    """A detached CMS SignedData (PEM) over ``data`` or a file's content, carrying the
+    signer and issuing CA certificates.
+
+    Bytes go through cryptography's ``PKCS7SignatureBuilder``. That builder needs the whole
+    content in memory, so files (exports of any size) are digested in chunks and the same
+    structure is encoded by :func:`_sign_file`; both verify with ``openssl cms -verify``.
+    """
     if isinstance(data, Path):
-        with data.open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                return sign_detached(signer, b"")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return sign_detached(signer, mapped)  # type: ignore[arg-type]
+        return _sign_file(signer, data)
     digest = ca.signature_hash(signer.key)
     builder = (
         pkcs7.PKCS7SignatureBuilder()
@@ -155,6 +155,86 @@ def sign_detached(signer: Signer, data: bytes | Path) -> bytes:
         serialization.Encoding.PEM,
         [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary],
     )
+
+
+_OID_DATA = "1.2.840.113549.1.7.1"
+_OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
+_ECDSA_WITH = {
+    "sha256": "1.2.840.10045.4.3.2",
+    "sha384": "1.2.840.10045.4.3.3",
+    "sha512": "1.2.840.10045.4.3.4",
+}
+_DIGEST_OIDS = {
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "sha384": "2.16.840.1.101.3.4.2.2",
+    "sha512": "2.16.840.1.101.3.4.2.3",
+}
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(body)) + body
+
+
+def _der_oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    body = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body.extend(reversed(chunk))
+    return _der(0x06, bytes(body))
+
+
+def _sign_file(signer: Signer, path: Path) -> bytes:
+    """RFC 5652 SignedData over a file's content, digested in 1 MiB chunks (flat memory),
+    shaped like ``PKCS7SignatureBuilder``'s output: detached id-data content, signed
+    attributes contentType, signingTime and messageDigest, ECDSA signature."""
+    if not isinstance(signer.key, ec.EllipticCurvePrivateKey):
+        # fleet generates EC signers; anything else takes the in-memory path
+        return sign_detached(signer, path.read_bytes())
+    algorithm = ca.signature_hash(signer.key)
+    digest_algorithm = _der(0x30, _der_oid(_DIGEST_OIDS[algorithm.name]) + b"\x05\x00")
+    signing_time = datetime.now(UTC).strftime("%y%m%d%H%M%SZ").encode("ascii")
+    attributes = sorted(  # DER: a SET OF is sorted by the members' encodings
+        [
+            _der(0x30, _der_oid(_OID_CONTENT_TYPE) + _der(0x31, _der_oid(_OID_DATA))),
+            _der(0x30, _der_oid(_OID_SIGNING_TIME) + _der(0x31, _der(0x17, signing_time))),
+            _der(
+                0x30,
+                _der_oid(_OID_MESSAGE_DIGEST) + _der(0x31, _der(0x04, _digest(path, algorithm))),
+            ),
+        ]
+    )
+    signed_attributes = _der(0x31, b"".join(attributes))
+    signature = signer.key.sign(signed_attributes, ec.ECDSA(algorithm))
+    signer_info = _der(
+        0x30,
+        _der_integer(1)
+        + _der(0x30, signer.cert.issuer.public_bytes() + _der_integer(signer.cert.serial_number))
+        + digest_algorithm
+        + b"\xa0"  # [0] IMPLICIT: the same SET, retagged
+        + signed_attributes[1:]
+        + _der(0x30, _der_oid(_ECDSA_WITH[algorithm.name]))
+        + _der(0x04, signature),
+    )
+    certificates = b"".join(
+        c.public_bytes(serialization.Encoding.DER) for c in (signer.cert, signer.issuing)
+    )
+    signed_data = _der(
+        0x30,
+        _der_integer(1)
+        + _der(0x31, digest_algorithm)
+        + _der(0x30, _der_oid(_OID_DATA))
+        + _der(0xA0, certificates)
+        + _der(0x31, signer_info),
+    )
+    content_info = _der(0x30, _der_oid(_OID_SIGNED_DATA) + _der(0xA0, signed_data))
+    encoded = base64.encodebytes(content_info).decode("ascii").replace("\n", "")
+    lines = [encoded[i : i + 64] for i in range(0, len(encoded), 64)]
+    return ("-----BEGIN PKCS7-----\n" + "\n".join(lines) + "\n-----END PKCS7-----\n").encode()
 
 
 # --- verification -----------------------------------------------------------------------

@@ -522,3 +522,27 @@ def test_bench_runs_at_tiny_n(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rows/s" in proc.stdout and "as-of" in proc.stdout
     assert "check: ok" in proc.stdout
+
+
+def test_streamed_and_builder_signatures_both_verify(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    """Files are signed by fleet's chunked CMS encoder, bytes by cryptography's
+    PKCS7SignatureBuilder: openssl and fleet's verifier accept both, for any content."""
+    signer = signing.load_signer(ready_sqlite_ws, PASSPHRASE)
+    root = auditor_root(ready_sqlite_ws, tmp_path)
+    trusted = x509.load_pem_x509_certificate(root.read_bytes())
+    for name, content in [("empty", b""), ("small", b"a,b\r\n"), ("big", os.urandom(3 << 20))]:
+        target = tmp_path / name
+        target.write_bytes(content)
+        for signature in (
+            signing.sign_detached(signer, target),
+            signing.sign_detached(signer, content),
+        ):
+            target.with_name(f"{name}.p7s").write_bytes(signature)
+            proc = openssl_cms_verify(target, root)
+            assert proc.returncode == 0, (name, proc.stderr)
+            assert signing.verify_detached(signature, target, trusted).signer == signer.cert
+            with pytest.raises(signing.SignatureError) as failure:
+                signing.verify_detached(signature, content + b"x", trusted)
+            assert failure.value.check == "signature"
