@@ -37,12 +37,20 @@ from sqlalchemy import Select, String, Text, case, cast, func, literal, literal_
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from fleet import __version__, audit
+from fleet import __version__, audit, ca
 from fleet.db import read_session
 from fleet.errors import InvalidInput
 from fleet.identifiers import parse_label, validate_label, validate_text_field
 from fleet.models import AuditEvent, AuditHead, Certificate, Device, UTCDateTime
-from fleet.signing import Signer, load_signer, sign_detached
+from fleet.signing import (
+    SignatureError,
+    Signer,
+    load_root,
+    load_signer,
+    sha256_file,
+    sign_detached,
+    verify_detached,
+)
 from fleet.workspace import Passphrase, Workspace
 
 FORMATS = ("csv", "json", "jsonl")
@@ -712,12 +720,6 @@ def _temp_beside(path: Path) -> Path:
     return Path(name)
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    from fleet.signing import sha256_file
-
-    return sha256_file(path)
-
-
 def _export_to_file(
     out: Path,
     produce: Callable[[TextIO], _Snapshot],
@@ -731,7 +733,7 @@ def _export_to_file(
         with temps[0].open("w", encoding="utf-8", newline="", buffering=1 << 20) as handle:
             snapshot = produce(handle)
         os.chmod(temps[0], 0o644)
-        digest, size = _sha256_file(temps[0])
+        digest, size = sha256_file(temps[0])
         result: dict[str, Any] = {
             "file": str(out),
             "rows": snapshot.rows,
@@ -932,9 +934,6 @@ def verify_export(
     The chain is checked up to ``root`` (an auditor's copy of the root certificate), else to
     the workspace's root. Every check runs; the report names each that failed.
     """
-    from fleet import ca
-    from fleet.signing import SignatureError, load_root, verify_detached
-
     if not path.is_file():
         raise InvalidInput(f"cannot read {path}: no such file")
     if root is not None:
@@ -980,7 +979,7 @@ def verify_export(
         report.checks.append(Check("chain", True, f"chains to {trusted.subject.rfc4514_string()}"))
     if manifest is None:
         return report
-    digest, size = _sha256_file(path)
+    digest, size = sha256_file(path)
     if digest == manifest.get("sha256") and size == manifest.get("bytes"):
         report.checks.append(Check("hash", True, f"sha256 {digest}"))
     else:

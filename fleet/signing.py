@@ -13,6 +13,10 @@ certificates included), so an auditor holding only the root certificate runs::
     openssl cms -verify -binary -inform PEM -in FILE.p7s -content FILE \\
         -CAfile root.pem -purpose any -out /dev/null
 
+Small content (manifests) is signed with cryptography's ``PKCS7SignatureBuilder``; export files
+are digested in chunks and encoded in the same shape by :func:`_sign_file`, so signing a
+multi-gigabyte export needs no more memory than a small one.
+
 :func:`verify_detached` checks the same things without OpenSSL: the content digest, the
 signature over the signed attributes, and the chain signer -> issuing CA -> the given root.
 """
@@ -36,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from fleet import audit, ca
 from fleet.db import write_session
-from fleet.errors import AuthError, RegistryError
+from fleet.errors import AuthError, InvalidInput, RegistryError
 from fleet.files import write_private_file
 from fleet.profiles import Profile
 from fleet.workspace import Passphrase, Workspace, require_passphrase
@@ -485,16 +489,12 @@ def load_root(path: Path) -> x509.Certificate:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        from fleet.errors import InvalidInput
-
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
-        from fleet.errors import InvalidInput
-
         raise InvalidInput(f"{path} is not a certificate") from exc
 
 
