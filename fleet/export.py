@@ -431,6 +431,10 @@ CSV_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 class _Layout:
     """Cell positions derived from :data:`SECTIONS`, computed once."""
 
@@ -450,12 +454,41 @@ class _Layout:
         ]
         self.labels = self.index[(None, "labels")]
         self.replay_actions = sorted({a for s in sections for a in s.replay})
+        # JSON text per section, "%s" per field: filled with already-encoded values, this is
+        # byte for byte json.dumps(row_to_object(cells)) and ~3x faster.
+        self.json_parts: list[tuple[int, int, str, str | None]] = []
+        for section, start, end in self.spans:
+            members = ",".join(f"{_json_str(f)}:%s" for f in section.fields)
+            if section.key is None:
+                self.json_parts.append((start, end, "{" + members, None))
+            else:
+                name = _json_str(section.key)
+                self.json_parts.append((start, end, f",{name}:{{{members}}}", f",{name}:null"))
 
     def cell(self, section: str | None, name: str) -> int:
         return self.index[(section, name)]
 
 
 LAYOUT = _Layout(SECTIONS)
+_JSON_TEXT_CELLS = (LAYOUT.labels,)  # cells that already hold JSON text (canonical labels)
+
+
+def row_to_json(cells: Cells) -> str:
+    """``row_to_object(cells)`` as compact JSON text (UTF-8 kept), built without the dict."""
+    values = [
+        "null" if v is None else _json_str(v) if v.__class__ is str else _json_dumps(v)
+        for v in cells
+    ]
+    for i in _JSON_TEXT_CELLS:
+        values[i] = cells[i]
+    out = []
+    for start, end, template, null_text in LAYOUT.json_parts:
+        if null_text is not None and all(v is None for v in cells[start:end]):
+            out.append(null_text)
+        else:
+            out.append(template % tuple(values[start:end]))
+    out.append("}")
+    return "".join(out)
 
 
 def csv_safe(value: str) -> str:
@@ -603,19 +636,18 @@ def _write_rows(stream: TextIO, fmt: str, rows: Iterable[Cells]) -> int:
         writer.writerow(CSV_COLUMNS)
         writer.writerows(_csv_cells(rows, counter))
         return counter[0]
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     count = 0
     write = stream.write
     if fmt == "jsonl":
         for cells in rows:
-            write(encode(row_to_object(cells)) + "\n")
+            write(row_to_json(cells) + "\n")
             count += 1
         return count
     write("[")
     separator = "\n"
     for cells in rows:
         write(separator)
-        write(encode(row_to_object(cells)))
+        write(row_to_json(cells))
         separator = ",\n"
         count += 1
     write("\n]\n" if count else "]\n")

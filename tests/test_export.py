@@ -546,3 +546,20 @@ def test_streamed_and_builder_signatures_both_verify(
             with pytest.raises(signing.SignatureError) as failure:
                 signing.verify_detached(signature, content + b"x", trusted)
             assert failure.value.check == "signature"
+
+
+def test_fast_json_rows_equal_json_dumps() -> None:
+    """The JSON writer fills text templates instead of building dicts; it must produce
+    exactly what json.dumps produces for the nested object, for any string content."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    nasty = ['a"b', "back\\slash", "Düsseldorf ✓", "\u2028\u2029", "\x7f", "/</script>", ""]
+    width = len(export.CSV_COLUMNS)
+    for n, text in enumerate(nasty):
+        cells: list[Any] = [f"{text}{i}" if i % 3 else None for i in range(width)]
+        cells[export.LAYOUT.labels] = export.canonical_labels(json.dumps({"k": text, "a": "1"}))
+        no_cert = list(cells)
+        start = export.LAYOUT.cell("certificate", "serial")
+        no_cert[start:] = [None] * (width - start)
+        for row in (cells, no_cert):
+            assert export.row_to_json(row) == encode(export.row_to_object(list(row))), n
+    assert json.loads(export.row_to_json(no_cert))["certificate"] is None
