@@ -179,7 +179,11 @@ class LiveContext:
 
 @dataclass(frozen=True)
 class Section:
-    """A group of export fields; ``key`` ``None`` means the device's top-level fields."""
+    """A group of export fields; ``key`` ``None`` means the device's top-level fields.
+
+    Values are text or ``None`` (the live SQL formats them; replay produces the same text),
+    so CSV, JSON and ``--as-of`` output stay byte-identical.
+    """
 
     key: str | None
     fields: tuple[str, ...]
@@ -522,7 +526,7 @@ def row_to_object(cells: Cells) -> dict[str, Any]:
                 if all(v is None for v in values)
                 else dict(zip(section.fields, values, strict=True))
             )
-    obj["labels"] = _labels_object(obj["labels"])
+    obj["labels"] = dict(_labels_object(obj["labels"]))  # a copy: the parsed one is cached
     return obj
 
 

@@ -6,17 +6,11 @@ from typing import Annotated
 
 import typer
 
-from fleet import export, registry
-from fleet.cli._common import (
-    ask_passphrase,
-    fail,
-    message,
-    print_json_array,
-    stdout,
-    table,
-    workspace,
-)
-from fleet.cli.export_cmds import JsonOption, OutOption, SignOption, render_summary
+import fleet.cli._common as common
+import fleet.cli.export_cmds as export_cmds
+import fleet.export as export_lib
+from fleet import registry
+from fleet.cli._common import fail, message, print_json_array, stdout, table, workspace
 from fleet.errors import IntegrityError
 from fleet.identifiers import parse_timestamp
 
@@ -78,9 +72,9 @@ def export_(
     until: Annotated[
         str | None, typer.Option(help="Only events before this time (ISO 8601, or an age).")
     ] = None,
-    out: OutOption = None,
-    sign: SignOption = None,
-    json_out: JsonOption = False,
+    out: export_cmds.OutOption = None,
+    sign: export_cmds.SignOption = None,
+    json_out: export_cmds.JsonOption = False,
 ) -> None:
     """Export audit events as JSONL with their hashes, signed like `fleet export`.
 
@@ -91,13 +85,13 @@ def export_(
 
         fleet audit export --since 2026-01-01 --until 2026-07-01 --out audit-h1.jsonl
     """
-    result = export.export_audit(
+    result = export_lib.export_audit(
         workspace(ctx),
         out=out,
         since=parse_timestamp(since) if since else None,
         until=parse_timestamp(until) if until else None,
         sign=sign,
-        passphrase=ask_passphrase,
+        passphrase=common.ask_passphrase,
     )
     if out is not None or json_out:
-        render_summary(result, json_out)
+        export_cmds.render_summary(result, json_out)
