@@ -29,8 +29,8 @@ app.add_typer(device_cmds.app, name="device")
 app.add_typer(cert_cmds.app, name="cert")
 app.add_typer(ca_cmds.app, name="ca")
 app.add_typer(audit_cmds.app, name="audit")
-app.add_typer(db_cmds.app, name="db")
 app.add_typer(export_cmds.app, name="export")
+app.add_typer(db_cmds.app, name="db")
 
 
 def _version(value: bool) -> None:
