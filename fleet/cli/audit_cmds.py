@@ -6,6 +6,9 @@ from typing import Annotated
 
 import typer
 
+import fleet.cli._common as common
+import fleet.cli.export_cmds as export_cmds
+import fleet.export as export_lib
 from fleet import registry
 from fleet.cli._common import fail, message, print_json_array, render, table, workspace
 from fleet.errors import IntegrityError
@@ -57,3 +60,38 @@ def verify(ctx: typer.Context) -> None:
             IntegrityError.exit_code,
         )
     message(f"audit trail OK: {result.events} events, head {result.head_hash}")
+
+
+@app.command("export")
+def export_(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only events at or after this time (ISO 8601, or an age: 24h, 7d)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only events before this time (ISO 8601, or an age).")
+    ] = None,
+    out: export_cmds.OutOption = None,
+    sign: export_cmds.SignOption = None,
+    json_out: export_cmds.JsonOption = False,
+) -> None:
+    """Export audit events as JSONL with their hashes, signed like `fleet export`.
+
+    Each line is the event's canonical JSON plus its hash, so an auditor can recompute the
+    chain without fleet; `fleet export verify FILE` re-hashes it and checks the signatures.
+
+    Example:
+
+        fleet audit export --since 2026-01-01 --until 2026-07-01 --out audit-h1.jsonl
+    """
+    result = export_lib.export_audit(
+        workspace(ctx),
+        out=out,
+        since=parse_timestamp(since) if since else None,
+        until=parse_timestamp(until) if until else None,
+        sign=sign,
+        passphrase=common.ask_passphrase,
+    )
+    if out is not None or json_out:
+        export_cmds.render_summary(result, json_out)
