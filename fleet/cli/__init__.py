@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from fleet import __version__
-from fleet.cli import audit_cmds, ca_cmds, cert_cmds, db_cmds, device_cmds
+from fleet.cli import audit_cmds, ca_cmds, cert_cmds, db_cmds, device_cmds, provision_cmds
 from fleet.cli._common import FleetGroup, ask_passphrase, message, print_json, workspace
 from fleet.registry import init_workspace
 from fleet.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace, default_home
@@ -30,6 +30,7 @@ app.add_typer(cert_cmds.app, name="cert")
 app.add_typer(ca_cmds.app, name="ca")
 app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(db_cmds.app, name="db")
+app.command("provision")(provision_cmds.provision)
 
 
 def _version(value: bool) -> None:
