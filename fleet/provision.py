@@ -57,7 +57,7 @@ from typing import Any, TextIO
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import JSON, Table, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
@@ -67,6 +67,7 @@ from fleet.bundles import CERT_FILE, CHAIN_FILE, KEY_FILE
 from fleet.db import read_session, write_session
 from fleet.errors import FleetError, InvalidInput, RegistryError
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
+from fleet.models import UTCDateTime
 from fleet.profiles import Profile, load_profile
 from fleet.views import iso
 from fleet.workspace import Passphrase, Workspace, require_passphrase
@@ -351,7 +352,8 @@ class _SeenIds:
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute(
             "CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER NOT NULL, "
-            "digest TEXT NOT NULL, ok INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+            "digest TEXT NOT NULL, ok INTEGER NOT NULL DEFAULT 0, "
+            "serial TEXT, fingerprint TEXT, not_after TEXT) WITHOUT ROWID"
         )
 
     def claim(self, rows: list[_Row]) -> list[tuple[_Row, tuple[int, str] | None]]:
@@ -378,14 +380,24 @@ class _SeenIds:
         return paired
 
     def mark_ok(self, ids: list[str]) -> None:
-        """These IDs are provisioned (now or earlier): they belong in the manifest."""
+        """These IDs were provisioned earlier: they belong in the manifest."""
         self.db.executemany("UPDATE seen SET ok = 1 WHERE id = ?", [(i,) for i in ids])
 
-    def ok_ids(self, page: int = 1000) -> Iterator[list[str]]:
-        """Provisioned IDs in file order, a page at a time."""
-        cursor = self.db.execute("SELECT id FROM seen WHERE ok = 1 ORDER BY line")
+    def mark_issued(self, issued: list[tuple[str, str, str, str]]) -> None:
+        """``(serial, fingerprint, not_after, id)`` of certificates this run committed."""
+        self.db.executemany(
+            "UPDATE seen SET ok = 1, serial = ?, fingerprint = ?, not_after = ? WHERE id = ?",
+            issued,
+        )
+
+    def ok_rows(self, page: int = 1000) -> Iterator[list[tuple[str, str | None, str, str]]]:
+        """``(id, serial or None, fingerprint, not_after)`` of provisioned IDs in file order,
+        a page at a time; ``None`` when an earlier run issued the certificate."""
+        cursor = self.db.execute(
+            "SELECT id, serial, fingerprint, not_after FROM seen WHERE ok = 1 ORDER BY line"
+        )
         while rows := cursor.fetchmany(page):
-            yield [r[0] for r in rows]
+            yield rows
 
     def close(self) -> None:
         self.db.close()
@@ -519,11 +531,13 @@ def _write_bundle(folder: str, key_pem: bytes | None, cert_pem: bytes, chain_pem
 
 
 def _append_events(session: Session, events: list[audit.PendingEvent], *, at: datetime) -> None:
-    """:func:`fleet.audit.append_many` with bulk Core inserts instead of ORM objects.
+    """:func:`fleet.audit.append_many` for a batch, with bulk inserts instead of ORM objects.
 
     Same chain, same rows, same head lock (``FOR UPDATE``; SQLite's write transaction) as
-    ``append_many``; building ORM objects was over a third of a batch's time. ``details``
-    is hashed in its parsed form once instead of dumped, parsed and dumped again.
+    ``append_many``, whose ORM objects took over a third of a batch's time. Each event's
+    canonical form is assembled around its ``details`` JSON, which is encoded once; the keys
+    of the canonical form are in sorted order, and every other value is JSON-encoded the same
+    way :func:`fleet.audit.canonical_json` does (``fleet audit verify`` re-hashes from scratch).
     """
     if not events:
         return
@@ -533,26 +547,78 @@ def _append_events(session: Session, events: list[audit.PendingEvent], *, at: da
     ).one_or_none()
     seq, prev = (0, audit.GENESIS_HASH) if head is None else (head.seq, head.hash)
     who, ts = audit.current_actor(), audit.format_ts(at)
+    encode = audit.canonical_json
+    tail = f',"ts":{encode(ts)}}}'
     rows: list[dict[str, Any]] = []
     for pending in events:
         seq += 1
-        body = {
-            "seq": seq,
-            "ts": ts,
-            "actor": who,
-            "action": pending.action,
-            "target": pending.target,
-            "details": pending.details,
-            "prev_hash": prev,
-        }
-        digest = hashlib.sha256(audit.canonical_json(body).encode("utf-8")).hexdigest()
-        rows.append({**body, "details": audit.canonical_json(pending.details), "hash": digest})
+        details = encode(pending.details)
+        text = (
+            f'{{"action":{encode(pending.action)},"actor":{encode(who)},"details":{details},'
+            f'"prev_hash":{encode(prev)},"seq":{seq},"target":{encode(pending.target)}{tail}'
+        )
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        rows.append(
+            {
+                "seq": seq,
+                "ts": ts,
+                "actor": who,
+                "action": pending.action,
+                "target": pending.target,
+                "details": details,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
         prev = digest
-    session.execute(insert(event_table), rows)
+    _bulk_insert(session, event_table, rows)
     if head is None:
         session.execute(insert(head_table).values(id=1, seq=seq, hash=prev))
     else:
         session.execute(update(head_table).where(head_table.c.id == 1).values(seq=seq, hash=prev))
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    # What UTCDateTime + SQLAlchemy's SQLite DATETIME store: naive UTC, microseconds.
+    if value is None:
+        return None
+    return f"{value.astimezone(UTC).replace(tzinfo=None):%Y-%m-%d %H:%M:%S.%f}"
+
+
+def _sqlite_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)  # SQLAlchemy's JSON serialiser
+
+
+def _bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (every column given) in one executemany.
+
+    On SQLite the values are converted here exactly as the column types would convert
+    them and handed straight to the driver: SQLAlchemy's per-row parameter processing cost
+    about 40 us a row per table. Other backends go through SQLAlchemy Core.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        session.execute(insert(table), rows)
+        return
+    names = [column.name for column in table.columns]
+    converters: list[Callable[[Any], Any] | None] = []
+    for column in table.columns:
+        if isinstance(column.type, UTCDateTime):
+            converters.append(_sqlite_datetime)
+        elif isinstance(column.type, JSON):
+            converters.append(_sqlite_json)
+        else:
+            converters.append(None)
+    pairs = list(zip(names, converters, strict=True))
+    values = [
+        tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs)
+        for row in rows
+    ]
+    columns = ", ".join(f'"{name}"' for name in names)
+    marks = ", ".join("?" * len(names))
+    connection.exec_driver_sql(f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks})', values)
 
 
 def _table(name: str) -> Table:
@@ -932,6 +998,7 @@ class _Provisioner:
         published: list[tuple[Path, Path, Path | None]] = []
         failed: list[tuple[_Row, Path, str]] = []
         present: list[tuple[_Row, Path]] = []
+        issued: list[tuple[str, str, str, str]] = []
         committed = False
         try:
             with write_session(self.engine) as session:
@@ -952,6 +1019,7 @@ class _Provisioner:
                         failed.append((row, staging, error))
                         continue
                     self._rows_for(row, result, now, device_rows, cert_rows, events)
+                    issued.append((result[2], result[3], iso(result[6]) or "", row.device_id))
                 self.faults.hit("after-rename")
                 self._insert(session, device, device_rows, certificate, cert_rows)
                 _append_events(session, events, at=now)
@@ -973,11 +1041,10 @@ class _Provisioner:
         for _row, staging in present:
             shutil.rmtree(staging, ignore_errors=True)
         self.skip(len(present))
-        ok = [row.device_id for row, _ in present]
-        provisioned = [final.name for _staging, final, _aside in published]
-        self.seen.mark_ok(ok + provisioned)
-        self.summary.provisioned += len(provisioned)
-        self.done += len(provisioned)
+        self.seen.mark_ok([row.device_id for row, _ in present])
+        self.seen.mark_issued(issued)
+        self.summary.provisioned += len(issued)
+        self.done += len(issued)
 
     def _publish(
         self, staging: Path, device_id: str, published: list[tuple[Path, Path, Path | None]]
@@ -1074,9 +1141,8 @@ class _Provisioner:
         certificate: Table,
         cert_rows: list[dict[str, Any]],
     ) -> None:
-        if device_rows:
-            session.execute(insert(device), device_rows)
-            session.execute(insert(certificate), cert_rows)
+        _bulk_insert(session, device, device_rows)
+        _bulk_insert(session, certificate, cert_rows)
 
     def _discard(self, folders: list[Path]) -> None:
         for folder in folders:
@@ -1112,7 +1178,8 @@ class _Provisioner:
                             os.unlink(entry.path)
 
     def write_manifest(self) -> None:
-        """Rebuild ``manifest.csv`` from the registry for every provisioned row of the file."""
+        """Rebuild ``manifest.csv`` for every provisioned row of the file, in file order:
+        certificates this run committed from its own record, the others from the registry."""
         certificate = _table("certificate")
         final = self.out_dir / MANIFEST_NAME
         tmp = self.out_dir / f".{MANIFEST_NAME}.tmp-{self.token}"
@@ -1120,33 +1187,40 @@ class _Provisioner:
         with tmp.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(MANIFEST_COLUMNS)
-            for ids in self.seen.ok_ids():
-                with read_session(self.engine) as session:
-                    query = select(
-                        certificate.c.device_id,
-                        certificate.c.serial,
-                        certificate.c.fingerprint_sha256,
-                        certificate.c.not_after,
-                        certificate.c.issued_at,
-                    ).where(certificate.c.device_id.in_(ids), certificate.c.status == "active")
-                    newest: dict[str, tuple[Any, ...]] = {}
-                    for cert in session.execute(query):
-                        kept = newest.get(cert.device_id)
-                        if kept is None or cert.issued_at > kept[3]:
-                            newest[cert.device_id] = (
-                                cert.serial,
-                                cert.fingerprint_sha256,
-                                iso(cert.not_after),
-                                cert.issued_at,
-                            )
-                for device_id in ids:
-                    if device_id in newest:
+            for page in self.seen.ok_rows():
+                earlier = [device_id for device_id, serial, _, _ in page if serial is None]
+                newest: dict[str, tuple[str, str, str, datetime]] = {}
+                if earlier:
+                    with read_session(self.engine) as session:
+                        query = select(
+                            certificate.c.device_id,
+                            certificate.c.serial,
+                            certificate.c.fingerprint_sha256,
+                            certificate.c.not_after,
+                            certificate.c.issued_at,
+                        ).where(
+                            certificate.c.device_id.in_(earlier),
+                            certificate.c.status == "active",
+                        )
+                        for cert in session.execute(query):
+                            kept = newest.get(cert.device_id)
+                            if kept is None or cert.issued_at > kept[3]:
+                                newest[cert.device_id] = (
+                                    cert.serial,
+                                    cert.fingerprint_sha256,
+                                    iso(cert.not_after) or "",
+                                    cert.issued_at,
+                                )
+                for device_id, serial, fingerprint, not_after in page:
+                    if serial is None:
+                        if device_id not in newest:
+                            continue  # revoked meanwhile by someone else
                         serial, fingerprint, not_after, _ = newest[device_id]
-                        writer.writerow((device_id, serial, fingerprint, not_after))
-                        written += 1
-                        if written == 1:
-                            handle.flush()
-                            self.faults.hit("manifest")
+                    writer.writerow((device_id, serial, fingerprint, not_after))
+                    written += 1
+                    if written == 1:
+                        handle.flush()
+                        self.faults.hit("manifest")
         os.replace(tmp, final)
         self.summary.manifest = str(final)
 
