@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -111,19 +110,30 @@ def run_provision(home: Path, source: Path, out: Path, workers: int | None) -> d
     args += ["--out", str(out), "--json"]
     if workers:
         args += ["--workers", str(workers)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     child = subprocess.Popen(
         args, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     memory = TreeMemory(child.pid)
-    stdout, stderr = child.communicate()
+    output: dict[str, str] = {}
+    readers = [
+        threading.Thread(target=lambda: output.__setitem__("out", child.stdout.read())),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: output.__setitem__("err", child.stderr.read())),  # type: ignore[union-attr]
+    ]
+    for reader in readers:
+        reader.start()
+    # wait4: this child's own rusage; ru_maxrss is the largest of it and the worker
+    # processes it reaped.
+    _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
     memory.stop()
+    stdout, stderr = output["out"], output["err"]
     if child.returncode != 0:
         sys.exit(f"fleet provision failed ({child.returncode}): {stderr.strip()}")
     summary = json.loads(stdout)
-    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
         "provisioned": summary["provisioned"],
         "failed": summary["failed"],
@@ -131,8 +141,9 @@ def run_provision(home: Path, source: Path, out: Path, workers: int | None) -> d
         "rate": summary["provisioned"] / wall,
         "tree_rss_mb": memory.peak_rss / 1024,
         "tree_pss_mb": memory.peak_pss / 1024,
-        # ru_maxrss only ever grows: a later, smaller run would repeat an earlier peak.
-        "largest_mb": largest / 1024 if largest > before else float("nan"),
+        "largest_mb": usage.ru_maxrss / 1024,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "sys_seconds": usage.ru_stime,
         "samples": memory.samples,
     }
 
@@ -225,17 +236,25 @@ def main() -> int:
     parser.add_argument(
         "--openssl-sample", type=int, default=50, help="devices in the openssl loop"
     )
-    parser.add_argument("--workdir", type=Path, default=None, help="keep files here")
+    parser.add_argument("--workdir", type=Path, default=None, help="work in a folder under DIR")
+    parser.add_argument(
+        "--bundles-dir",
+        type=Path,
+        default=None,
+        help="write the bundles under DIR (e.g. /dev/shm to take the disk out); default: workdir",
+    )
     parser.add_argument("--check-targets", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-", dir=args.workdir))
+    bundles = Path(tempfile.mkdtemp(prefix="fleet-bench-out-", dir=args.bundles_dir or work))
     try:
-        return bench(args, work)
+        return bench(args, work, bundles)
     finally:
+        shutil.rmtree(bundles, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def bench(args: argparse.Namespace, work: Path) -> int:
+def bench(args: argparse.Namespace, work: Path, bundles: Path) -> int:
     home, n = work / "home", args.n
     csr_n = n if args.csr_n is None else args.csr_n
     fleet(home, "init", "--name", "Bench")
@@ -246,18 +265,23 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     write_rows(work / "csr-rows.csv", csr_ids, work / "csrs")
     print(f"machine: {load()}")
 
-    result = run_provision(home, work / "rows.csv", work / "out", args.workers)
+    print(f"registry: {home / 'registry.db'}; bundles under {bundles}")
+    result = run_provision(home, work / "rows.csv", bundles / "out", args.workers)
     ok = result["provisioned"] == n and result["failed"] == 0
     print(
         f"fleet provision: {n} devices (P-256 keys generated) in {result['wall']:.2f} s = "
         f"{result['rate']:,.0f} devices/s end to end (workers: {args.workers or os.cpu_count()})"
     )
     print(
+        f"CPU: {result['cpu_seconds'] / n * 1e6:.0f} us per device over all processes, of "
+        f"which {result['sys_seconds'] / n * 1e6:.0f} us in the kernel (file system, I/O)"
+    )
+    print(
         f"peak RSS: {result['largest_mb']:.0f} MB largest single process; process tree "
         f"(command + workers) {result['tree_rss_mb']:.0f} MB RSS sum, "
         f"{result['tree_pss_mb']:.0f} MB PSS sum ({result['samples']} samples)"
     )
-    csr = run_provision(home, work / "csr-rows.csv", work / "csr-out", args.workers)
+    csr = run_provision(home, work / "csr-rows.csv", bundles / "csr-out", args.workers)
     ok = ok and csr["provisioned"] == csr_n and csr["failed"] == 0
     print(
         f"CSR mode: {csr_n} devices in {csr['wall']:.2f} s = {csr['rate']:,.0f} devices/s "

@@ -743,6 +743,8 @@ class _Provisioner:
         rows: list[_Row] = []
         for _line, item in group:
             self.summary.rows += 1
+            if isinstance(item, _Row) and item.device_id == MANIFEST_NAME:
+                item = RowError(item.line, item.device_id, "this ID would clash with the manifest")
             if isinstance(item, RowError):
                 self.fail(item)
             else:

@@ -235,7 +235,8 @@ def test_row_errors_go_to_the_report(ready_ws: Workspace, cli: Cli, tmp_path: Pa
         "csr-2,p1,,missing.csr,\n"
         "prof-1,p1,,,nosuchprofile\n"
         "short-1,p1\n"
-        "ok-3,,,,\n",
+        "ok-3,,,,\n"
+        "manifest.csv,,,,\n",
         encoding="utf-8",
     )
     report = tmp_path / "report.csv"
@@ -244,11 +245,12 @@ def test_row_errors_go_to_the_report(ready_ws: Workspace, cli: Cli, tmp_path: Pa
     )
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
-    assert (summary["provisioned"], summary["skipped"], summary["failed"]) == (3, 1, 7)
+    assert (summary["provisioned"], summary["skipped"], summary["failed"]) == (3, 1, 8)
     with report.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     by_line = {int(r["line"]): r for r in rows}
-    assert sorted(by_line) == [3, 6, 7, 8, 9, 10, 11]
+    assert sorted(by_line) == [3, 6, 7, 8, 9, 10, 11, 13]
+    assert "clash with the manifest" in by_line[13]["error"]
     assert "contains ' '" in by_line[3]["error"]
     assert by_line[6]["id"] == "ok-2" and "duplicate of line 4" in by_line[6]["error"]
     assert "KEY=VALUE" in by_line[7]["error"]
