@@ -177,6 +177,23 @@ def crypto_floor(home: Path, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def filesystem_floor(folder: Path, count: int) -> tuple[float, float]:
+    """Bundles per second (and kernel us per bundle) for the file system alone: a folder,
+    three small files and a rename per device, one process, no crypto, no registry."""
+    folder.mkdir()
+    data = b"x" * 700
+    before, started = os.times(), time.perf_counter()
+    for n in range(count):
+        staging = folder / f".b{n}.tmp"
+        staging.mkdir()
+        for name in ("key.pem", "cert.pem", "chain.pem"):
+            (staging / name).write_bytes(data)
+        staging.rename(folder / f"b{n}")
+    wall, after = time.perf_counter() - started, os.times()
+    shutil.rmtree(folder, ignore_errors=True)
+    return count / wall, (after.system - before.system) / count * 1e6
+
+
 OPENSSL_LOOP = r"""
 set -e
 cd "$1"
@@ -300,6 +317,11 @@ def bench(args: argparse.Namespace, work: Path, bundles: Path) -> int:
     print(
         f"baseline 1, in-process floor (1 core, cryptography calls only): {floor:,.0f} "
         f"devices/s -> fleet is {result['rate'] / floor:.2f}x the in-process floor"
+    )
+    fs_rate, fs_kernel = filesystem_floor(bundles / "fs-floor", max(200, min(n, 5000)))
+    print(
+        f"context, the file system alone (folder + 3 files + rename, 1 process): "
+        f"{fs_rate:,.0f} bundles/s, {fs_kernel:.0f} us kernel time per bundle"
     )
     ossl = openssl_loop(home, work, args.openssl_sample)
     print(
