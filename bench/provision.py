@@ -291,7 +291,9 @@ def bench(args: argparse.Namespace, work: Path, bundles: Path) -> int:
     )
     print(
         f"CPU: {result['cpu_seconds'] / n * 1e6:.0f} us per device over all processes, of "
-        f"which {result['sys_seconds'] / n * 1e6:.0f} us in the kernel (file system, I/O)"
+        f"which {result['sys_seconds'] / n * 1e6:.0f} us in the kernel (file system, I/O); "
+        f"{os.cpu_count()} idle cores would allow at most "
+        f"{(os.cpu_count() or 1) * n / result['cpu_seconds']:,.0f} devices/s at that cost"
     )
     print(
         f"peak RSS: {result['largest_mb']:.0f} MB largest single process; process tree "

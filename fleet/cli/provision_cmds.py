@@ -78,13 +78,13 @@ def provision(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Provision every device in a CSV or JSON Lines file: registry rows and identity bundles.
+    """Provision every device listed in a CSV or JSON Lines file.
 
-    Columns (CSV header) or keys (JSONL): id (required), model, serial, labels (CSV
-    "k=v;k=v", JSONL an object), profile, csr (a PEM CSR file, relative to FILE; no key is
-    generated then). Devices already provisioned are skipped, so re-running after an
-    interruption finishes the job. Rows that fail are listed in --report and make the exit
-    code 1; the other rows are provisioned.
+    Columns (CSV) or keys (JSONL): id (required), model, serial, labels
+    (CSV "k=v;k=v", JSONL an object), profile, csr (a CSR file relative to
+    FILE; the device keeps its key). Devices already provisioned are skipped:
+    re-run the same command after an interruption to finish the batch.
+    Failed rows go to --report and make the exit code 1; the rest go ahead.
 
     Example:
 
