@@ -81,7 +81,6 @@ REPORT_COLUMNS = ("line", "id", "error")
 # commits, small enough to keep transactions (and the SQLite write lock) short.
 BATCH_SIZE = 500
 ERRORS_KEPT = 20
-SQLITE_CACHE_KIB = 32768
 # Test-only: "POINT:N" makes the process SIGKILL itself the Nth time it reaches POINT (one of
 # FAULT_POINTS), so the crash tests can stop a real process in each window deterministically.
 FAULT_ENV = "FLEET_FAULT_INJECT"
@@ -351,7 +350,6 @@ class _SeenIds:
         self.db = sqlite3.connect("", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("PRAGMA cache_size=-8192")  # KiB: fewer spills to the scratch file
         self.db.execute(
             "CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER NOT NULL, "
             "digest TEXT NOT NULL, ok INTEGER NOT NULL DEFAULT 0, "
@@ -1016,10 +1014,6 @@ class _Provisioner:
         committed = False
         try:
             with write_session(self.engine) as session:
-                if session.connection().dialect.name == "sqlite":
-                    # Random serials and fingerprints spread index inserts all over large
-                    # B-trees; SQLite's default 2 MB page cache made that mostly page I/O.
-                    session.connection().exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
                 ids = [row.device_id for row, _ in signed]
                 taken = set(
                     session.execute(select(device.c.id).where(device.c.id.in_(ids))).scalars()
