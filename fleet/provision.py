@@ -35,6 +35,7 @@ import contextlib
 import csv
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -75,6 +76,7 @@ from fleet.workspace import Passphrase, Workspace, require_passphrase
 COLUMNS = ("id", "model", "serial", "labels", "profile", "csr")
 FORMATS = ("csv", "jsonl")
 MANIFEST_NAME = "manifest.csv"
+LOCK_NAME = ".fleet-provision.lock"
 MANIFEST_COLUMNS = ("id", "serial", "fingerprint_sha256", "not_after")
 REPORT_COLUMNS = ("line", "id", "error")
 # Rows per worker task and per registry transaction: large enough to amortise IPC and
@@ -726,6 +728,7 @@ class _Provisioner:
         self.faults = _Faults()
         self.token = f"{os.getpid()}-{secrets.token_hex(3)}"
         self.done = 0
+        self._lock_fd: int | None = None
 
     # -- shared by dry runs and real runs
 
@@ -942,6 +945,7 @@ class _Provisioner:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             self.seen.close()
+            self.close()
 
     def _submit(self, pool: ProcessPoolExecutor, rows: list[_Row]) -> _Batch | None:
         task: list[_TaskRow] = []
@@ -990,15 +994,49 @@ class _Provisioner:
         """Make one batch durable: bundles into place, registry rows and audit events, in
         one transaction. (Anything else that must happen atomically with provisioning, e.g.
         queueing cloud registrations, belongs inside this transaction too.)"""
+        with self._out_dir_lock():
+            self._commit_attempts(signed, now)
+
+    @contextlib.contextmanager
+    def _out_dir_lock(self) -> Iterator[None]:
+        """Hold ``OUT/.fleet-provision.lock`` while renaming and committing.
+
+        The registry transaction orders database writes, not folder renames: two runs sharing
+        an output folder (on PostgreSQL, where transactions overlap) could otherwise take one
+        another's uncommitted bundles for orphans. The kernel drops the lock of a killed run.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = os.open(
+                os.path.join(self.out, LOCK_NAME), os.O_WRONLY | os.O_CREAT, 0o644
+            )
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _commit_attempts(self, signed: list[tuple[_Row, _Signed]], now: datetime) -> None:
         for attempt in range(3):
             try:
                 self._try_commit(signed, now)
                 return
-            except sa_exc.IntegrityError as exc:
+            except (sa_exc.IntegrityError, sa_exc.OperationalError) as exc:
                 # Another process registered one of these IDs between our check and our
-                # insert (PostgreSQL); the next attempt sees it and skips that row.
-                if attempt == 2:
+                # insert (PostgreSQL; two runs inserting shared IDs in different orders can
+                # also deadlock, and PostgreSQL then aborts one of them): the next attempt
+                # sees the committed rows and skips them.
+                retry = isinstance(exc, sa_exc.IntegrityError) or (
+                    getattr(exc.orig, "sqlstate", None) == "40P01"
+                )
+                if not retry or attempt == 2:
                     self._discard([os.path.join(self.out, s[0]) for _, s in signed])
+                    if not retry:
+                        raise
                     raise RegistryError(f"cannot register the batch: {exc.orig}") from exc
             except BaseException:
                 self._discard([os.path.join(self.out, s[0]) for _, s in signed])

@@ -529,6 +529,35 @@ def test_two_processes_on_one_registry(ready_ws: Workspace, tmp_path: Path) -> N
     assert_complete(ready_ws, tmp_path / "out-b", [r["id"] for r in second])
 
 
+def test_two_processes_racing_for_the_same_ids(ready_ws: Workspace, tmp_path: Path) -> None:
+    """Both runs list the same devices (in opposite orders) into one folder: each device is
+    provisioned once, by one of them, and both runs succeed."""
+    rows = numbered(BATCH_SIZE + 100, "s")
+    out = tmp_path / "out"
+    jobs = [
+        start_provision(ready_ws, write_csv(tmp_path / "a.csv", rows), out, None, "--json"),
+        start_provision(ready_ws, write_csv(tmp_path / "b.csv", rows[::-1]), out, None, "--json"),
+    ]
+    summaries = []
+    for job in jobs:
+        stdout, stderr = job.communicate(timeout=240)
+        assert job.returncode == 0, stderr
+        summaries.append(json.loads(stdout))
+    assert sum(s["provisioned"] for s in summaries) == len(rows)
+    assert sum(s["skipped"] for s in summaries) == len(rows)
+    found, certs = registry_state(ready_ws)
+    assert set(found) == {r["id"] for r in rows}
+    for device_id in found:
+        [active] = certs[device_id]
+        leaf = x509.load_pem_x509_certificate((out / device_id / "cert.pem").read_bytes())
+        key = serialization.load_pem_private_key((out / device_id / "key.pem").read_bytes(), None)
+        assert format(leaf.serial_number, "x") == active.serial
+        assert leaf.public_key() == key.public_key()
+    assert [p.name for p in out.iterdir() if ".tmp-" in p.name] == []
+    with read_session(ready_ws.open_registry()) as session:
+        assert audit.verify(session).ok
+
+
 def test_no_progress_bar_off_a_terminal_json_on_stdout(
     ready_sqlite_ws: Workspace, tmp_path: Path
 ) -> None:
