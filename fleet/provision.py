@@ -11,7 +11,8 @@ Pipeline (one ``fleet provision`` process):
   (so private keys never travel between processes);
 * :meth:`_Provisioner._commit_batch` makes a batch durable in ONE registry transaction: rename
   the staged bundles into place, bulk-insert the device and certificate rows, append one
-  ``device.add`` audit event per device (one chain-head lock per batch), commit.
+  ``device.add`` audit event per device (one chain-head lock per batch), commit; runs that
+  share an output folder take turns at this step (``flock`` on ``OUT/.fleet-provision.lock``).
 
 Crash safety (``kill -9`` at any moment; re-running the same command finishes the job):
 
