@@ -14,11 +14,12 @@ import getpass
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Table, insert, update
 from sqlmodel import Session, col, select
 
 from fleet.models import AuditEvent, AuditHead
@@ -68,6 +69,9 @@ class PendingEvent:
     details: dict[str, Any]
 
 
+RowInserter = Callable[[Table, list[dict[str, Any]]], None]
+
+
 def append(
     session: Session,
     action: str,
@@ -76,49 +80,71 @@ def append(
     *,
     actor: str | None = None,
     at: datetime | None = None,
-) -> AuditEvent:
-    """Append one event in ``session``'s transaction and return it."""
-    return append_many(session, [PendingEvent(action, target, details)], actor=actor, at=at)[0]
+) -> str:
+    """Append one event in ``session``'s transaction; returns its hash."""
+    return append_many(session, [PendingEvent(action, target, details)], actor=actor, at=at)
 
 
 def append_many(
     session: Session,
-    events: Iterable[PendingEvent],
+    events: Sequence[PendingEvent],
     *,
     actor: str | None = None,
     at: datetime | None = None,
-) -> list[AuditEvent]:
-    """Append events in order, in ``session``'s transaction, locking the chain head.
+    insert_rows: RowInserter | None = None,
+) -> str:
+    """Append events in order, in ``session``'s transaction; returns the new head hash.
 
     The head row is read ``FOR UPDATE`` (PostgreSQL); on SQLite the write transaction already
     holds the database's write lock. Either way two writers never link to the same parent.
+    Rows go in with one Core executemany (bulk provisioning appends thousands per batch);
+    ``insert_rows(table, rows)`` may replace that insert, e.g. with a driver-level one.
     """
-    head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
-    if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS_HASH)
-        session.add(head)
-    who = actor or current_actor()
-    ts = format_ts(at or datetime.now(UTC))
-    created: list[AuditEvent] = []
-    seq, prev = head.seq, head.hash
+    head_table, event_table = AuditHead.__table__, AuditEvent.__table__  # type: ignore[attr-defined]
+    head = session.execute(
+        select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
+    ).one_or_none()
+    seq, prev = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
+    if not events:
+        return str(prev)
+    who, ts = actor or current_actor(), format_ts(at or datetime.now(UTC))
+    # The canonical form is assembled around each event's details JSON, encoded once; the
+    # keys below are in sorted order, as canonical_json would put them (verify() re-derives
+    # every hash the slow way, from scratch).
+    tail = f',"ts":{canonical_json(ts)}}}'
+    actor_json = canonical_json(who)
+    rows: list[dict[str, Any]] = []
     for pending in events:
         seq += 1
-        fields: dict[str, Any] = {
-            "seq": seq,
-            "ts": ts,
-            "actor": who,
-            "action": pending.action,
-            "target": pending.target,
-            "details": canonical_json(pending.details),
-            "prev_hash": prev,
-        }
-        prev = event_hash(fields)
-        created.append(AuditEvent(**fields, hash=prev))
-    session.add_all(created)
-    head.seq, head.hash = seq, prev
-    session.add(head)
-    session.flush()
-    return created
+        details = canonical_json(pending.details)
+        text = (
+            f'{{"action":{canonical_json(pending.action)},"actor":{actor_json},'
+            f'"details":{details},"prev_hash":"{prev}","seq":{seq},'
+            f'"target":{canonical_json(pending.target)}{tail}'
+        )
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        rows.append(
+            {
+                "seq": seq,
+                "ts": ts,
+                "actor": who,
+                "action": pending.action,
+                "target": pending.target,
+                "details": details,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    if insert_rows is None:
+        session.execute(insert(event_table), rows)
+    else:
+        insert_rows(event_table, rows)
+    if head is None:
+        session.execute(insert(head_table).values(id=1, seq=seq, hash=prev))
+    else:
+        session.execute(update(head_table).where(head_table.c.id == 1).values(seq=seq, hash=prev))
+    return prev
 
 
 def event_to_dict(event: AuditEvent) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from fleet.cli import (
     db_cmds,
     device_cmds,
     export_cmds,
+    provision_cmds,
 )
 from fleet.cli._common import FleetGroup, ask_passphrase, message, print_json, workspace
 from fleet.registry import init_workspace
@@ -40,6 +41,7 @@ app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(export_cmds.app, name="export")
 app.add_typer(db_cmds.app, name="db")
 app.add_typer(cloud_cmds.app, name="cloud")
+app.command("provision")(provision_cmds.provision)
 
 
 def _version(value: bool) -> None:

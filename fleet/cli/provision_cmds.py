@@ -1,0 +1,131 @@
+"""``fleet provision FILE``"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fleet import provision as provisioning
+from fleet.cli._common import ask_passphrase, message, print_json, workspace
+
+
+class _Bar:
+    """A rich progress bar on stderr, started at the first update (after the workers)."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self.stack = stack
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("provisioning"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} devices/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.stack.enter_context(self.bar)
+            self.task = self.bar.add_task("provision", total=total, rate="-")
+        assert self.task is not None
+        elapsed = self.bar.tasks[0].elapsed or 0.0
+        rate = f"{done / elapsed:,.0f}" if elapsed > 0 else "-"
+        self.bar.update(self.task, completed=done, total=total, rate=rate)
+
+
+def provision(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV or JSON Lines file listing the devices.")],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="csv or jsonl. Default: from the file name."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write bundles to OUT/ID/ and OUT/manifest.csv. Default: current dir."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes for key generation and signing. Default: one per core."),
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help="Certificate profile for rows without a profile column.")
+    ] = "default",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate every row; write nothing.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="Write failed rows to this CSV (line,id,error).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Provision every device listed in a CSV or JSON Lines file.
+
+    Columns (CSV) or keys (JSONL): id (required), model, serial, labels
+    (CSV "k=v;k=v", JSONL an object), profile, csr (a CSR file relative to
+    FILE; the device keeps its key). Devices already provisioned are skipped:
+    re-run the same command after an interruption to finish the batch.
+    Failed rows go to --report and make the exit code 1; the rest go ahead.
+
+    Example:
+
+        fleet provision batch-7.csv --out ids --report failed.csv
+    """
+    ws = workspace(ctx)
+    show_bar = not json_out and sys.stderr.isatty()
+    with ExitStack() as stack:
+        summary = provisioning.provision(
+            ws,
+            file,
+            fmt=fmt,
+            out_dir=out or Path.cwd(),
+            workers=workers,
+            profile=profile,
+            dry_run=dry_run,
+            report=report,
+            passphrase=ask_passphrase,
+            progress=_Bar(stack) if show_bar else None,
+        )
+    if json_out:
+        print_json(summary.to_dict())
+    else:
+        if dry_run:
+            message(
+                f"Dry run: {summary.would_provision} to provision, {summary.skipped} already "
+                f"provisioned, {summary.failed} failed, of {summary.rows} rows"
+            )
+        else:
+            rate = summary.provisioned / summary.elapsed_seconds if summary.elapsed_seconds else 0
+            message(
+                f"Provisioned {summary.provisioned}, skipped {summary.skipped}, failed "
+                f"{summary.failed} in {summary.elapsed_seconds:.1f} s ({rate:,.0f} devices/s)"
+            )
+            if summary.manifest:
+                message(f"  manifest: {summary.manifest}")
+        for error in summary.errors:
+            message(f"  line {error.line} ({error.device_id or 'no id'}): {error.error}")
+        if summary.failed > len(summary.errors):
+            message(f"  ... and {summary.failed - len(summary.errors)} more")
+        if summary.report:
+            message(f"  report: {summary.report}")
+    if summary.failed:
+        raise typer.Exit(1)
