@@ -49,7 +49,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,6 +66,7 @@ from sqlmodel import Session, SQLModel
 
 from fleet import audit, ca
 from fleet.bundles import CERT_FILE, CHAIN_FILE, KEY_FILE
+from fleet.cloud.outbox import enqueue_register, validate_clouds_exist
 from fleet.db import read_session, write_session
 from fleet.errors import FleetError, InvalidInput, RegistryError
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
@@ -682,6 +683,7 @@ class _Provisioner:
         self.token = f"{os.getpid()}-{secrets.token_hex(3)}"
         self.done = 0
         self._lock_fd: int | None = None
+        self.clouds: list[str] = []
 
     # -- shared by dry runs and real runs
 
@@ -1028,6 +1030,8 @@ class _Provisioner:
                 audit.append_many(
                     session, events, at=now, insert_rows=lambda t, r: _bulk_insert(session, t, r)
                 )
+                if self.clouds and device_rows:
+                    enqueue_register(session, [r["id"] for r in device_rows], self.clouds, now=now)
                 self.faults.hit("before-commit")
             committed = True
         finally:
@@ -1242,8 +1246,12 @@ def provision(
     report: Path | None = None,
     passphrase: Passphrase | None = None,
     progress: Progress | None = None,
+    clouds: Sequence[str] = (),
 ) -> ProvisionSummary:
     """Provision every device listed in ``path`` (CSV or JSON Lines); see the module docstring.
+
+    ``clouds``: queue each provisioned device's registration on these clouds, in the
+    transaction of the batch that creates it (pushed by ``fleet cloud sync``).
 
     Rows already provisioned are skipped; rows that cannot be provisioned are listed in
     ``report`` (CSV ``line,id,error``) and counted as failed while the others go ahead.
@@ -1261,6 +1269,9 @@ def provision(
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInput(f"--out {out_dir} is not a folder")
     engine = ws.open_registry()
+    if clouds:
+        with read_session(engine) as session:
+            clouds = validate_clouds_exist(session, clouds)
     issuing_cert, _root = ca.load_ca_certificates(ws.home)
     issuer = None if dry_run else ca.load_issuer(ws.home, require_passphrase(passphrase))
     summary = ProvisionSummary(
@@ -1273,6 +1284,7 @@ def provision(
     worker = _Provisioner(
         ws, engine, source, out_dir, default_profile, issuing_cert, sink, summary, progress
     )
+    worker.clouds = list(clouds)
     try:
         if issuer is None:
             worker.dry_run()

@@ -424,3 +424,48 @@ def test_plugins_are_found_through_entry_points(monkeypatch: pytest.MonkeyPatch)
         plugins.load_backend_class("gone")
     with pytest.raises(InvalidInput, match="is not a CloudBackend"):
         plugins.load_backend_class("odd")
+
+
+def test_provision_with_cloud_queues_per_batch_and_sync_registers(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    """`fleet provision --cloud`: each new device's job is written with its batch; sync
+    registers every one exactly once; a re-run queues nothing new."""
+    from fleet.provision import provision
+
+    add_http_cloud(ready_ws, server)
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text("id,model\n" + "".join(f"pv-{i:03d},m1\n" for i in range(25)))
+    summary = provision(
+        ready_ws, manifest, out_dir=tmp_path / "ids", workers=1, passphrase=PASSPHRASE,
+        clouds=["reg"],
+    )  # fmt: skip
+    assert summary.provisioned == 25
+    assert {r.status for r in registrations(ready_ws).values()} == {"pending"}
+    assert len(registrations(ready_ws)) == 25
+    (report,) = outbox.sync(ready_ws, "reg", policy=FAST)
+    assert (report.push.done, report.push.failed) == (25, 0)
+    assert sorted(server.state.devices) == [f"pv-{i:03d}" for i in range(25)]
+    again = provision(
+        ready_ws, manifest, out_dir=tmp_path / "ids", workers=1, passphrase=PASSPHRASE,
+        clouds=["reg"],
+    )  # fmt: skip
+    assert (again.provisioned, again.skipped) == (0, 25)
+    with read_session(ready_ws.open_registry()) as session:
+        assert len(list(session.exec(select(CloudJob)))) == 25
+
+
+def test_provision_with_unknown_cloud_writes_nothing(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    from fleet.provision import provision
+
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text("id\nq-1\n")
+    before = snapshot(ready_sqlite_ws, tmp_path / "ids")
+    with pytest.raises(NotFound, match="nowhere"):
+        provision(
+            ready_sqlite_ws, manifest, out_dir=tmp_path / "ids", passphrase=PASSPHRASE,
+            clouds=["nowhere"],
+        )  # fmt: skip
+    assert snapshot(ready_sqlite_ws, tmp_path / "ids") == before

@@ -76,6 +76,15 @@ def provision(
     report: Annotated[
         Path | None, typer.Option(help="Write failed rows to this CSV (line,id,error).")
     ] = None,
+    cloud: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cloud",
+            help="Queue each new device's registration on this cloud (in its batch's "
+            "transaction); repeatable. Pushed by `fleet cloud sync`.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Provision every device listed in a CSV or JSON Lines file.
@@ -88,7 +97,7 @@ def provision(
 
     Example:
 
-        fleet provision batch-7.csv --out ids --report failed.csv
+        fleet provision batch-7.csv --out ids --report failed.csv --cloud plant
     """
     ws = workspace(ctx)
     show_bar = not json_out and sys.stderr.isatty()
@@ -104,6 +113,7 @@ def provision(
             report=report,
             passphrase=ask_passphrase,
             progress=_Bar(stack) if show_bar else None,
+            clouds=cloud or (),
         )
     if json_out:
         print_json(summary.to_dict())
