@@ -11,7 +11,6 @@ from cryptography import x509
 from sqlmodel import Session, col, select
 
 from fleet import audit, ca
-from fleet.cloud.outbox import enqueue_deregister
 from fleet.db import read_session, write_session
 from fleet.devices import (
     certificate_details,
@@ -101,6 +100,8 @@ def revoke_certificate(
             raise Conflict(f"certificate {wanted} is already revoked ({row.revocation_reason})")
         revoke_rows(session, [row], reason_name, now)
         # The platform must stop accepting this certificate too.
+        from fleet.cloud.outbox import enqueue_deregister  # httpx etc. only when needed
+
         enqueue_deregister(session, [row.device_id], certificate_serial=wanted, now=now)
         audit.append(
             session,

@@ -19,7 +19,6 @@ from sqlmodel import Session, col, select
 
 from fleet import audit, ca
 from fleet.bundles import StagedBundle, stage_bundle
-from fleet.cloud.outbox import enqueue_deregister, enqueue_register, validate_clouds_exist
 from fleet.db import read_session, write_session
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
@@ -175,6 +174,8 @@ def add_device(
         if session.get(Device, device_id) is not None:
             raise Conflict(f"device {device_id!r} already exists")
         if clouds:
+            from fleet.cloud.outbox import validate_clouds_exist  # only when clouds are named
+
             validate_clouds_exist(session, clouds)
     if out.exists():
         raise Conflict(f"{out} already exists; move it away or choose another --out")
@@ -208,6 +209,8 @@ def add_device(
                 at=now,
             )
             if clouds:
+                from fleet.cloud.outbox import enqueue_register
+
                 enqueue_register(session, [device_id], clouds, now=now)
             staged.publish()
         staged.commit()
@@ -355,6 +358,8 @@ def decommission_device(
         device.updated_at = now
         session.add(device)
         revoke_rows(session, active, "cessationOfOperation", now)
+        from fleet.cloud.outbox import enqueue_deregister  # httpx etc. only when needed
+
         enqueue_deregister(session, [device_id], now=now)
         audit.append(
             session,

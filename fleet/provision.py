@@ -66,7 +66,6 @@ from sqlmodel import Session, SQLModel
 
 from fleet import audit, ca
 from fleet.bundles import CERT_FILE, CHAIN_FILE, KEY_FILE
-from fleet.cloud.outbox import enqueue_register, validate_clouds_exist
 from fleet.db import read_session, write_session
 from fleet.errors import FleetError, InvalidInput, RegistryError
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
@@ -1031,6 +1030,8 @@ class _Provisioner:
                     session, events, at=now, insert_rows=lambda t, r: _bulk_insert(session, t, r)
                 )
                 if self.clouds and device_rows:
+                    from fleet.cloud.outbox import enqueue_register
+
                     enqueue_register(session, [r["id"] for r in device_rows], self.clouds, now=now)
                 self.faults.hit("before-commit")
             committed = True
@@ -1270,6 +1271,8 @@ def provision(
         raise InvalidInput(f"--out {out_dir} is not a folder")
     engine = ws.open_registry()
     if clouds:
+        from fleet.cloud.outbox import validate_clouds_exist  # httpx etc. only when needed
+
         with read_session(engine) as session:
             clouds = validate_clouds_exist(session, clouds)
     issuing_cert, _root = ca.load_ca_certificates(ws.home)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,8 +19,19 @@ from fleet.cli._common import (
     table,
     workspace,
 )
-from fleet.cloud import outbox
-from fleet.cloud.outbox import ProgressFn
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from fleet.cloud.outbox import ProgressFn
+
+
+def _outbox() -> ModuleType:
+    # Imported on use: the outbox pulls in httpx, which no other command needs.
+    from fleet.cloud import outbox
+
+    return outbox
+
 
 app = typer.Typer(
     help="Register devices with cloud IoT platforms (queued, concurrent, rate-limited).",
@@ -161,7 +172,7 @@ def add(
         "header": header,
         "timeout": timeout,
     }
-    result = outbox.add_cloud(
+    result = _outbox().add_cloud(
         workspace(ctx),
         name,
         type_name,
@@ -189,7 +200,7 @@ def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
 
         fleet cloud list --json
     """
-    clouds = outbox.list_clouds(workspace(ctx))
+    clouds = _outbox().list_clouds(workspace(ctx))
     if json_out:
         print_json_array(clouds)
         return
@@ -219,7 +230,7 @@ def show(ctx: typer.Context, name: NameArg, json_out: JsonOption = False) -> Non
 
         fleet cloud show plant
     """
-    cloud = outbox.show_cloud(workspace(ctx), name)
+    cloud = _outbox().show_cloud(workspace(ctx), name)
     if json_out:
         print_json(cloud)
         return
@@ -248,7 +259,7 @@ def remove(
 
         fleet cloud remove old-registry --force
     """
-    result = outbox.remove_cloud(workspace(ctx), name, force=force)
+    result = _outbox().remove_cloud(workspace(ctx), name, force=force)
     message(
         f"Removed cloud {name} (dropped {result['dropped_jobs']} job(s), "
         f"{result['dropped_registrations']} registration record(s))"
@@ -263,7 +274,7 @@ def check(ctx: typer.Context, name: NameArg) -> None:
 
         fleet cloud check plant
     """
-    result = outbox.check_cloud(workspace(ctx), name)
+    result = _outbox().check_cloud(workspace(ctx), name)
     if result.ok:
         message(f"ok: {result.message}")
         return
@@ -315,7 +326,7 @@ def register(
         fleet cloud register plant --all --queue-only
     """
     with progress_bar(f"register on {name}") as progress:
-        result = outbox.register(
+        result = _outbox().register(
             workspace(ctx),
             name,
             device_ids or (),
@@ -352,7 +363,7 @@ def sync(
     """
     ws = workspace(ctx)
     with progress_bar(f"sync {name or 'all clouds'}") as progress:
-        results = outbox.sync(ws, name, progress=progress, passphrase=ask_passphrase)
+        results = _outbox().sync(ws, name, progress=progress, passphrase=ask_passphrase)
     data = [r.to_dict() for r in results]
     if json_out:
         print_json(data)
@@ -383,7 +394,7 @@ def status(
 
         fleet cloud status plant --json
     """
-    rows = outbox.iter_status(workspace(ctx), name)
+    rows = _outbox().iter_status(workspace(ctx), name)
     if json_out:
         print_json_array(rows)
         return

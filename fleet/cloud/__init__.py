@@ -4,17 +4,7 @@ Backends implement :class:`fleet.cloud.base.CloudBackend` and are found through 
 ``fleet.backends`` entry-point group (see :mod:`fleet.cloud.plugins`).
 """
 
-from fleet.cloud.base import (
-    CaMaterial,
-    CheckResult,
-    CloudBackend,
-    CloudError,
-    ConflictError,
-    DeviceRecord,
-    PermanentError,
-    RemoteStatus,
-    TransientError,
-)
+from typing import Any
 
 __all__ = [
     "CaMaterial",
@@ -27,3 +17,13 @@ __all__ = [
     "RemoteStatus",
     "TransientError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy re-exports: the registry models import this package, and commands that never
+    # talk to a cloud should not pay for importing httpx.
+    if name in __all__:
+        from fleet.cloud import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'fleet.cloud' has no attribute {name!r}")

@@ -97,11 +97,13 @@ SYSTEM_CLOCK = SystemClock()
 class RateLimiter:
     """Spaces request starts at least ``1/rate`` seconds apart, across threads.
 
-    A token bucket with a capacity of one token: there is no burst, so in ANY window of
-    length T at most ``floor(T * rate) + 1`` requests start and the achieved rate never
-    exceeds the limit (a larger bucket would allow short bursts above it). Slots are spaced
-    0.5% wider than ``1/rate`` so that network jitter cannot make the rate the platform sees
-    exceed its quota. ``rate=None`` means unlimited.
+    Permits are granted only at the moment they are used, each at least one interval after
+    the previous grant: in ANY window of length T at most ``floor(T * rate) + 1`` requests
+    start, and the rate the platform sees never exceeds the limit. (Handing out future slots
+    in advance would let threads that wake late from a stall, a GC pause or a long commit,
+    fire their slots together: the bench measured 216 requests in one second at 200/s.)
+    Grants are spaced 0.5% wider than ``1/rate`` so that network jitter cannot push the rate
+    the platform sees over its quota. ``rate=None`` means unlimited.
     """
 
     SAFETY = 1.005
@@ -112,18 +114,21 @@ class RateLimiter:
         self.interval = 0.0 if rate is None else self.SAFETY / rate
         self.clock = clock
         self._lock = threading.Lock()
-        self._next_slot: float | None = None
+        self._last_grant: float | None = None
 
     def acquire(self) -> float:
-        """Wait for this caller's slot; returns the (monotonic) time the slot starts."""
+        """Wait for a permit; returns the (monotonic) time it was granted."""
         if self.interval == 0.0:
             return self.clock.monotonic()
-        with self._lock:
-            now = self.clock.monotonic()
-            slot = now if self._next_slot is None else max(now, self._next_slot)
-            self._next_slot = slot + self.interval
-        self.clock.sleep(slot - now)
-        return slot
+        while True:
+            with self._lock:
+                now = self.clock.monotonic()
+                due = now if self._last_grant is None else self._last_grant + self.interval
+                # 1 ns of slack: a sleep of exactly (due - now) may land one float ulp short
+                if now >= due - 1e-9:
+                    self._last_grant = now
+                    return now
+            self.clock.sleep(due - now)
 
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
