@@ -323,9 +323,13 @@ class TestAwsRegistration:
         assert status["certificateDescription"]["status"] == "INACTIVE"
 
     def test_deregister_unknown_device_is_success(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
     ) -> None:
+        """Already gone counts as done: no error, and nothing appears on the platform."""
+        things_before = iot.list_things()["things"]
         backend.deregister(device_record(issuer, "never-registered"), {}, state)
+        assert iot.list_things()["things"] == things_before
+        assert "never-registered" not in {t["thingName"] for t in things_before}
 
     def test_fetch_status_has_registered_ids_only(
         self,
