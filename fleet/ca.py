@@ -368,6 +368,27 @@ def issue_device_certificate(
     return builder.sign(issuer.key, signature_hash(issuer.key))
 
 
+def sign_verification_certificate(issuer: Issuer, common_name: str, public_key_pem: bytes) -> str:
+    """A short-lived certificate (PEM) with CN ``common_name`` for ``public_key_pem``.
+
+    Proves possession of the issuing CA's key to a platform, e.g. AWS IoT's
+    RegisterCACertificate, whose registration code goes in the CN.
+    """
+    public_key = serialization.load_pem_public_key(public_key_pem)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer.cert.subject)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(issuer.key, signature_hash(issuer.key))
+    )
+    return cert_pem(cert).decode("ascii")
+
+
 def load_csr(data: bytes, device_id: str, *, source: str = "CSR") -> x509.CertificateSigningRequest:
     """Parse and check a device's CSR (PEM or DER).
 

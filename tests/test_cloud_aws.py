@@ -133,21 +133,7 @@ def ca_material(issuer: ca.Issuer) -> CaMaterial:
     """What the outbox gives ``prepare``: fleet's CA, able to sign a verification cert."""
 
     def sign(common_name: str, public_key_pem: bytes) -> str:
-        from cryptography.hazmat.primitives import serialization
-
-        now = datetime.now(UTC)
-        public_key = serialization.load_pem_public_key(public_key_pem)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(issuer.cert.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now.replace(year=now.year + 1))
-            .sign(issuer.key, ca.signature_hash(issuer.key))
-        )
-        return ca.cert_pem(cert).decode()
+        return ca.sign_verification_certificate(issuer, common_name, public_key_pem)
 
     return CaMaterial(
         issuing_pem=ca.cert_pem(issuer.cert).decode(),

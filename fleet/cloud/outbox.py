@@ -30,9 +30,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 from sqlalchemy import bindparam, delete, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -591,19 +588,7 @@ def _sign_verification_cert(
 ) -> Callable[[str, bytes], str]:
     def sign(common_name: str, public_key_pem: bytes) -> str:
         issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
-        public_key = serialization.load_pem_public_key(public_key_pem)
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(issuer.cert.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=1))
-            .sign(issuer.key, ca.signature_hash(issuer.key))
-        )
-        return ca.cert_pem(cert).decode("ascii")
+        return ca.sign_verification_certificate(issuer, common_name, public_key_pem)
 
     return sign
 
