@@ -43,6 +43,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from fleet import audit, ca  # noqa: E402
 from fleet.devices import make_identity  # noqa: E402
 from fleet.export import ExportFilters, live_query  # noqa: E402
+from fleet.export_rows import refresh_dirty  # noqa: E402
 from fleet.models import AuditEvent, AuditHead, Certificate, Device  # noqa: E402
 from fleet.profiles import load_profile  # noqa: E402
 from fleet.registry import init_workspace, verify_audit  # noqa: E402
@@ -154,6 +155,7 @@ def build_registry(ws: Workspace, devices: int) -> int:
             conn.execute(insert(device_t), device_rows)
             conn.execute(insert(cert_t), cert_rows)
             conn.execute(insert(event_t), events)
+            refresh_dirty(conn)  # what fleet's write_session does before each commit
 
     # phase 2: one more event per device, rows changed to match
     for chunk in batches():
@@ -231,6 +233,7 @@ def build_registry(ws: Workspace, devices: int) -> int:
                     revocations,
                 )
             conn.execute(insert(event_t), events)
+            refresh_dirty(conn)
     with engine.begin() as conn:
         conn.execute(
             update(AuditHead.__table__).values(seq=seq, hash=prev)  # type: ignore[attr-defined]
@@ -289,7 +292,7 @@ def sqlite_dump(db: Path, out: Path) -> dict | None:
     if shell is None:
         return None
     sql = str(
-        live_query("sqlite", ExportFilters(), datetime.now(UTC)).compile(
+        live_query("sqlite", ExportFilters()).compile(
             dialect=sqlite_dialect.dialect(), compile_kwargs={"literal_binds": True}
         )
     )

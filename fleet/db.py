@@ -20,7 +20,7 @@ from fleet.errors import RegistryError
 
 # The newest migration; ``tests/test_migrations.py`` checks it equals Alembic's head, so
 # opening a registry needs one SELECT, not a scan of the migration scripts.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -75,9 +75,17 @@ def _configure_sqlite(engine: Engine) -> None:
 
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
-    """A session whose work commits together at the end of the block, or not at all."""
+    """A session whose work commits together at the end of the block, or not at all.
+
+    Before it commits, the export rows of the devices it changed are re-rendered in the same
+    transaction (triggers listed them; see :mod:`fleet.export_rows`).
+    """
+    from fleet.export_rows import refresh_dirty  # imports the models, which import this
+
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+        session.flush()
+        refresh_dirty(session.connection())
 
 
 @contextmanager
@@ -171,4 +179,10 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
             command.upgrade(_alembic_config(conn), revision)
     except (OperationalError, ProgrammingError) as exc:
         raise RegistryError(f"migration failed: {_first_line(exc.orig)}") from exc
-    return before, current_revision(engine)
+    after = current_revision(engine)
+    if after == SCHEMA_HEAD:
+        # Migrations mark export rows stale (a new table, a changed layout): render them now
+        # rather than in the next unrelated write.
+        with write_session(engine):
+            pass
+    return before, after

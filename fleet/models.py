@@ -124,6 +124,29 @@ class CrlRecord(SQLModel, table=True):
     revoked_count: int
 
 
+class ExportRow(SQLModel, table=True):
+    """A device's export row, rendered (see :mod:`fleet.export_rows`): the CSV line and the
+    JSON object, each split around the certificate's status, which depends on the moment."""
+
+    __tablename__ = "export_row"
+
+    device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
+    csv_a: str = Field(sa_column=Column(Text, nullable=False))
+    csv_b: str = Field(sa_column=Column(Text, nullable=False))
+    json_a: str = Field(sa_column=Column(Text, nullable=False))
+    json_b: str = Field(sa_column=Column(Text, nullable=False))
+    cert_status: str | None = Field(default=None, max_length=16)
+    cert_not_after: str | None = Field(default=None, max_length=32)  # ISO text, Z
+
+
+class ExportDirty(SQLModel, table=True):
+    """Devices whose export row must be re-rendered; filled by triggers (migration 0003)."""
+
+    __tablename__ = "export_dirty"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+
+
 # Cloud registration tables live with their feature; importing them here puts them on
 # SQLModel.metadata wherever the registry's models are loaded (migrations, drift test).
 from fleet.cloud import models as _cloud_models  # noqa: E402, F401

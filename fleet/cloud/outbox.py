@@ -457,6 +457,20 @@ def enqueue_register(
             session.add(_new_job(device_id, cloud, "register", moment))
             if reg is None:
                 reg = CloudRegistration(device_id=device_id, cloud=cloud, remote={})
+            elif reg.status == "registered":
+                # Registered with an older certificate: from now on the registry counts the
+                # device as pending there. The audit trail says so, for --as-of exports.
+                audit.append(
+                    session,
+                    "cloud.queue",
+                    device_id,
+                    {
+                        "cloud": cloud,
+                        "certificate_serial": serial,
+                        "previous_certificate_serial": reg.certificate_serial,
+                    },
+                    at=moment,
+                )
             reg.status = "pending"
             reg.certificate_serial = serial
             reg.attempts = 0
@@ -878,6 +892,13 @@ class _Pusher:
                             status="registered",
                             remote=outcome.remote,
                             certificate_serial=serial,
+                        )
+                        events.append(
+                            audit.PendingEvent(
+                                "cloud.register",
+                                work.device_id,
+                                {"cloud": name, "certificate_serial": serial, "attempts": attempts},
+                            )
                         )
                     continue
                 attempts += 1

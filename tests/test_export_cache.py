@@ -1,0 +1,249 @@
+"""The export cache (``export_row``, see fleet/export_rows.py): after every kind of write it
+must give byte for byte what the live tables and the audit trail (``--as-of``) give. On
+SQLite and PostgreSQL, with a real local HTTP registration server for the cloud columns."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudserver import RegistryServer
+from conftest import PASSPHRASE, Cli
+from sqlalchemy import inspect, text
+
+from fleet import certs, db, devices, export, export_rows
+from fleet.cloud import outbox
+from fleet.provision import provision
+from fleet.workspace import Workspace
+
+FORMATS = ("csv", "json", "jsonl")
+TRIGGERS = {
+    "export_dirty_device_insert",
+    "export_dirty_device_update",
+    "export_dirty_certificate_insert",
+    "export_dirty_certificate_update",
+    "export_dirty_cloud_registration_insert",
+    "export_dirty_cloud_registration_update",
+    "export_dirty_cloud_registration_delete",
+}
+QUICK = outbox.PushPolicy(base_delay=0.01, max_delay=0.05, max_attempts=3)
+
+
+@pytest.fixture
+def server() -> Iterator[RegistryServer]:
+    srv = RegistryServer().start()
+    yield srv
+    srv.stop()
+
+
+def export_text(ws: Workspace, fmt: str, **kwargs: Any) -> str:
+    buffer = io.StringIO(newline="")
+    export.write_devices(ws, buffer, fmt=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def dirty(ws: Workspace) -> int:
+    with ws.open_registry().connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM export_dirty")).scalar_one())
+
+
+def assert_paths_agree(ws: Workspace) -> dict[str, Any]:
+    """Cache, live tables and audit replay print the same bytes; return the JSON rows."""
+    assert dirty(ws) == 0, "a write left export rows stale"
+    moment = datetime.now(UTC) + timedelta(seconds=1)
+    for fmt in FORMATS:
+        cached = export_text(ws, fmt, now=moment)
+        live = export_text(ws, fmt, now=moment, use_cache=False)
+        replayed = export_text(ws, fmt, as_of=moment)
+        assert cached == live, fmt
+        assert cached == replayed, fmt
+    return {row["id"]: row for row in map(json.loads, export_text(ws, "jsonl").splitlines())}
+
+
+def test_every_write_keeps_the_cache_current(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    ws, out = ready_ws, tmp_path / "out"
+    assert_paths_agree(ws)  # empty registry
+    outbox.add_cloud(ws, "plant", "http", {"url": server.url, "timeout": 2.0})
+    tricky = {"site": 'Köln "Nord", 2', "z": "=1+2", "a": "back\\slash ✓"}
+    devices.add_device(ws, "pump-1", out_dir=out, model="=cmd|calc", serial='a,b"c', labels=tricky)
+    devices.add_device(ws, "pump-2", out_dir=out, model="p200", clouds=["plant"])
+    devices.add_device(ws, "pump-3", out_dir=out, model="+p3")
+    rows = assert_paths_agree(ws)
+    assert rows["pump-1"]["labels"] == tricky and rows["pump-2"]["clouds"] == []  # queued only
+
+    (report,) = outbox.push(ws, "plant", policy=QUICK)
+    assert report.done == 1
+    rows = assert_paths_agree(ws)
+    assert rows["pump-2"]["clouds"] == ["plant"]
+
+    outbox.add_cloud(ws, "backup", "http", {"url": server.url, "timeout": 2.0})
+    outbox.queue_registrations(ws, "backup", all_devices=True)
+    outbox.push(ws, "backup", policy=QUICK)
+    rows = assert_paths_agree(ws)
+    assert rows["pump-2"]["clouds"] == ["backup", "plant"]
+    assert next(csv.DictReader(io.StringIO(export_text(ws, "csv"))))["clouds"] == "backup"
+
+    devices.update_device(ws, "pump-1", serial="@sn", set_labels={"z": "-x"}, remove_labels=["a"])
+    certs.renew_certificate(ws, "pump-2", out_dir=out, passphrase=PASSPHRASE)
+    assert_paths_agree(ws)
+    # pump-2 is registered with its old certificate; asking again re-queues it (audited)
+    outbox.queue_registrations(ws, "plant", ["pump-2"])
+    rows = assert_paths_agree(ws)
+    assert rows["pump-2"]["clouds"] == ["backup"]
+    # the server holds the old certificate: a new one conflicts (rotation is not supported
+    # yet), the job fails, and the device stays off the list
+    (report,) = outbox.push(ws, "plant", policy=QUICK)
+    assert report.failed == 1
+    assert assert_paths_agree(ws)["pump-2"]["clouds"] == ["backup"]
+
+    serial = rows["pump-3"]["certificate"]["serial"]
+    certs.revoke_certificate(ws, serial, reason="keyCompromise")  # queues a deregistration
+    outbox.push(ws, "backup", policy=QUICK)
+    rows = assert_paths_agree(ws)
+    assert rows["pump-3"]["certificate"]["status"] == "revoked"
+    assert rows["pump-3"]["clouds"] == []
+
+    devices.decommission_device(ws, "pump-1", reason="=retired")
+    outbox.remove_cloud(ws, "backup", force=True)
+    rows = assert_paths_agree(ws)
+    assert rows["pump-1"]["status"] == "decommissioned"
+    assert [r["clouds"] for r in rows.values()] == [[], [], []]
+
+
+def test_bulk_provisioning_keeps_the_cache_current(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    outbox.add_cloud(ready_ws, "plant", "http", {"url": server.url, "timeout": 2.0})
+    source = tmp_path / "batch.csv"
+    source.write_text(
+        "id,model,serial,labels\n"
+        + "".join(f'm-{i:03d},+m{i % 3},"S,{i}","site=x {i};b=q""r"\n' for i in range(40))
+    )
+    summary = provision(
+        ready_ws, source, out_dir=tmp_path / "ids", workers=1, passphrase=PASSPHRASE,
+        clouds=["plant"],
+    )  # fmt: skip
+    assert summary.provisioned == 40
+    outbox.push(ready_ws, "plant", policy=QUICK)
+    rows = assert_paths_agree(ready_ws)
+    assert len(rows) == 40 and all(r["clouds"] == ["plant"] for r in rows.values())
+
+
+def test_rows_written_around_fleet_are_refreshed_or_read_live(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    ws = ready_sqlite_ws
+    devices.add_device(ws, "d1", out_dir=tmp_path / "out", model="old")
+    before = export_text(ws, "csv")
+    with ws.open_registry().begin() as conn:  # not through write_session: the trigger notes it
+        conn.execute(text("UPDATE device SET model = 'edited' WHERE id = 'd1'"))
+    assert dirty(ws) == 1
+
+    # A read-only copy cannot refresh: the export reads the live tables instead.
+    readonly = Workspace(
+        home=ws.home, db_url=f"sqlite:///file:{ws.home / 'registry.db'}?mode=ro&uri=true"
+    )
+    from_copy = export_text(readonly, "csv")
+    readonly.close()
+    assert "edited" in from_copy and from_copy == before.replace("old", "edited")
+    assert dirty(ws) == 1
+
+    # A writable registry is refreshed first, then read from the cache.
+    assert export_text(ws, "csv") == from_copy
+    assert dirty(ws) == 0
+    # (the audit trail never heard of the edit, so --as-of would not show it)
+    assert export_text(ws, "jsonl") == export_text(ws, "jsonl", use_cache=False)
+
+
+def test_expiry_is_decided_at_export_time(ready_ws: Workspace, tmp_path: Path) -> None:
+    devices.add_device(ready_ws, "d1", out_dir=tmp_path / "out")
+    devices.add_device(ready_ws, "d2", out_dir=tmp_path / "out")
+    rows = assert_paths_agree(ready_ws)
+    not_after = datetime.fromisoformat(rows["d1"]["certificate"]["not_after"])
+    certs.revoke_certificate(ready_ws, rows["d2"]["certificate"]["serial"])
+    for moment, status in ((not_after, "active"), (not_after + timedelta(seconds=1), "expired")):
+        for use_cache in (True, False):
+            got = export_text(ready_ws, "jsonl", now=moment, use_cache=use_cache)
+            by_id = {r["id"]: r for r in map(json.loads, got.splitlines())}
+            assert by_id["d1"]["certificate"]["status"] == status, (moment, use_cache)
+            assert by_id["d2"]["certificate"]["status"] == "revoked"
+            only = export.parse_filters(where=[f"cert_status={status}"])
+            filtered = export_text(ready_ws, "csv", now=moment, use_cache=use_cache, filters=only)
+            assert [r["device_id"] for r in csv.DictReader(io.StringIO(filtered))] == ["d1"]
+
+
+def test_triggers_exist_at_head(ready_ws: Workspace) -> None:
+    """A migration that rebuilds a watched table (SQLite batch mode) drops its triggers;
+    this fails until it re-creates them."""
+    with ready_ws.open_registry().connect() as conn:
+        if conn.dialect.name == "postgresql":
+            query = "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+        else:
+            query = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        names = {row[0] for row in conn.execute(text(query))}
+    assert names >= TRIGGERS
+
+
+def test_upgrade_renders_existing_devices(ready_ws: Workspace, cli: Cli, tmp_path: Path) -> None:
+    for i in range(3):
+        devices.add_device(ready_ws, f"old-{i}", out_dir=tmp_path / "out", model=f"=m{i}")
+    expected = {fmt: export_text(ready_ws, fmt) for fmt in FORMATS}
+    from alembic import command
+
+    with ready_ws.engine.begin() as conn:
+        command.downgrade(db._alembic_config(conn), "0002")
+    assert "export_row" not in inspect(ready_ws.engine).get_table_names()
+    upgraded = cli("db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.stderr
+    with ready_ws.open_registry().connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM export_row")).scalar_one() == 3
+    assert dirty(ready_ws) == 0
+    assert {fmt: export_text(ready_ws, fmt) for fmt in FORMATS} == expected
+
+
+def _nasty_text(rng: random.Random) -> str:
+    alphabet = ['"', ",", "\\", "'", "=", "+", "-", "@", " ", "ü", "✓", "\u2028", "\x7f", "a", "Z"]
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
+
+
+def test_rendered_rows_equal_csv_writer_and_json_dumps() -> None:
+    """render() writes its own CSV quoting and JSON text: it must give what csv.writer and
+    json.dumps give for the same row, for any text a user may store."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    layout = export_rows.LAYOUT
+    rng = random.Random(5)
+    for n in range(300):
+        cells: list[Any] = [
+            _nasty_text(rng) if rng.random() < 0.8 else None for _ in range(layout.width)
+        ]
+        cells[layout.labels] = export_rows.canonical_labels(json.dumps({"k": _nasty_text(rng)}))
+        cells[layout.cell(None, "clouds")] = rng.choice([None, "plant", "a;b"])
+        cells[layout.cert_status] = rng.choice(["active", "revoked"])
+        cells[layout.cert_not_after] = "2030-01-01T00:00:00Z"
+        if n % 5 == 0:  # no certificate
+            start = layout.cell("certificate", "serial")
+            cells[start : start + len(export_rows.CERT_FIELDS)] = [None] * len(
+                export_rows.CERT_FIELDS
+            )
+        rendered = export_rows.render(cells)
+        moment = "2026-01-01T00:00:00Z"
+
+        expected_csv = io.StringIO(newline="")
+        safe = [
+            export_rows.csv_safe(v) if v and layout.kinds[i] == "text" else v
+            for i, v in enumerate(cells)
+        ]
+        csv.writer(expected_csv, lineterminator="\r\n").writerow(safe)
+        assert export_rows.line(rendered, "csv", moment) + "\r\n" == expected_csv.getvalue(), n
+        assert export_rows.line(rendered, "json", moment) == encode(
+            export_rows.row_to_object(cells)
+        ), n
