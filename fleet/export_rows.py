@@ -449,8 +449,8 @@ def _clouds_live(ctx: LiveContext, source: Any) -> tuple[list[ColumnElement[Any]
         clouds = select(names).where(mine).scalar_subquery()
     else:
         # SQLite concatenates in the order rows arrive from the ordered subquery
-        ordered = select(r.c.cloud).where(mine).order_by(r.c.cloud).correlate(ctx.device)
-        ordered = ordered.subquery()
+        # (SQLAlchemy does not correlate a subquery in FROM by itself)
+        ordered = select(r.c.cloud).where(mine).order_by(r.c.cloud).correlate(ctx.device).subquery()
         clouds = select(func.group_concat(ordered.c.cloud, ";")).scalar_subquery()
     return [clouds], source
 
