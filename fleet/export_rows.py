@@ -37,6 +37,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    LargeBinary,
     Select,
     String,
     Text,
@@ -777,13 +778,19 @@ def _status_sql(x: Any, moment: str) -> ColumnElement[Any]:
     )
 
 
-def cached_query(fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
-    """One text column per device, ordered by ID: its CSV line or JSON object at ``moment``,
-    concatenated from ``export_row`` in SQL."""
+def cached_query(dialect: str, fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
+    """One column per device, ordered by ID: its CSV line or JSON object at ``moment`` as
+    UTF-8 bytes (written out as they come), concatenated from ``export_row`` in SQL."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
     a, b = (x.c.csv_a, x.c.csv_b) if fmt == "csv" else (x.c.json_a, x.c.json_b)
     status = _status_sql(x, moment)
-    query = select(a.concat(status).concat(b)).select_from(x)
+    text = a.concat(status).concat(b)
+    as_bytes = (
+        func.convert_to(text, literal_column("'UTF8'"))
+        if dialect == "postgresql"
+        else cast(text, LargeBinary)
+    )
+    query = select(as_bytes).select_from(x)
     if filters.model or filters.serial or filters.status or filters.labels:
         d = Device.__table__  # type: ignore[attr-defined]
         query = _device_filters(query.join(d, d.c.id == x.c.device_id), d.c, filters)

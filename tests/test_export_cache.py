@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import random
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +65,10 @@ def assert_paths_agree(ws: Workspace) -> dict[str, Any]:
         replayed = export_text(ws, fmt, as_of=moment)
         assert cached == live, fmt
         assert cached == replayed, fmt
+        with tempfile.TemporaryDirectory() as folder:  # a file: bytes go straight to its buffer
+            target = Path(folder) / f"devices.{fmt}"
+            export.export_devices(ws, fmt=fmt, out=target, sign=False, now=moment)
+            assert target.read_bytes() == cached.encode(), fmt
     return {row["id"]: row for row in map(json.loads, export_text(ws, "jsonl").splitlines())}
 
 
