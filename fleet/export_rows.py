@@ -807,21 +807,21 @@ def cache_is_current(conn: Connection) -> bool:
 
 
 def refresh_dirty(conn: Connection) -> int:
-    """Re-render every device in ``export_dirty`` into ``export_row`` and empty it, in the
-    caller's transaction. Returns how many devices were rendered."""
+    """Re-render every device in ``export_dirty`` into ``export_row`` and take it off the
+    list, in the caller's transaction. Returns how many devices were rendered."""
     dirty = ExportDirty.__table__  # type: ignore[attr-defined]
-    ids = [row[0] for row in conn.execute(select(dirty.c.device_id))]
+    ids = sorted(row[0] for row in conn.execute(select(dirty.c.device_id)))
     if not ids:
         return 0
     if len(ids) > FULL_REFRESH:
-        rows: Iterable[Rendered] = live_rows(conn, ExportFilters())
-        _store(conn, rows)
+        _store(conn, live_rows(conn, ExportFilters()))
     else:
-        ids.sort()
         for start in range(0, len(ids), REFRESH_CHUNK):
             chunk = ids[start : start + REFRESH_CHUNK]
             _store(conn, list(live_rows(conn, ExportFilters(), chunk)))
-    conn.execute(delete(dirty))
+    # Only the IDs read above: on PostgreSQL another transaction may have listed more since.
+    for start in range(0, len(ids), BATCH_ROWS):
+        conn.execute(delete(dirty).where(dirty.c.device_id.in_(ids[start : start + BATCH_ROWS])))
     return len(ids)
 
 

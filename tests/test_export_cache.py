@@ -252,3 +252,39 @@ def test_rendered_rows_equal_csv_writer_and_json_dumps() -> None:
         assert export_rows.line(rendered, "json", moment) == encode(
             export_rows.row_to_object(cells)
         ), n
+
+
+def test_concurrent_writers_on_one_device_leave_it_current(
+    ready_ws: Workspace, tmp_path: Path
+) -> None:
+    """Two writers changing the same device at once (on PostgreSQL their transactions
+    overlap): the export row ends up rendered from both changes."""
+    import threading
+
+    devices.add_device(ready_ws, "shared", out_dir=tmp_path / "out")
+    errors: list[BaseException] = []
+
+    def run(work: Any) -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def relabel() -> None:
+        for i in range(12):
+            devices.update_device(ready_ws, "shared", set_labels={"step": str(i)})
+
+    def renew() -> None:
+        for _ in range(4):
+            certs.renew_certificate(
+                ready_ws, "shared", out_dir=tmp_path / "renewed", passphrase=PASSPHRASE
+            )
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (relabel, renew)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    rows = assert_paths_agree(ready_ws)
+    assert rows["shared"]["labels"] == {"step": "11"}

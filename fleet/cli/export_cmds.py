@@ -82,7 +82,7 @@ def export_devices(
     sign: SignOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Export every device with its current certificate, labels and status.
+    """Export every device with its current certificate, labels, status and clouds.
 
     CSV is flat and formula-safe; JSON and JSONL are nested. With --out the file appears
     whole or not at all, beside FILE.manifest.json and the signatures FILE.p7s and
