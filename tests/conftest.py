@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudserver import RegistryServer
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
@@ -157,6 +158,14 @@ def run_fleet(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def server() -> Iterator[RegistryServer]:
+    """A local device-registration HTTP server (tests/cloudserver.py) for the http backend."""
+    srv = RegistryServer().start()
+    yield srv
+    srv.stop()
 
 
 def snapshot(ws: Workspace, *dirs: Path) -> dict[str, Any]:

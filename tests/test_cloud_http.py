@@ -27,13 +27,6 @@ FAST = outbox.PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
 
 
 @pytest.fixture
-def server() -> Iterator[RegistryServer]:
-    srv = RegistryServer().start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
 def token_env(monkeypatch: pytest.MonkeyPatch, server: RegistryServer) -> str:
     monkeypatch.setenv("REG_TOKEN", TOKEN)
     server.state.required_headers = {"Authorization": TOKEN}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,13 +50,6 @@ class FakeClock:
         with self._lock:
             self.sleeps.append(seconds)
             self._t += max(0.0, seconds)
-
-
-@pytest.fixture
-def server() -> Iterator[RegistryServer]:
-    srv = RegistryServer().start()
-    yield srv
-    srv.stop()
 
 
 def add_http_cloud(ws: Workspace, server: RegistryServer, name: str = "reg", **kw: Any) -> None:

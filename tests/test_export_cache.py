@@ -9,12 +9,10 @@ import io
 import json
 import random
 import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cloudserver import RegistryServer
 from conftest import PASSPHRASE, Cli
 from sqlalchemy import inspect, text
@@ -35,13 +33,6 @@ TRIGGERS = {
     "export_dirty_cloud_registration_delete",
 }
 QUICK = outbox.PushPolicy(base_delay=0.01, max_delay=0.05, max_attempts=3)
-
-
-@pytest.fixture
-def server() -> Iterator[RegistryServer]:
-    srv = RegistryServer().start()
-    yield srv
-    srv.stop()
 
 
 def export_text(ws: Workspace, fmt: str, **kwargs: Any) -> str:
