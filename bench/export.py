@@ -37,8 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sqlalchemy import bindparam, insert, update  # noqa: E402
+from sqlalchemy import bindparam, create_engine, insert, inspect, text, update  # noqa: E402
 from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
+from sqlalchemy.exc import DBAPIError  # noqa: E402
 
 from fleet import audit, ca  # noqa: E402
 from fleet.devices import make_identity  # noqa: E402
@@ -249,10 +250,10 @@ t0 = time.perf_counter()
 from fleet.export import export_devices
 from fleet.workspace import Workspace
 started = time.perf_counter()
-home, fmt, out, as_of, sign = sys.argv[1:6]
+home, fmt, out, as_of, sign, db_url = sys.argv[1:7]
 moment = datetime.fromisoformat(as_of) if as_of else None
-result = export_devices(Workspace(home=Path(home)), fmt=fmt, out=Path(out), as_of=moment,
-                        sign=sign == "sign")
+ws = Workspace(home=Path(home), db_url=db_url or None)
+result = export_devices(ws, fmt=fmt, out=Path(out), as_of=moment, sign=sign == "sign")
 done = time.perf_counter()
 # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's pages from fork)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
@@ -280,8 +281,9 @@ def run_child(cmd: list[str]) -> tuple[float, str]:
         return wall, out_file.read().decode()
 
 
-def fleet_export(home: Path, fmt: str, out: Path, as_of: str = "", sign: bool = False) -> dict:
-    cmd = [sys.executable, "-c", CHILD, str(home), fmt, str(out), as_of, "sign" if sign else ""]
+def fleet_export(ws: Workspace, fmt: str, out: Path, as_of: str = "", sign: bool = False) -> dict:
+    cmd = [sys.executable, "-c", CHILD, str(ws.home), fmt, str(out), as_of, "sign" if sign else ""]
+    cmd.append(ws.db_url or "")
     wall, stdout = run_child(cmd)
     return {**json.loads(stdout), "wall": wall}
 
@@ -307,12 +309,35 @@ def sqlite_dump(db: Path, out: Path) -> dict | None:
     return {"wall": wall}
 
 
-def _count_devices(db: Path) -> int:
-    with contextlib.closing(sqlite3.connect(db)) as raw:
-        try:
-            return int(raw.execute("SELECT count(*) FROM device").fetchone()[0])
-        except sqlite3.Error:
-            return -1
+def _count(ws: Workspace, query: str) -> int:
+    """A count from the registry, or -1 if there is none yet."""
+    engine = create_engine(ws.registry_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(query)).scalar_one())
+    except DBAPIError:
+        return -1
+    finally:
+        engine.dispose()
+
+
+def _empty(url: str) -> None:
+    """Drop fleet's tables from the database at ``url`` (the bench builds from scratch)."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for name in inspect(conn).get_table_names():
+                conn.execute(text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("DROP FUNCTION IF EXISTS fleet_export_dirty() CASCADE"))
+    finally:
+        engine.dispose()
+
+
+def _size_mib(ws: Workspace, db: Path) -> float:
+    if ws.db_url and ws.db_url.startswith("postgresql"):
+        return _count(ws, "SELECT pg_database_size(current_database())") / 2**20
+    return db.stat().st_size / 2**20
 
 
 def main() -> int:
@@ -327,6 +352,11 @@ def main() -> int:
     )
     parser.add_argument("--skip-as-of", action="store_true")
     parser.add_argument(
+        "--db",
+        help="Registry URL (e.g. an empty PostgreSQL database) instead of SQLite in the "
+        "workdir; there is no sqlite3 baseline then.",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="Reuse the registry already in --workdir if it has N devices (skips the build).",
@@ -336,34 +366,37 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     db = home / "registry.db"
-    reused = args.reuse and db.exists() and _count_devices(db) == args.devices
-    if home.exists() and not reused:
-        shutil.rmtree(home)
-    ws = Workspace(home=home)
+    ws = Workspace(home=home, db_url=args.db)
+    reused = args.reuse and _count(ws, "SELECT count(*) FROM device") == args.devices
+    if not reused:
+        if home.exists():
+            shutil.rmtree(home)
+        if args.db:
+            _empty(args.db)
     failures: list[str] = []
     try:
         start = time.perf_counter()
         if reused:
-            with contextlib.closing(sqlite3.connect(db)) as raw:
-                events = raw.execute("SELECT seq FROM audit_head").fetchone()[0]
+            events = _count(ws, "SELECT seq FROM audit_head")
         else:
             init_workspace(ws, name="Bench", passphrase=PASSPHRASE)
             events = build_registry(ws, args.devices)
         built = time.perf_counter() - start
         ws.close()
-        with contextlib.closing(sqlite3.connect(db)) as raw:  # fold the WAL into the file
-            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if not args.db:
+            with contextlib.closing(sqlite3.connect(db)) as raw:  # fold the WAL into the file
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         load = os.getloadavg()
         print(
             f"registry: {args.devices:,} devices, {events:,} audit events, "
-            f"{db.stat().st_size / 2**20:,.0f} MiB, "
+            f"{_size_mib(ws, db):,.0f} MiB, "
             f"{'reused' if reused else f'built in {built:,.1f} s'}; "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs"
         )
         results: dict[str, dict] = {}
         for fmt in ("csv", "jsonl"):
             out = workdir / f"devices.{fmt}"
-            result = fleet_export(home, fmt, out)
+            result = fleet_export(ws, fmt, out)
             results[fmt] = result
             rate = result["rows"] / result["seconds"]
             print(
@@ -377,8 +410,10 @@ def main() -> int:
                 failures.append(f"{fmt}: {rate:,.0f} rows/s < {TARGET_ROWS_PER_S:,}")
             if result["rss_mb"] > TARGET_RSS_MB:
                 failures.append(f"{fmt}: peak RSS {result['rss_mb']:.0f} MiB > {TARGET_RSS_MB}")
-        baseline = sqlite_dump(db, workdir / "sqlite3.csv")
-        if baseline is None:
+        baseline = None if args.db else sqlite_dump(db, workdir / "sqlite3.csv")
+        if args.db:
+            print("sqlite3 -csv: not applicable (--db)")
+        elif baseline is None:
             print("sqlite3 -csv: MISSING - install the sqlite3 shell (apt-get install -y sqlite3)")
             failures.append("no sqlite3 shell for the baseline")
         else:
@@ -391,7 +426,7 @@ def main() -> int:
                 print(f"{fmt:5} ratio to sqlite3 -csv: {ratio:.2f}x (target <= {TARGET_RATIO}x)")
                 if ratio > TARGET_RATIO:
                     failures.append(f"{fmt}: {ratio:.2f}x sqlite3 -csv > {TARGET_RATIO}x")
-        signed = fleet_export(home, "csv", workdir / "signed.csv", sign=True)
+        signed = fleet_export(ws, "csv", workdir / "signed.csv", sign=True)
         print(
             f"csv   signed export: {signed['seconds']:7.2f} s  "
             f"peak RSS {signed['rss_mb']:6.1f} MiB (with manifest and 2 CMS signatures)"
@@ -400,7 +435,7 @@ def main() -> int:
             failures.append(f"signed csv: peak RSS {signed['rss_mb']:.0f} MiB > {TARGET_RSS_MB}")
         if not args.skip_as_of:
             as_of = datetime.now(UTC).isoformat()
-            replay = fleet_export(home, "csv", workdir / "as-of.csv", as_of=as_of)
+            replay = fleet_export(ws, "csv", workdir / "as-of.csv", as_of=as_of)
             print(
                 f"as-of csv (replaying {events:,} events): {replay['seconds']:7.2f} s  "
                 f"peak RSS {replay['rss_mb']:6.1f} MiB (target < {TARGET_AS_OF_S:.0f} s)"
@@ -412,7 +447,7 @@ def main() -> int:
                 if (workdir / "as-of.csv").read_bytes() != live:
                     failures.append("check: --as-of now differs from the live export")
         if args.check:
-            verdict = verify_audit(Workspace(home=home))
+            verdict = verify_audit(Workspace(home=home, db_url=args.db))
             if not verdict.ok:
                 failures.append(f"check: audit chain broken at {verdict.bad_seq}")
             if baseline is not None:
