@@ -17,8 +17,10 @@ import codecs
 import csv
 import json
 import os
+import queue
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +41,7 @@ from fleet.export_rows import (
     DEVICE_FIELDS,
     FILTER_FIELDS,
     LAYOUT,
+    LINE_ENDS,
     SECTIONS,
     ExportFilters,
     Rendered,
@@ -92,37 +95,69 @@ def _byte_sink(stream: TextIO) -> Callable[[bytes], object]:
     return lambda data: stream.write(data.decode("utf-8"))
 
 
+class _BackgroundWriter:
+    """Writes chunks from a second thread, so that writing the output overlaps reading the
+    next rows from the database (both release the GIL). Errors surface in the caller."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fleet-export-writer")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(chunk)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def write(self, chunk: bytes) -> None:
+        """Queue ``chunk`` (raises the error of an earlier write, if any)."""
+        if self._error is not None:
+            raise self._error
+        self._chunks.put(chunk)
+
+    def close(self) -> None:
+        """Wait until every chunk is written; raise the first write error."""
+        self._chunks.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def _write_lines(stream: TextIO, fmt: str, batches: Iterable[Sequence[bytes]]) -> int:
-    """Write rows given as batches of UTF-8 lines (CSV lines or JSON objects, without line
-    ends) in ``fmt``; return how many."""
+    """Write rows given as batches of UTF-8 rows, each already ending in its format's line
+    end (:data:`LINE_ENDS`; JSON objects have none), in ``fmt``; return how many."""
     count = 0
-    write = _byte_sink(stream)
-    if fmt == "csv":
-        write((",".join(CSV_COLUMNS) + "\r\n").encode())
-        for batch in batches:
-            if batch:
-                write(b"\r\n".join(batch) + b"\r\n")
+    writer = _BackgroundWriter(_byte_sink(stream))
+    write = writer.write
+    try:
+        if fmt == "json":
+            write(b"[")
+            for batch in batches:
+                if batch:
+                    write((b"\n" if not count else b",\n") + b",\n".join(batch))
+                    count += len(batch)
+            write(b"\n]\n" if count else b"]\n")
+        else:
+            if fmt == "csv":
+                write((",".join(CSV_COLUMNS) + "\r\n").encode())
+            for batch in batches:
+                write(b"".join(batch))
                 count += len(batch)
-        return count
-    if fmt == "jsonl":
-        for batch in batches:
-            if batch:
-                write(b"\n".join(batch) + b"\n")
-                count += len(batch)
-        return count
-    write(b"[")
-    for batch in batches:
-        if batch:
-            write((b"\n" if not count else b",\n") + b",\n".join(batch))
-            count += len(batch)
-    write(b"\n]\n" if count else b"]\n")
+    finally:
+        writer.close()
     return count
 
 
 def _batched_lines(rows: Iterable[Rendered], fmt: str, moment: str) -> Iterator[list[bytes]]:
     batch: list[bytes] = []
+    end = LINE_ENDS[fmt]
     for row in rows:
-        batch.append(line(row, fmt, moment).encode())
+        batch.append((line(row, fmt, moment) + end).encode())
         if len(batch) >= BATCH_ROWS:
             yield batch
             batch = []

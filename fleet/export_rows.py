@@ -46,6 +46,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    literal,
     literal_column,
     select,
 )
@@ -69,6 +70,9 @@ BATCH_ROWS = 5000
 REFRESH_CHUNK = 500
 FULL_REFRESH = 20_000
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# What ends each row in a file: CSV lines CRLF (RFC 4180), JSONL LF; JSON objects in an
+# array are separated instead.
+LINE_ENDS = {"csv": "\r\n", "jsonl": "\n", "json": ""}
 
 
 # --- filters ----------------------------------------------------------------------------
@@ -779,12 +783,15 @@ def _status_sql(x: Any, moment: str) -> ColumnElement[Any]:
 
 
 def cached_query(dialect: str, fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
-    """One column per device, ordered by ID: its CSV line or JSON object at ``moment`` as
-    UTF-8 bytes (written out as they come), concatenated from ``export_row`` in SQL."""
+    """One column per device, ordered by ID: its CSV line or JSON object at ``moment`` with
+    its line end (:data:`LINE_ENDS`), as UTF-8 bytes to write out as they come; concatenated
+    from ``export_row`` in SQL."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
     a, b = (x.c.csv_a, x.c.csv_b) if fmt == "csv" else (x.c.json_a, x.c.json_b)
     status = _status_sql(x, moment)
     text = a.concat(status).concat(b)
+    if LINE_ENDS[fmt]:
+        text = text.concat(literal(LINE_ENDS[fmt]))
     as_bytes = (
         func.convert_to(text, literal_column("'UTF8'"))
         if dialect == "postgresql"
@@ -851,6 +858,7 @@ def _store(conn: Connection, rows: Iterable[Rendered]) -> None:
 __all__ = [
     "CSV_COLUMNS",
     "FILTER_FIELDS",
+    "LINE_ENDS",
     "SECTIONS",
     "ExportFilters",
     "Rendered",

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cloudserver import RegistryServer
 from conftest import PASSPHRASE, Cli
 from sqlalchemy import inspect, text
@@ -279,3 +280,21 @@ def test_concurrent_writers_on_one_device_leave_it_current(
     assert errors == []
     rows = assert_paths_agree(ready_ws)
     assert rows["shared"]["labels"] == {"step": "11"}
+
+
+def test_a_failing_output_stops_the_export_with_its_error(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    """Rows are written from a second thread; an error there (a full disk, a closed pipe)
+    surfaces in the caller, and the export stops."""
+    devices.add_device(ready_sqlite_ws, "d1", out_dir=tmp_path / "out")
+
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    for fmt in FORMATS:
+        stream = FullDisk()
+        with pytest.raises(OSError, match="No space left"):
+            export.write_devices(ready_sqlite_ws, stream, fmt=fmt)
+        assert stream.getvalue() == "", fmt
