@@ -23,6 +23,8 @@ from fleet.errors import RegistryError
 SCHEMA_HEAD = "0003"
 
 SQLITE_BUSY_TIMEOUT_S = 60
+# The PostgreSQL advisory lock every fleet write transaction holds ("fleet" in ASCII).
+WRITE_LOCK_KEY = 0x666C656574
 
 
 def redact_url(url: str) -> str:
@@ -77,12 +79,18 @@ def _configure_sqlite(engine: Engine) -> None:
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session whose work commits together at the end of the block, or not at all.
 
-    Before it commits, the export rows of the devices it changed are re-rendered in the same
-    transaction (triggers listed them; see :mod:`fleet.export_rows`).
+    Writers queue for the registry at the start: SQLite's ``BEGIN IMMEDIATE`` takes the
+    write lock, and on PostgreSQL a transaction-level advisory lock does the same. Every
+    write appends to the audit chain anyway (one head row), so this costs no concurrency, and
+    rows locked in different orders (a device, its export row, the chain head) cannot
+    deadlock. Before it commits, the export rows of the devices it changed are re-rendered
+    in the same transaction (triggers listed them; see :mod:`fleet.export_rows`).
     """
     from fleet.export_rows import refresh_dirty  # imports the models, which import this
 
     with Session(engine, expire_on_commit=False) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
         yield session
         session.flush()
         refresh_dirty(session.connection())
