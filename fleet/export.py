@@ -59,6 +59,7 @@ from fleet.export_rows import (
     parse_filters,
     render,
     replayed_cells,
+    row_batches,
     row_to_object,
 )
 from fleet.models import AuditHead
@@ -190,21 +191,8 @@ def _snapshot_connection(engine: Engine) -> Any:
 
 
 def _cached_batches(conn: Connection, query: Any) -> Iterator[Sequence[bytes]]:
-    if conn.dialect.name != "sqlite":  # a server-side cursor, through SQLAlchemy
-        options = {"stream_results": True, "yield_per": BATCH_ROWS}
-        for part in conn.execute(query, execution_options=options).partitions():
-            yield [bytes(row[0]) for row in part]
-        return
-    # The export's hot loop on SQLite: plain tuples from the DBAPI cursor, which reads
-    # lazily (SQLAlchemy's Row objects cost ~1 us a row here, and there is no result
-    # processing to skip). Without stream_results SQLAlchemy fetches nothing ahead.
-    result = conn.execute(query)
-    cursor = result.cursor
-    try:
-        while rows := cursor.fetchmany(BATCH_ROWS):
-            yield [row[0] for row in rows]
-    finally:
-        result.close()
+    for rows in row_batches(conn, query):
+        yield [bytes(row[0]) for row in rows]
 
 
 def _refresh_cache(engine: Engine) -> None:
@@ -252,7 +240,8 @@ def write_devices(
             matches = cells_matcher(filters, moment)
             if matches is not None:
                 cells = filter(matches, cells)
-            count = _write_rows(stream, fmt, map(render, cells), moment)
+            rendered = (render(c, fmt) for c in cells)
+            count = _write_rows(stream, fmt, rendered, moment)
         elif use_cache and cache_is_current(conn):
             count = _write_lines(
                 stream,

@@ -224,6 +224,9 @@ def _ts_iso(ts: str) -> str:
 
 
 def _iso_text(text: str) -> str:
+    """An ISO 8601 time from an audit event (``isoformat()`` text) as export text."""
+    if len(text) == 25 and text.endswith("+00:00"):  # what fleet writes: UTC, whole seconds
+        return text[:19] + "Z"
     return datetime.fromisoformat(text).astimezone(UTC).strftime(ISO_FORMAT)
 
 
@@ -278,11 +281,18 @@ def _device_add(state: ReplayedDevice, details: dict[str, Any], ts: str) -> None
     state.fields["created_at"] = _ts_iso(ts)
 
 
+@lru_cache(maxsize=4096)
+def _labels_text(items: tuple[tuple[str, str], ...]) -> str:
+    return audit.canonical_json(dict(items))
+
+
 def _device_update(state: ReplayedDevice, details: dict[str, Any], ts: str) -> None:
+    # fleets share a few label sets: their canonical text is cached by the sorted items
+    labels = details.get("labels") or {}
     state.fields.update(
         model=details.get("model"),
         serial=details.get("serial"),
-        labels=audit.canonical_json(details.get("labels") or {}),
+        labels=_labels_text(tuple(sorted(labels.items()))),
         status=details.get("status", "active"),
         updated_at=_ts_iso(ts),
     )
@@ -527,6 +537,7 @@ class _Layout:
             (s.key, f): start + i for s, start, _ in self.spans for i, f in enumerate(s.fields)
         }
         self.kinds = [s.kinds.get(f, "plain") for s in sections for f in s.fields]
+        self.json_keys = [_json_str(f) + ":" for s in sections for f in s.fields]
         self.text_cells = [i for i, kind in enumerate(self.kinds) if kind == "text"]
         self.labels = self.index[(None, "labels")]
         self.cert_status = self.index[("certificate", "status")]
@@ -579,33 +590,43 @@ class Rendered(NamedTuple):
     cert_not_after: str | None
 
 
-def render(cells: Cells) -> Rendered:
-    """Render one row's cells (in :data:`CSV_COLUMNS` order)."""
+def render(cells: Cells, fmt: str | None = None) -> Rendered:
+    """Render one row's cells (in :data:`CSV_COLUMNS` order) as CSV and JSON text, or, given
+    ``fmt``, only what that format needs (the other format's parts are left empty)."""
     kinds = LAYOUT.kinds
     at = LAYOUT.cert_status
-    status = cells[at]
-    csv_cells = [
-        _csv_cell(csv_safe(v) if v and kinds[i] == "text" else v) for i, v in enumerate(cells)
-    ]
-    csv_a = ",".join(csv_cells[:at]) + ","
-    csv_b = "," + ",".join(csv_cells[at + 1 :])
+    csv_a = csv_b = json_a = json_b = ""
+    if fmt is None or fmt == "csv":
+        csv_cells = [
+            _csv_cell(csv_safe(v) if v and kinds[i] == "text" else v) for i, v in enumerate(cells)
+        ]
+        csv_a = ",".join(csv_cells[:at]) + ","
+        csv_b = "," + ",".join(csv_cells[at + 1 :])
+    if fmt != "csv":
+        json_a, json_b = _render_json(cells)
+    return Rendered(csv_a, csv_b, json_a, json_b, cells[at], cells[LAYOUT.cert_not_after])
+
+
+def _render_json(cells: Cells) -> tuple[str, str]:
+    """The row's JSON object, split around the certificate status's place."""
+    kinds, keys = LAYOUT.kinds, LAYOUT.json_keys
+    at = LAYOUT.cert_status
     out: list[str] = []
     for section, start, end in LAYOUT.spans:
-        values = cells[start:end]
-        members = []
-        for i, name in enumerate(section.fields, start):
-            text = '"' + _STATUS_MARK + '"' if i == at else _json_cell(cells[i], kinds[i])
-            members.append(f"{_json_str(name)}:{text}")
+        members = [
+            keys[i] + ('"' + _STATUS_MARK + '"' if i == at else _json_cell(cells[i], kinds[i]))
+            for i in range(start, end)
+        ]
         if section.key is None:
             out.append(("{" if start == 0 else ",") + ",".join(members))
-        elif all(v is None for v in values):
+        elif all(v is None for v in cells[start:end]):
             out.append(f",{_json_str(section.key)}:null")
         else:
             out.append(f",{_json_str(section.key)}:{{" + ",".join(members) + "}")
     out.append("}")
     # without a certificate there is no mark: the whole object is json_a
     json_a, _, json_b = "".join(out).partition(_STATUS_MARK)
-    return Rendered(csv_a, csv_b, json_a, json_b, status, cells[LAYOUT.cert_not_after])
+    return json_a, json_b
 
 
 def effective_status(stored: str | None, not_after: str | None, moment: str) -> str | None:
@@ -696,6 +717,26 @@ def live_rows(
         yield render(cells)
 
 
+def row_batches(conn: Connection, query: Any) -> Iterator[Sequence[Any]]:
+    """The query's rows as plain tuples, in batches of :data:`BATCH_ROWS`, streamed.
+
+    On SQLite straight from the DBAPI cursor, which reads lazily (SQLAlchemy's Row objects
+    cost ~1 us a row in the export's hot loops, and there is no result processing to skip);
+    elsewhere through a server-side cursor.
+    """
+    if conn.dialect.name != "sqlite":
+        options = {"stream_results": True, "yield_per": BATCH_ROWS}
+        yield from conn.execute(query, execution_options=options).partitions()
+        return
+    result = conn.execute(query)
+    cursor = result.cursor
+    try:
+        while rows := cursor.fetchmany(BATCH_ROWS):
+            yield rows
+    finally:
+        result.close()
+
+
 def replayed_cells(conn: Connection, as_of: datetime) -> Iterator[Cells]:
     """Rows' cells as they were at ``as_of``: each device's events up to then, replayed in
     order. Events are read ordered by (target, seq), so only one device's state is in memory.
@@ -708,9 +749,11 @@ def replayed_cells(conn: Connection, as_of: datetime) -> Iterator[Cells]:
         .order_by(e.c.seq)
     ).all()
     ctx = ReplayContext(tuple((int(seq), str(target)) for seq, target in removals))
+    # Actions are filtered here, not in SQL: without an indexed filter on action, SQLite
+    # walks the target index in (target, seq) order instead of sorting every event.
     query = (
         select(e.c.seq, e.c.target, e.c.action, e.c.ts, e.c.details)
-        .where(e.c.action.in_(LAYOUT.replay_actions), e.c.ts <= cutoff)
+        .where(e.c.ts <= cutoff)
         .order_by(e.c.target, e.c.seq)
     )
     handlers = {
@@ -719,18 +762,19 @@ def replayed_cells(conn: Connection, as_of: datetime) -> Iterator[Cells]:
     }
     state: ReplayedDevice | None = None
     loads = json.loads
-    result = conn.execute(
-        query, execution_options={"stream_results": True, "yield_per": BATCH_ROWS}
-    )
-    for seq, target, action, ts, details in result:
-        if state is None or state.id != target:
-            if state is not None and "created_at" in state.fields:
-                yield _replayed(state, ctx)
-            state = ReplayedDevice(target)
-        state.seq = seq
-        parsed = loads(details)
-        for handler in handlers[action]:
-            handler(state, parsed, ts)
+    for batch in row_batches(conn, query):
+        for seq, target, action, ts, details in batch:
+            todo = handlers.get(action)
+            if todo is None:
+                continue
+            if state is None or state.id != target:
+                if state is not None and "created_at" in state.fields:
+                    yield _replayed(state, ctx)
+                state = ReplayedDevice(target)
+            state.seq = seq
+            parsed = loads(details)
+            for handler in todo:
+                handler(state, parsed, ts)
     if state is not None and "created_at" in state.fields:
         yield _replayed(state, ctx)
 
@@ -875,4 +919,5 @@ __all__ = [
     "refresh_dirty",
     "render",
     "replayed_cells",
+    "row_batches",
 ]
