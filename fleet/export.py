@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
+import io
 import json
 import os
 import queue
@@ -309,6 +311,25 @@ def _temp_beside(path: Path) -> Path:
     return Path(name)
 
 
+class _HashingFile(io.RawIOBase):
+    """A file that hashes what it writes, as it writes it: the manifest's SHA-256 without
+    reading the export back (the hashing runs in the writer thread, beside the reading)."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = self._raw.write(data) or 0
+        self.sha256.update(memoryview(data)[:written])  # only what reached the file
+        self.size += written
+        return written
+
+
 def _export_to_file(
     out: Path,
     produce: Callable[[TextIO], _Snapshot],
@@ -319,10 +340,13 @@ def _export_to_file(
     """Write ``out`` (and, when signing, its manifest and signatures) all or nothing."""
     temps: list[Path] = [_temp_beside(out)]
     try:
-        with temps[0].open("w", encoding="utf-8", newline="", buffering=1 << 20) as handle:
-            snapshot = produce(handle)
+        with temps[0].open("wb", buffering=0) as raw:
+            hashed = _HashingFile(raw)
+            buffered = io.BufferedWriter(hashed, buffer_size=1 << 20)
+            with io.TextIOWrapper(buffered, encoding="utf-8", newline="") as handle:
+                snapshot = produce(handle)
         os.chmod(temps[0], 0o644)
-        digest, size = sha256_file(temps[0])
+        digest, size = hashed.sha256.hexdigest(), hashed.size
         result: dict[str, Any] = {
             "file": str(out),
             "rows": snapshot.rows,
