@@ -13,7 +13,11 @@ sqlite3``); without it the baseline is reported as missing and the rest still ru
 
     python bench/export.py --devices 100000
     python bench/export.py --devices 1000000 --workdir /var/tmp/fleet-bench
+    python bench/export.py --devices 1000000 --shuffled   # devices added in random ID order
     python bench/export.py --devices 500 --check     # consistency checks, used by the tests
+
+Beside the ``sqlite3 -csv`` baseline it prints the ``sqlite3`` shell reading the export
+cache's own SELECT: how long SQLite alone takes to produce the rows fleet writes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -60,8 +65,10 @@ TARGET_RATIO = 3.0
 TARGET_AS_OF_S = 60.0
 
 
-def build_registry(ws: Workspace, devices: int) -> int:
-    """Fill the workspace's registry; return the number of audit events."""
+def build_registry(ws: Workspace, devices: int, shuffled: bool = False) -> int:
+    """Fill the workspace's registry; return the number of audit events. ``shuffled`` adds
+    the devices in a random ID order (as a fleet whose IDs are serial or MAC numbers sees
+    them arrive), else in ID order."""
     issuer = ca.load_issuer(ws.home, PASSPHRASE)
     profile = load_profile("default", ws.home)
     sample_pem = ca.cert_pem(make_identity(issuer, "sample", profile).cert).decode("ascii")
@@ -121,15 +128,20 @@ def build_registry(ws: Workspace, devices: int) -> int:
     cert_t = Certificate.__table__  # type: ignore[attr-defined]
     event_t = AuditEvent.__table__  # type: ignore[attr-defined]
 
-    def batches() -> Iterator[range]:
+    order = list(range(devices))  # position in time -> device number
+    if shuffled:
+        random.Random(7).shuffle(order)
+
+    def batches() -> Iterator[list[tuple[int, int]]]:
+        """(position, device number) pairs, a batch at a time."""
         for start in range(0, devices, BATCH):
-            yield range(start, min(start + BATCH, devices))
+            yield [(k, order[k]) for k in range(start, min(start + BATCH, devices))]
 
     # phase 1: every device added with its first certificate
     for chunk in batches():
         device_rows, cert_rows, events = [], [], []
-        for i in chunk:
-            at = base + timedelta(milliseconds=i)
+        for k, i in chunk:
+            at = base + timedelta(milliseconds=k)
             device = {
                 "id": f"dev-{i:07d}",
                 "model": MODELS[i % len(MODELS)],
@@ -163,8 +175,8 @@ def build_registry(ws: Workspace, devices: int) -> int:
         new_certs, events = [], []
         device_changes: list[dict[str, Any]] = []
         revocations: list[dict[str, Any]] = []
-        for i in chunk:
-            at = second_phase + timedelta(milliseconds=i)
+        for k, i in chunk:
+            at = second_phase + timedelta(milliseconds=k)
             device_id = f"dev-{i:07d}"
             old_serial = cert_row(i, 0, at)["serial"]
             kind = i % 4
@@ -372,6 +384,11 @@ def main() -> int:
     )
     parser.add_argument("--skip-as-of", action="store_true")
     parser.add_argument(
+        "--shuffled",
+        action="store_true",
+        help="Add the devices in a random ID order instead of in ID order.",
+    )
+    parser.add_argument(
         "--db",
         help="Registry URL (e.g. an empty PostgreSQL database) instead of SQLite in the "
         "workdir; there is no sqlite3 baseline then.",
@@ -400,7 +417,7 @@ def main() -> int:
             events = _count(ws, "SELECT seq FROM audit_head")
         else:
             init_workspace(ws, name="Bench", passphrase=PASSPHRASE)
-            events = build_registry(ws, args.devices)
+            events = build_registry(ws, args.devices, shuffled=args.shuffled)
         built = time.perf_counter() - start
         ws.close()
         if not args.db:
@@ -408,7 +425,8 @@ def main() -> int:
                 raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         load = os.getloadavg()
         print(
-            f"registry: {args.devices:,} devices, {events:,} audit events, "
+            f"registry: {args.devices:,} devices"
+            f"{' (added in random ID order)' if args.shuffled else ''}, {events:,} audit events, "
             f"{_size_mib(ws, db):,.0f} MiB, "
             f"{'reused' if reused else f'built in {built:,.1f} s'}; "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs"

@@ -831,9 +831,8 @@ def cached_query(dialect: str, fmt: str, filters: ExportFilters, moment: str) ->
     its line end (:data:`LINE_ENDS`), as UTF-8 bytes to write out as they come; concatenated
     from ``export_row`` in SQL."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
-    a, b = (x.c.csv_a, x.c.csv_b) if fmt == "csv" else (x.c.json_a, x.c.json_b)
     status = _status_sql(x, moment)
-    text = a.concat(status).concat(b)
+    text = x.c.text_a.concat(status).concat(x.c.text_b)
     if LINE_ENDS[fmt]:
         text = text.concat(literal(LINE_ENDS[fmt]))
     as_bytes = (
@@ -841,7 +840,7 @@ def cached_query(dialect: str, fmt: str, filters: ExportFilters, moment: str) ->
         if dialect == "postgresql"
         else cast(text, LargeBinary)
     )
-    query = select(as_bytes).select_from(x)
+    query = select(as_bytes).select_from(x).where(x.c.format == _cache_format(fmt))
     if filters.model or filters.serial or filters.status or filters.labels:
         d = Device.__table__  # type: ignore[attr-defined]
         query = _device_filters(query.join(d, d.c.id == x.c.device_id), d.c, filters)
@@ -849,6 +848,11 @@ def cached_query(dialect: str, fmt: str, filters: ExportFilters, moment: str) ->
         wanted = "" if filters.cert_status == "none" else filters.cert_status
         query = query.where(status == wanted)
     return query.order_by(x.c.device_id)
+
+
+def _cache_format(fmt: str) -> str:
+    """The ``export_row.format`` a format reads: ``csv``, or ``json`` for JSON and JSONL."""
+    return "csv" if fmt == "csv" else "json"
 
 
 def cache_is_current(conn: Connection) -> bool:
@@ -877,7 +881,8 @@ def refresh_dirty(conn: Connection) -> int:
 
 
 def _store(conn: Connection, rows: Iterable[Rendered]) -> None:
-    """Upsert rendered rows (keyed by the device ID at the start of the CSV line)."""
+    """Upsert rendered rows: a ``csv`` and a ``json`` export row per device (keyed by the
+    device ID at the start of the CSV line)."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -885,13 +890,30 @@ def _store(conn: Connection, rows: Iterable[Rendered]) -> None:
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     statement = insert(x)
     statement = statement.on_conflict_do_update(
-        index_elements=[x.c.device_id],
-        set_={c: statement.excluded[c] for c in Rendered._fields},
+        index_elements=[x.c.format, x.c.device_id],
+        set_={
+            c: statement.excluded[c] for c in ("text_a", "text_b", "cert_status", "cert_not_after")
+        },
     )
     batch: list[dict[str, Any]] = []
     for row in rows:
         # device IDs never need CSV quoting (letters, digits, "-_:.")
-        batch.append({"device_id": row.csv_a.partition(",")[0], **row._asdict()})
+        device_id = row.csv_a.partition(",")[0]
+        status, not_after = row.cert_status, row.cert_not_after
+        for fmt, text_a, text_b in (
+            ("csv", row.csv_a, row.csv_b),
+            ("json", row.json_a, row.json_b),
+        ):
+            batch.append(
+                {
+                    "format": fmt,
+                    "device_id": device_id,
+                    "text_a": text_a,
+                    "text_b": text_b,
+                    "cert_status": status,
+                    "cert_not_after": not_after,
+                }
+            )
         if len(batch) >= BATCH_ROWS:
             conn.execute(statement, batch)
             batch = []

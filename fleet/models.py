@@ -125,16 +125,21 @@ class CrlRecord(SQLModel, table=True):
 
 
 class ExportRow(SQLModel, table=True):
-    """A device's export row, rendered (see :mod:`fleet.export_rows`): the CSV line and the
-    JSON object, each split around the certificate's status, which depends on the moment."""
+    """A device's export row in one format family (``csv``, or ``json`` for JSON and JSONL),
+    rendered (see :mod:`fleet.export_rows`): ``text_a + status + text_b`` is the CSV line or
+    JSON object, split around the certificate's status, which depends on the moment.
+
+    Keyed (format, device ID) and, on SQLite, WITHOUT ROWID: the rows lie in the B-tree in
+    export order, so an export reads pages in sequence whatever order devices were added in.
+    """
 
     __tablename__ = "export_row"
+    __table_args__ = {"sqlite_with_rowid": False}
 
+    format: str = Field(primary_key=True, max_length=8)
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
-    csv_a: str = Field(sa_column=Column(Text, nullable=False))
-    csv_b: str = Field(sa_column=Column(Text, nullable=False))
-    json_a: str = Field(sa_column=Column(Text, nullable=False))
-    json_b: str = Field(sa_column=Column(Text, nullable=False))
+    text_a: str = Field(sa_column=Column(Text, nullable=False))
+    text_b: str = Field(sa_column=Column(Text, nullable=False))
     cert_status: str | None = Field(default=None, max_length=16)
     cert_not_after: str | None = Field(default=None, max_length=32)  # ISO text, Z
 

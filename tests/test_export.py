@@ -516,7 +516,7 @@ def test_bench_runs_at_tiny_n(tmp_path: Path) -> None:
     consistency checks (the audit chain verifies, --as-of now equals the live export)."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "export.py"), "--devices", "500",
-         "--workdir", str(tmp_path), "--check"],
+         "--workdir", str(tmp_path), "--check", "--shuffled"],
         capture_output=True, text=True, timeout=600, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
