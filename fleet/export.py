@@ -17,13 +17,17 @@ import codecs
 import csv
 import hashlib
 import io
+import itertools
 import json
+import multiprocessing
 import os
 import queue
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,7 +68,7 @@ from fleet.export_rows import (
     row_batches,
     row_to_object,
 )
-from fleet.models import AuditHead
+from fleet.models import AuditHead, Device
 from fleet.signing import (
     SignatureError,
     Signer,
@@ -152,6 +156,11 @@ def _write_lines(stream: TextIO, fmt: str, batches: Iterable[Sequence[bytes]]) -
                 write(b"".join(batch))
                 count += len(batch)
     finally:
+        # a failed write leaves the source mid-way: close its cursor (or worker pool) now,
+        # while its connection is still open, not whenever it is garbage-collected
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
         writer.close()
     return count
 
@@ -220,13 +229,15 @@ def write_devices(
     as_of: datetime | None = None,
     now: datetime | None = None,
     use_cache: bool = True,
+    replay_workers: int | None = None,
 ) -> _Snapshot:
     """Stream the device export to ``stream``; return the row count and the audit head the
     rows correspond to (read in the same snapshot).
 
     Live rows come from the export cache when it is current (else from the live tables,
-    as with ``use_cache=False``); ``as_of`` replays the audit trail. Both write the same
-    bytes for the same registry.
+    as with ``use_cache=False``); ``as_of`` replays the audit trail, in ``replay_workers``
+    processes (default: one per CPU) once there are more than :data:`REPLAY_PART_DEVICES`
+    devices. Every path writes the same bytes for the same registry.
     """
     if fmt not in FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(FORMATS)}")
@@ -238,12 +249,14 @@ def write_devices(
     with _snapshot_connection(engine) as conn, conn.begin():
         head_seq, head_hash = _read_head(conn)
         if as_of is not None:
-            cells: Iterable[list[Any]] = replayed_cells(conn, as_of)
-            matches = cells_matcher(filters, moment)
-            if matches is not None:
-                cells = filter(matches, cells)
-            rendered = (render(c, fmt) for c in cells)
-            count = _write_rows(stream, fmt, rendered, moment)
+            bounds = _part_bounds(conn) if (replay_workers or os.cpu_count() or 1) > 1 else []
+            if bounds:
+                args = (fmt, filters, as_of, head_seq)
+                parts = _replayed_parts(ws, args, bounds, replay_workers or os.cpu_count() or 1)
+                count = _write_lines(stream, fmt, parts)
+            else:
+                rendered = _replayed_rows(conn, fmt, filters, as_of)
+                count = _write_rows(stream, fmt, rendered, moment)
         elif use_cache and cache_is_current(conn):
             count = _write_lines(
                 stream,
@@ -262,6 +275,98 @@ def write_devices(
                 )
             count = _write_rows(stream, fmt, rows, moment)
     return _Snapshot(count, head_seq, head_hash)
+
+
+# --as-of replays the trail in parts of this many devices (ID ranges), in worker processes.
+REPLAY_PART_DEVICES = 20_000
+
+
+def _replayed_rows(
+    conn: Connection,
+    fmt: str,
+    filters: ExportFilters,
+    as_of: datetime,
+    *,
+    targets: tuple[str | None, str | None] | None = None,
+    max_seq: int | None = None,
+) -> Iterator[Rendered]:
+    moment = iso_moment(as_of)
+    cells: Iterable[list[Any]] = replayed_cells(conn, as_of, targets=targets, max_seq=max_seq)
+    matches = cells_matcher(filters, moment)
+    if matches is not None:
+        cells = filter(matches, cells)
+    return (render(c, fmt) for c in cells)
+
+
+def _part_bounds(conn: Connection) -> list[str]:
+    """Device IDs splitting the registry into parts of :data:`REPLAY_PART_DEVICES`."""
+    d = Device.__table__  # type: ignore[attr-defined]
+    bounds: list[str] = []
+    seen = 0
+    for rows in row_batches(conn, select(d.c.id).order_by(d.c.id)):
+        for (device_id,) in rows:
+            if seen and seen % REPLAY_PART_DEVICES == 0:
+                bounds.append(device_id)
+            seen += 1
+    return bounds
+
+
+_worker_registries: dict[tuple[str, str | None], Engine] = {}
+
+
+def _replay_part(
+    home: str,
+    db_url: str | None,
+    args: tuple[str, ExportFilters, datetime, int],
+    targets: tuple[str | None, str | None],
+) -> list[bytes]:
+    """In a worker process: one ID range's lines, replayed in the worker's own snapshot (the
+    same events as the parent's: the trail is append-only and read up to its head)."""
+    fmt, filters, as_of, head_seq = args
+    engine = _worker_registries.get((home, db_url))
+    if engine is None:
+        engine = Workspace(home=Path(home), db_url=db_url).open_registry()
+        _worker_registries[(home, db_url)] = engine
+    with _snapshot_connection(engine) as conn, conn.begin():
+        rows = _replayed_rows(conn, fmt, filters, as_of, targets=targets, max_seq=head_seq)
+        return [line for batch in _batched_lines(rows, fmt, iso_moment(as_of)) for line in batch]
+
+
+def _replayed_parts(
+    ws: Workspace,
+    args: tuple[str, ExportFilters, datetime, int],
+    bounds: list[str],
+    workers: int,
+) -> Iterator[list[bytes]]:
+    """Each ID range's lines, in ID order, replayed by ``workers`` processes. At most
+    ``workers + 1`` parts are in flight, so memory stays flat.
+
+    The workers are forked here, before the caller starts its writer thread (spawning would
+    re-import a caller's unguarded main module); they open their own connections and never
+    touch the parent's.
+    """
+    ranges = iter(zip([None, *bounds], [*bounds, None], strict=True))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+
+    def submit(part: tuple[str | None, str | None]) -> Future[list[bytes]]:
+        return pool.submit(_replay_part, str(ws.home), ws.db_url, args, part)
+
+    try:
+        pending = deque(submit(part) for part in itertools.islice(ranges, workers + 1))
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+
+    def results() -> Iterator[list[bytes]]:
+        try:
+            while pending:
+                lines = pending.popleft().result()
+                pending.extend(submit(part) for part in itertools.islice(ranges, 1))
+                yield lines
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+    return results()
 
 
 def write_audit(
@@ -411,12 +516,14 @@ def export_devices(
     sign: bool | None = None,
     passphrase: Passphrase | None = None,
     now: datetime | None = None,
+    replay_workers: int | None = None,
 ) -> dict[str, Any]:
     """Export every device (matching ``filters``) with its newest certificate.
 
     To ``out`` (all or nothing; signed with a manifest unless ``sign`` is False) or, without
     ``out``, to ``stream`` (default stdout, never signed). ``as_of`` rebuilds the registry as
-    it was at that moment from the audit trail. Returns a summary (rows, file, sha256...).
+    it was at that moment from the audit trail (in ``replay_workers`` processes, default one
+    per CPU, for large registries). Returns a summary (rows, file, sha256...).
     Example::
 
         export_devices(ws, fmt="jsonl", out=Path("devices.jsonl"), as_of=datetime(2026, 6, 30))
@@ -427,11 +534,20 @@ def export_devices(
     signing = _resolve_sign(sign, out)
     moment = now or datetime.now(UTC)
     ws.open_registry()
-    if out is None:
-        snapshot = write_devices(
-            ws, stream or sys.stdout, fmt=fmt, filters=filters, as_of=as_of, now=moment
+
+    def produce(handle: TextIO) -> _Snapshot:
+        return write_devices(
+            ws,
+            handle,
+            fmt=fmt,
+            filters=filters,
+            as_of=as_of,
+            now=moment,
+            replay_workers=replay_workers,
         )
-        return {"file": None, "rows": snapshot.rows}
+
+    if out is None:
+        return {"file": None, "rows": produce(stream or sys.stdout).rows}
     _temp_beside(out).unlink()  # fail on an unwritable path before asking for the passphrase
     signer = load_signer(ws, passphrase) if signing else None
 
@@ -446,7 +562,7 @@ def export_devices(
 
     return _export_to_file(
         out,
-        lambda handle: write_devices(ws, handle, fmt=fmt, filters=filters, as_of=as_of, now=moment),
+        produce,
         describe,
         signer,
         moment,

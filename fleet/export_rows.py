@@ -738,31 +738,57 @@ def row_batches(conn: Connection, query: Any) -> Iterator[Sequence[Any]]:
         result.close()
 
 
-def replayed_cells(conn: Connection, as_of: datetime) -> Iterator[Cells]:
+def replayed_cells(
+    conn: Connection,
+    as_of: datetime,
+    *,
+    targets: tuple[str | None, str | None] | None = None,
+    max_seq: int | None = None,
+) -> Iterator[Cells]:
     """Rows' cells as they were at ``as_of``: each device's events up to then, replayed in
     order. Events are read ordered by (target, seq), so only one device's state is in memory.
+
+    ``targets`` ``(lo, hi)`` limits the replay to devices with ``lo <= id < hi`` (``None``:
+    unbounded), and ``max_seq`` to the events up to that audit head, so that processes
+    replaying parts in their own snapshots see the same trail (it is append-only).
     """
     e = AuditEvent.__table__  # type: ignore[attr-defined]
     cutoff = audit.format_ts(as_of)
+    # the audit head the caller read (events are numbered from 1; seq is 32-bit on PostgreSQL)
+    seq_limit = max_seq if max_seq is not None else 2**31 - 1
     removals = conn.execute(
         select(e.c.seq, e.c.target)
-        .where(e.c.action == "cloud.remove", e.c.ts <= cutoff)
+        .where(e.c.action == "cloud.remove", e.c.ts <= cutoff, e.c.seq <= seq_limit)
         .order_by(e.c.seq)
     ).all()
     ctx = ReplayContext(tuple((int(seq), str(target)) for seq, target in removals))
-    query: Any = (
-        select(e.c.seq, e.c.target, e.c.action, e.c.ts, e.c.details)
-        .where(e.c.ts <= cutoff)
-        .order_by(e.c.target, e.c.seq)
+    lo, hi = targets or (None, None)
+    query: Any = select(e.c.seq, e.c.target, e.c.action, e.c.ts, e.c.details).where(
+        e.c.ts <= cutoff, e.c.seq <= seq_limit
     )
+    if lo is not None:
+        query = query.where(e.c.target >= lo)
+    if hi is not None:
+        query = query.where(e.c.target < hi)
+    query = query.order_by(e.c.target, e.c.seq)
     if conn.dialect.name == "sqlite":
-        # Read the table in order and sort: walking an index instead (by target, ts or
-        # action) fetches each event from a random page, as a device's events lie scattered
-        # through the trail (at 2M events: 7.7 s to scan and sort, 12 s to walk the index).
+        # The whole trail: read the table in order and sort (walking an index fetches each
+        # event from a random page, as a device's events lie scattered through the trail;
+        # 2M events: 7.7 s to scan and sort, 12 s to walk). A part of it: walk the target
+        # index over just that range (SQLite would otherwise pick the ts index and sort).
+        where = "ts <= :cutoff AND seq <= :seq_limit"
+        where += " AND target >= :lo" if lo is not None else ""
+        where += " AND target < :hi" if hi is not None else ""
+        source = "NOT INDEXED" if targets is None else "INDEXED BY ix_audit_event_target"
         query = text(
-            "SELECT seq, target, action, ts, details FROM audit_event NOT INDEXED "
-            "WHERE ts <= :cutoff ORDER BY target, seq"
-        ).bindparams(cutoff=cutoff)
+            f"SELECT seq, target, action, ts, details FROM audit_event {source} "
+            f"WHERE {where} ORDER BY target, seq"
+        ).bindparams(
+            cutoff=cutoff,
+            seq_limit=seq_limit,
+            **({"lo": lo} if lo is not None else {}),
+            **({"hi": hi} if hi is not None else {}),
+        )
     handlers = {
         action: [s.replay[action] for s in SECTIONS if action in s.replay]
         for action in LAYOUT.replay_actions

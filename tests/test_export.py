@@ -192,7 +192,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def test_as_of_equals_what_a_plain_export_printed_then(
-    ready_ws: Workspace, out_dir: Path, clock: Clock
+    ready_ws: Workspace, out_dir: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     printed: list[tuple[datetime, dict[str, str]]] = []
 
@@ -234,6 +234,18 @@ def test_as_of_equals_what_a_plain_export_printed_then(
         for fmt in export.FORMATS:
             rebuilt = text_export(ready_ws, fmt, as_of=moment, now=moment)
             assert rebuilt == expected[fmt], (moment, fmt)
+    # the same, replayed in parts of one device by two worker processes (a big registry)
+    monkeypatch.setattr(export, "REPLAY_PART_DEVICES", 1)
+    for moment, expected in printed[1:]:
+        for fmt in export.FORMATS:
+            parts = text_export(ready_ws, fmt, as_of=moment, now=moment, replay_workers=2)
+            assert parts == expected[fmt], (moment, fmt)
+    revoked = export.parse_filters(where=["cert_status=revoked"])
+    serial_text, parallel_text = (
+        text_export(ready_ws, "csv", as_of=clock.now, filters=revoked, replay_workers=n)
+        for n in (1, 2)
+    )
+    assert parallel_text == serial_text and serial_text.count("\r\n") == 3  # header + 2
     # between two events: the earlier state; the exact event time is included
     first_add, second = printed[0][0], printed[1][0]
     assert text_export(ready_ws, "jsonl", as_of=first_add - timedelta(seconds=1)) == ""
