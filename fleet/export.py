@@ -251,11 +251,11 @@ def write_devices(
     with _snapshot_connection(engine) as conn, conn.begin():
         head_seq, head_hash = _read_head(conn)
         if as_of is not None:
-            bounds = _part_bounds(conn) if (replay_workers or os.cpu_count() or 1) > 1 else []
+            workers = replay_workers or os.cpu_count() or 1
+            bounds = _part_bounds(conn) if workers > 1 else []
             if bounds:
                 args = (fmt, filters, as_of, head_seq)
-                parts = _replayed_parts(ws, args, bounds, replay_workers or os.cpu_count() or 1)
-                count = _write_lines(stream, fmt, parts)
+                count = _write_lines(stream, fmt, _replayed_parts(ws, args, bounds, workers))
             else:
                 rendered = _replayed_rows(conn, fmt, filters, as_of)
                 count = _write_rows(stream, fmt, rendered, moment)
