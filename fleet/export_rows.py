@@ -763,32 +763,21 @@ def replayed_cells(
     ).all()
     ctx = ReplayContext(tuple((int(seq), str(target)) for seq, target in removals))
     lo, hi = targets or (None, None)
-    query: Any = select(e.c.seq, e.c.target, e.c.action, e.c.ts, e.c.details).where(
-        e.c.ts <= cutoff, e.c.seq <= seq_limit
-    )
-    if lo is not None:
-        query = query.where(e.c.target >= lo)
-    if hi is not None:
-        query = query.where(e.c.target < hi)
-    query = query.order_by(e.c.target, e.c.seq)
+    params: dict[str, Any] = {"cutoff": cutoff, "seq_limit": seq_limit, "lo": lo, "hi": hi}
+    where = "ts <= :cutoff AND seq <= :seq_limit"
+    where += " AND target >= :lo" if lo is not None else ""
+    where += " AND target < :hi" if hi is not None else ""
+    # SQLite, the whole trail: read the table in order and sort (walking an index fetches
+    # each event from a random page, as a device's events lie scattered through the trail;
+    # 2M events: 7.7 s to scan and sort, 12 s to walk). A part of it: walk the target index
+    # over just that range (SQLite would otherwise pick the ts index and sort).
+    source = ""
     if conn.dialect.name == "sqlite":
-        # The whole trail: read the table in order and sort (walking an index fetches each
-        # event from a random page, as a device's events lie scattered through the trail;
-        # 2M events: 7.7 s to scan and sort, 12 s to walk). A part of it: walk the target
-        # index over just that range (SQLite would otherwise pick the ts index and sort).
-        where = "ts <= :cutoff AND seq <= :seq_limit"
-        where += " AND target >= :lo" if lo is not None else ""
-        where += " AND target < :hi" if hi is not None else ""
         source = "NOT INDEXED" if targets is None else "INDEXED BY ix_audit_event_target"
-        query = text(
-            f"SELECT seq, target, action, ts, details FROM audit_event {source} "
-            f"WHERE {where} ORDER BY target, seq"
-        ).bindparams(
-            cutoff=cutoff,
-            seq_limit=seq_limit,
-            **({"lo": lo} if lo is not None else {}),
-            **({"hi": hi} if hi is not None else {}),
-        )
+    query = text(
+        f"SELECT seq, target, action, ts, details FROM audit_event {source} "
+        f"WHERE {where} ORDER BY target, seq"
+    ).bindparams(**{k: v for k, v in params.items() if f":{k}" in where})
     handlers = {
         action: [s.replay[action] for s in SECTIONS if action in s.replay]
         for action in LAYOUT.replay_actions
