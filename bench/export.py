@@ -296,6 +296,11 @@ def run_child(cmd: list[str]) -> tuple[float, str]:
 
 
 def fleet_export(ws: Workspace, fmt: str, out: Path, as_of: str = "", sign: bool = False) -> dict:
+    # Each run writes a new file, as an export to a new name does. Replacing the previous
+    # run's file would time freeing its blocks too: ~50 ms for 60 MB on this ext4 (mounted
+    # with discard), which is the file system's work, not the export's.
+    for old in (out, out.with_name(out.name + ".manifest.json")):
+        old.unlink(missing_ok=True)
     cmd = [sys.executable, "-c", CHILD, str(ws.home), fmt, str(out), as_of, "sign" if sign else ""]
     cmd.append(ws.db_url or "")
     wall, stdout = run_child(cmd)
@@ -312,6 +317,7 @@ def sqlite_dump(db: Path, out: Path) -> dict | None:
             dialect=sqlite_dialect.dialect(), compile_kwargs={"literal_binds": True}
         )
     )
+    out.unlink(missing_ok=True)  # as for fleet_export
     script = out.with_suffix(".sql")
     script.write_text(f".headers on\n.output {out}\n{sql};\n")
     start = time.perf_counter()
@@ -331,7 +337,7 @@ def sqlite_cache_dump(db: Path, out: Path) -> float | None:
         return None
     moment = iso_moment(datetime.now(UTC))
     sql = str(
-        cached_query("sqlite", "csv", ExportFilters(), moment).compile(
+        cached_query("csv", ExportFilters(), moment).compile(
             dialect=sqlite_dialect.dialect(), compile_kwargs={"literal_binds": True}
         )
     )

@@ -20,7 +20,7 @@ from fleet.errors import RegistryError
 
 # The newest migration; ``tests/test_migrations.py`` checks it equals Alembic's head, so
 # opening a registry needs one SELECT, not a scan of the migration scripts.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 SQLITE_BUSY_TIMEOUT_S = 60
 # The PostgreSQL advisory lock every fleet write transaction holds ("fleet" in ASCII).

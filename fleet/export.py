@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -136,9 +136,10 @@ class _BackgroundWriter:
             raise self._error
 
 
-def _write_lines(stream: TextIO, fmt: str, batches: Iterable[Sequence[bytes]]) -> int:
-    """Write rows given as batches of UTF-8 rows, each already ending in its format's line
-    end (:data:`LINE_ENDS`; JSON objects have none), in ``fmt``; return how many."""
+def _write_lines(stream: TextIO, fmt: str, batches: Iterable[list[bytes]]) -> int:
+    """Write rows given as batches of UTF-8 rows without line ends in ``fmt`` (CSV and
+    JSONL lines end as :data:`LINE_ENDS` says; JSON objects go in an array); return how
+    many. The batches are the caller's to give away (they are appended to)."""
     count = 0
     writer = _BackgroundWriter(_byte_sink(stream))
     write = writer.write
@@ -151,11 +152,14 @@ def _write_lines(stream: TextIO, fmt: str, batches: Iterable[Sequence[bytes]]) -
                     count += len(batch)
             write(b"\n]\n" if count else b"]\n")
         else:
+            end = LINE_ENDS[fmt]
             if fmt == "csv":
-                write((",".join(CSV_COLUMNS) + "\r\n").encode())
+                write(",".join(CSV_COLUMNS).encode() + end)
             for batch in batches:
-                write(b"".join(batch))
-                count += len(batch)
+                if batch:
+                    count += len(batch)
+                    batch.append(b"")  # so the join ends the last line too
+                    write(end.join(batch))
     finally:
         # a failed write leaves the source mid-way: close its cursor (or worker pool) now,
         # while its connection is still open, not whenever it is garbage-collected
@@ -168,9 +172,8 @@ def _write_lines(stream: TextIO, fmt: str, batches: Iterable[Sequence[bytes]]) -
 
 def _batched_lines(rows: Iterable[Rendered], fmt: str, moment: str) -> Iterator[list[bytes]]:
     batch: list[bytes] = []
-    end = LINE_ENDS[fmt]
     for row in rows:
-        batch.append((line(row, fmt, moment) + end).encode())
+        batch.append(line(row, fmt, moment).encode())
         if len(batch) >= BATCH_ROWS:
             yield batch
             batch = []
@@ -202,7 +205,7 @@ def _snapshot_connection(engine: Engine) -> Any:
     return engine.connect().execution_options(fleet_readonly=True)
 
 
-def _cached_batches(conn: Connection, query: Any) -> Iterator[Sequence[bytes]]:
+def _cached_batches(conn: Connection, query: Any) -> Iterator[list[bytes]]:
     first = operator.itemgetter(0)  # the one column, already bytes (a C loop, no Python frame)
     for rows in row_batches(conn, query):
         yield list(map(first, rows))
@@ -263,7 +266,7 @@ def write_devices(
             count = _write_lines(
                 stream,
                 fmt,
-                _cached_batches(conn, cached_query(conn.dialect.name, fmt, filters, moment)),
+                _cached_batches(conn, cached_query(fmt, filters, moment)),
             )
         else:
             rows: Iterable[Rendered] = live_rows(conn, filters)

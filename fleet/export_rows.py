@@ -16,9 +16,11 @@ around the certificate's status, which alone depends on the moment of the export
 certificate past ``not_after`` is ``expired``). Live, as-of and cached rows all go through
 :func:`render`, so every path writes the same bytes.
 
-**The export cache.** ``export_row`` holds each device's :class:`Rendered` row, so a live
-export is one ordered scan that concatenates three strings per row in SQL (no join, no
-per-value Python objects). Database triggers (migration 0003) put the ID of every device
+**The export cache.** ``export_row`` holds each device's row per format family as one
+UTF-8 line with the certificate's stored status in place, so a live export is one ordered
+scan handing stored bytes straight to the file (no join, no per-value Python objects); only
+rows whose active certificate has expired since are patched, in SQL, at export time.
+Database triggers (migration 0003) put the ID of every device
 whose device, certificate or cloud-registration rows change into ``export_dirty``, in the
 writing transaction; :func:`refresh_dirty` re-renders those devices from the live tables and
 empties ``export_dirty`` before the same transaction commits (``fleet.db.write_session``
@@ -46,7 +48,6 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    literal,
     literal_column,
     select,
     text,
@@ -71,9 +72,9 @@ BATCH_ROWS = 5000
 REFRESH_CHUNK = 500
 FULL_REFRESH = 20_000
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-# What ends each row in a file: CSV lines CRLF (RFC 4180), JSONL LF; JSON objects in an
-# array are separated instead.
-LINE_ENDS = {"csv": "\r\n", "jsonl": "\n", "json": ""}
+# What ends each row in a file: CSV lines CRLF (RFC 4180), JSONL LF. Rows are produced
+# without it; JSON objects in an array are separated by ",\n" instead.
+LINE_ENDS = {"csv": b"\r\n", "jsonl": b"\n"}
 
 
 # --- filters ----------------------------------------------------------------------------
@@ -841,33 +842,31 @@ def cells_matcher(filters: ExportFilters, moment: str) -> Callable[[Cells], bool
 # --- the export cache -------------------------------------------------------------------
 
 
-def _status_sql(x: Any, moment: str) -> ColumnElement[Any]:
-    return case(
-        (and_(x.c.cert_status == "active", x.c.cert_not_after < moment), "expired"),
-        else_=func.coalesce(x.c.cert_status, ""),
-    )
-
-
-def cached_query(dialect: str, fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
-    """One column per device, ordered by ID: its CSV line or JSON object at ``moment`` with
-    its line end (:data:`LINE_ENDS`), as UTF-8 bytes to write out as they come; concatenated
-    from ``export_row`` in SQL."""
+def cached_query(fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
+    """One column per device, ordered by ID: its CSV line or JSON object at ``moment`` as
+    UTF-8 bytes without a line end, as stored in ``export_row``; a row whose certificate
+    has expired since it was rendered gets ``expired`` in place of the stored ``active``."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
-    status = _status_sql(x, moment)
-    row_text = x.c.text_a.concat(status).concat(x.c.text_b)
-    if LINE_ENDS[fmt]:
-        row_text = row_text.concat(literal(LINE_ENDS[fmt]))
-    as_bytes = (
-        func.convert_to(row_text, literal_column("'UTF8'"))
-        if dialect == "postgresql"
-        else cast(row_text, LargeBinary)
+    # the stored status is active, but the certificate's not_after has passed
+    expired = and_(x.c.cert_status == "active", x.c.cert_not_after < moment)
+    # bytes on both sides: on PostgreSQL a text operand would make || render bytea as text
+    patched = cast(
+        func.substr(x.c.line, 1, x.c.status_at)
+        .op("||")(cast(literal_column("'expired'"), LargeBinary))
+        .op("||")(func.substr(x.c.line, x.c.status_at + len("active") + 1)),
+        LargeBinary,
     )
-    query = select(as_bytes).select_from(x).where(x.c.format == _cache_format(fmt))
+    query = (
+        select(case((expired, patched), else_=x.c.line))
+        .select_from(x)
+        .where(x.c.format == _cache_format(fmt))
+    )
     if filters.model or filters.serial or filters.status or filters.labels:
         d = Device.__table__  # type: ignore[attr-defined]
         query = _device_filters(query.join(d, d.c.id == x.c.device_id), d.c, filters)
     if filters.cert_status is not None:
         wanted = "" if filters.cert_status == "none" else filters.cert_status
+        status = case((expired, "expired"), else_=func.coalesce(x.c.cert_status, ""))
         query = query.where(status == wanted)
     return query.order_by(x.c.device_id)
 
@@ -904,7 +903,7 @@ def refresh_dirty(conn: Connection) -> int:
 
 def _store(conn: Connection, rows: Iterable[Rendered]) -> None:
     """Upsert rendered rows: a ``csv`` and a ``json`` export row per device (keyed by the
-    device ID at the start of the CSV line)."""
+    device ID at the start of the CSV line), each one UTF-8 line with the stored status."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -914,7 +913,7 @@ def _store(conn: Connection, rows: Iterable[Rendered]) -> None:
     statement = statement.on_conflict_do_update(
         index_elements=[x.c.format, x.c.device_id],
         set_={
-            c: statement.excluded[c] for c in ("text_a", "text_b", "cert_status", "cert_not_after")
+            c: statement.excluded[c] for c in ("line", "status_at", "cert_status", "cert_not_after")
         },
     )
     batch: list[dict[str, Any]] = []
@@ -922,16 +921,18 @@ def _store(conn: Connection, rows: Iterable[Rendered]) -> None:
         # device IDs never need CSV quoting (letters, digits, "-_:.")
         device_id = row.csv_a.partition(",")[0]
         status, not_after = row.cert_status, row.cert_not_after
+        stored = (status or "").encode()
         for fmt, text_a, text_b in (
             ("csv", row.csv_a, row.csv_b),
             ("json", row.json_a, row.json_b),
         ):
+            head = text_a.encode()
             batch.append(
                 {
                     "format": fmt,
                     "device_id": device_id,
-                    "text_a": text_a,
-                    "text_b": text_b,
+                    "line": head + stored + text_b.encode(),
+                    "status_at": len(head),
                     "cert_status": status,
                     "cert_not_after": not_after,
                 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Text, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -126,8 +126,9 @@ class CrlRecord(SQLModel, table=True):
 
 class ExportRow(SQLModel, table=True):
     """A device's export row in one format family (``csv``, or ``json`` for JSON and JSONL),
-    rendered (see :mod:`fleet.export_rows`): ``text_a + status + text_b`` is the CSV line or
-    JSON object, split around the certificate's status, which depends on the moment.
+    rendered (see :mod:`fleet.export_rows`): ``line`` is the CSV line or JSON object as UTF-8,
+    without a line end, holding the certificate's stored status at byte ``status_at``; an
+    export at a moment past ``cert_not_after`` writes ``expired`` there instead of ``active``.
 
     Keyed (format, device ID) and, on SQLite, WITHOUT ROWID: the rows lie in the B-tree in
     export order, so an export reads pages in sequence whatever order devices were added in.
@@ -138,8 +139,8 @@ class ExportRow(SQLModel, table=True):
 
     format: str = Field(primary_key=True, max_length=8)
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
-    text_a: str = Field(sa_column=Column(Text, nullable=False))
-    text_b: str = Field(sa_column=Column(Text, nullable=False))
+    line: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status_at: int = Field(nullable=False)
     cert_status: str | None = Field(default=None, max_length=16)
     cert_not_after: str | None = Field(default=None, max_length=32)  # ISO text, Z
 

@@ -162,12 +162,18 @@ def test_rows_written_around_fleet_are_refreshed_or_read_live(
 
 
 def test_expiry_is_decided_at_export_time(ready_ws: Workspace, tmp_path: Path) -> None:
-    devices.add_device(ready_ws, "d1", out_dir=tmp_path / "out")
+    # multi-byte text before the status: the cache patches it at a byte offset
+    devices.add_device(
+        ready_ws, "d1", out_dir=tmp_path / "out", model="Zähler ✓", labels={"ort": "Köln"}
+    )
     devices.add_device(ready_ws, "d2", out_dir=tmp_path / "out")
     rows = assert_paths_agree(ready_ws)
     not_after = datetime.fromisoformat(rows["d1"]["certificate"]["not_after"])
     certs.revoke_certificate(ready_ws, rows["d2"]["certificate"]["serial"])
     for moment, status in ((not_after, "active"), (not_after + timedelta(seconds=1), "expired")):
+        for fmt in FORMATS:
+            cached = export_text(ready_ws, fmt, now=moment)
+            assert cached == export_text(ready_ws, fmt, now=moment, use_cache=False), fmt
         for use_cache in (True, False):
             got = export_text(ready_ws, "jsonl", now=moment, use_cache=use_cache)
             by_id = {r["id"]: r for r in map(json.loads, got.splitlines())}
@@ -190,15 +196,26 @@ def test_triggers_exist_at_head(ready_ws: Workspace) -> None:
     assert names >= TRIGGERS
 
 
-def test_upgrade_renders_existing_devices(ready_ws: Workspace, cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", ["0002", "0003"])
+def test_upgrade_renders_existing_devices(
+    ready_ws: Workspace, cli: Cli, tmp_path: Path, start: str
+) -> None:
+    """From before the cache (0002) and from its first layout (0003, text around the status)."""
     for i in range(3):
         devices.add_device(ready_ws, f"old-{i}", out_dir=tmp_path / "out", model=f"=m{i}")
     expected = {fmt: export_text(ready_ws, fmt) for fmt in FORMATS}
     from alembic import command
 
     with ready_ws.engine.begin() as conn:
-        command.downgrade(db._alembic_config(conn), "0002")
-    assert "export_row" not in inspect(ready_ws.engine).get_table_names()
+        command.downgrade(db._alembic_config(conn), start)
+    tables = inspect(ready_ws.engine).get_table_names()
+    if start == "0002":
+        assert "export_row" not in tables
+    else:
+        columns = {c["name"] for c in inspect(ready_ws.engine).get_columns("export_row")}
+        assert {"text_a", "text_b"} <= columns and "line" not in columns
+        with ready_ws.engine.connect() as conn:  # not open_registry: the schema is old
+            assert conn.execute(text("SELECT count(*) FROM export_dirty")).scalar_one() == 3
     upgraded = cli("db", "upgrade")
     assert upgraded.exit_code == 0, upgraded.stderr
     with ready_ws.open_registry().connect() as conn:
