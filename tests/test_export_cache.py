@@ -301,11 +301,16 @@ def test_concurrent_writers_on_one_device_leave_it_current(
 
 
 def test_a_failing_output_stops_the_export_with_its_error(
-    ready_sqlite_ws: Workspace, tmp_path: Path
+    ready_ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows are written from a second thread; an error there (a full disk, a closed pipe)
-    surfaces in the caller, and the export stops."""
-    devices.add_device(ready_sqlite_ws, "d1", out_dir=tmp_path / "out")
+    surfaces in the caller, and the export stops mid-read (on PostgreSQL mid-COPY), leaving
+    the registry's connections fit for the next export."""
+    for i in range(3):
+        devices.add_device(ready_ws, f"d{i}", out_dir=tmp_path / "out")
+    expected = {fmt: export_text(ready_ws, fmt) for fmt in FORMATS}
+    for module in (export, export_rows):  # one row a batch: the read is still going
+        monkeypatch.setattr(module, "BATCH_ROWS", 1)
 
     class FullDisk(io.StringIO):
         def write(self, text: str) -> int:
@@ -314,5 +319,14 @@ def test_a_failing_output_stops_the_export_with_its_error(
     for fmt in FORMATS:
         stream = FullDisk()
         with pytest.raises(OSError, match="No space left"):
-            export.write_devices(ready_sqlite_ws, stream, fmt=fmt)
+            export.write_devices(ready_ws, stream, fmt=fmt)
         assert stream.getvalue() == "", fmt
+        assert export_text(ready_ws, fmt) == expected[fmt], fmt
+    # the writer thread may fail only after the read has ended: stop one mid-read here
+    with export._snapshot_connection(ready_ws.open_registry()) as conn, conn.begin():
+        moment = export_rows.iso_moment(datetime.now(UTC))
+        query = export_rows.cached_query("jsonl", export.ExportFilters(), moment)
+        batches = export._cached_batches(conn, query)
+        assert [json.loads(line)["id"] for line in next(batches)] == ["d0"]
+        batches.close()
+        assert conn.execute(text("SELECT count(*) FROM device")).scalar_one() == 3
