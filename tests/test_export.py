@@ -142,6 +142,13 @@ def test_filters(ready_ws: Workspace, cli: Cli, out_dir: Path) -> None:
     assert ids("--where", "serial=S2") == ["a-2"]
     assert ids("--where", "cert_status=revoked") == ["a-3", "a-4"]
     assert ids("--where", "cert_status=active", "--model", "p1") == ["a-1", "a-2"]
+    # quotes in filter values stay values (on PostgreSQL the cache is read by COPY, whose
+    # parameters psycopg binds client-side)
+    add(ready_ws, "a-5", out_dir, model="p'3", labels={"site": "x'); DROP TABLE device; --"})
+    assert ids("--model", "p'3") == ["a-5"]
+    assert ids("--label", "site=x'); DROP TABLE device; --") == ["a-5"]
+    assert ids("--model", "p'3", "--where", "cert_status=active") == ["a-5"]
+    assert len(ids()) == 5
     # the same filters on a rebuilt (--as-of) registry
     later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     assert ids("--as-of", later, "--label", "site=hh") == ["a-1", "a-3"]
