@@ -170,10 +170,11 @@ def _write_lines(stream: TextIO, fmt: str, batches: Iterable[list[bytes]]) -> in
     return count
 
 
-def _batched_lines(rows: Iterable[Rendered], fmt: str, moment: str) -> Iterator[list[bytes]]:
+def _in_batches(lines: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """``lines`` in lists of :data:`BATCH_ROWS` (the last one short, perhaps empty)."""
     batch: list[bytes] = []
-    for row in rows:
-        batch.append(line(row, fmt, moment).encode())
+    for item in lines:
+        batch.append(item)
         if len(batch) >= BATCH_ROWS:
             yield batch
             batch = []
@@ -182,7 +183,7 @@ def _batched_lines(rows: Iterable[Rendered], fmt: str, moment: str) -> Iterator[
 
 def _write_rows(stream: TextIO, fmt: str, rows: Iterable[Rendered], moment: str) -> int:
     """Write rendered rows in ``fmt`` as they are at ``moment``; return how many."""
-    return _write_lines(stream, fmt, _batched_lines(rows, fmt, moment))
+    return _write_lines(stream, fmt, _in_batches(line(r, fmt, moment).encode() for r in rows))
 
 
 @dataclass(frozen=True)
@@ -225,13 +226,7 @@ def _copied_batches(conn: Connection, query: Any) -> Iterator[list[bytes]]:
     statement = f"COPY ({compiled}) TO STDOUT (FORMAT binary)"
     with driver.cursor() as cursor, cursor.copy(statement, compiled.params) as copy:
         copy.set_types(["bytea"])
-        batch: list[bytes] = []
-        for (line,) in copy.rows():
-            batch.append(line)
-            if len(batch) >= BATCH_ROWS:
-                yield batch
-                batch = []
-        yield batch
+        yield from _in_batches(map(operator.itemgetter(0), copy.rows()))
 
 
 def _refresh_cache(engine: Engine) -> None:
@@ -357,7 +352,8 @@ def _replay_part(
         _worker_registries[(home, db_url)] = engine
     with _snapshot_connection(engine) as conn, conn.begin():
         rows = _replayed_rows(conn, fmt, filters, as_of, targets=targets, max_seq=head_seq)
-        return [line for batch in _batched_lines(rows, fmt, iso_moment(as_of)) for line in batch]
+        moment = iso_moment(as_of)
+        return [line(row, fmt, moment).encode() for row in rows]
 
 
 def _replayed_parts(
