@@ -37,13 +37,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))
 
-from fleet import ca  # noqa: E402
-from fleet.cloud import outbox  # noqa: E402
-from fleet.db import write_session  # noqa: E402
+from fleet.cloud import jobs, outbox  # noqa: E402
 from fleet.devices import certificate_row, make_identity  # noqa: E402
-from fleet.models import Device  # noqa: E402
-from fleet.profiles import load_profile  # noqa: E402
-from fleet.registry import init_workspace  # noqa: E402
+from fleet.pki import ca  # noqa: E402
+from fleet.pki.authority import init_workspace  # noqa: E402
+from fleet.pki.profiles import load_profile  # noqa: E402
+from fleet.registry.db import write_session  # noqa: E402
+from fleet.registry.models import Device  # noqa: E402
 from fleet.workspace import Workspace  # noqa: E402
 
 PASSPHRASE = "bench passphrase"
@@ -107,8 +107,8 @@ def sequential_baseline(ws: Workspace, ids: list[str], url: str) -> float:
     """The same PUTs, one after another, with one httpx.Client; returns seconds."""
     from sqlmodel import col, select
 
-    from fleet.db import read_session
-    from fleet.models import Certificate
+    from fleet.registry.db import read_session
+    from fleet.registry.models import Certificate
 
     with read_session(ws.open_registry()) as session:
         rows = list(session.exec(select(Certificate).where(col(Certificate.device_id).in_(ids))))
@@ -140,7 +140,7 @@ def push_phase(
 ) -> tuple[float, outbox.PushReport]:
     outbox.add_cloud(ws, name, "http", {"url": server.url}, **limits)
     with write_session(ws.open_registry()) as session:
-        outbox.enqueue_register(session, ids, [name])
+        jobs.enqueue_register(session, ids, [name])
     start = time.perf_counter()
     (report,) = outbox.push(ws, name, passphrase=PASSPHRASE)
     return time.perf_counter() - start, report

@@ -46,13 +46,16 @@ from sqlalchemy import bindparam, create_engine, insert, inspect, text, update  
 from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from sqlalchemy.exc import DBAPIError  # noqa: E402
 
-from fleet import audit, ca  # noqa: E402
 from fleet.devices import make_identity  # noqa: E402
 from fleet.export import ExportFilters, live_query  # noqa: E402
-from fleet.export_rows import cached_query, iso_moment, refresh_dirty  # noqa: E402
-from fleet.models import AuditEvent, AuditHead, Certificate, Device  # noqa: E402
-from fleet.profiles import load_profile  # noqa: E402
-from fleet.registry import init_workspace, verify_audit  # noqa: E402
+from fleet.export.cache import cached_query, refresh_dirty  # noqa: E402
+from fleet.export.rows import iso_moment  # noqa: E402
+from fleet.pki import ca  # noqa: E402
+from fleet.pki.authority import init_workspace  # noqa: E402
+from fleet.pki.profiles import load_profile  # noqa: E402
+from fleet.registry import audit  # noqa: E402
+from fleet.registry.audit import verify_audit  # noqa: E402
+from fleet.registry.models import AuditEvent, AuditHead, Certificate, Device  # noqa: E402
 from fleet.workspace import Workspace  # noqa: E402
 
 PASSPHRASE = "bench passphrase"

@@ -12,7 +12,7 @@ What it does, all in one run on the same machine:
    every 50 ms from /proc: the sum of RSS, the sum of PSS (shared pages counted once) and,
    after it exits, the largest single process (``ru_maxrss`` of the reaped children);
 3. baseline 1, the in-process floor: one core running only the cryptography calls
-   (P-256 key, the same leaf certificate via ``fleet.ca.issue_device_certificate``, PEM);
+   (P-256 key, the same leaf certificate via ``fleet.pki.ca.issue_device_certificate``, PEM);
 4. baseline 2, a bash loop of the ``openssl`` CLI (ecparam keygen, req, x509 -req signing
    with the workspace's issuing CA) for a sample of devices, extrapolated per device;
 5. CSR mode: N CSRs are generated first (not timed), then provisioned (timed).
@@ -162,8 +162,8 @@ def write_rows(path: Path, ids: list[str], csr_dir: Path | None = None) -> None:
 def crypto_floor(home: Path, count: int) -> float:
     """Devices per second of the bare cryptography calls on one core."""
     sys.path.insert(0, str(REPO))
-    from fleet import ca
-    from fleet.profiles import load_profile
+    from fleet.pki import ca
+    from fleet.pki.profiles import load_profile
 
     issuer = ca.load_issuer(home, PASSPHRASE)
     profile = load_profile("default", home)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
-from fleet import audit, ca
-from fleet.db import read_session, write_session
+from fleet.cloud import jobs
 from fleet.devices import (
     certificate_details,
     certificate_row,
@@ -24,8 +22,12 @@ from fleet.devices import (
 )
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import normalize_serial
-from fleet.models import Certificate
-from fleet.profiles import load_profile
+from fleet.pki import ca
+from fleet.pki.crl import revoke_rows
+from fleet.pki.profiles import load_profile
+from fleet.registry import audit
+from fleet.registry.db import read_session, write_session
+from fleet.registry.models import Certificate
 from fleet.views import certificate_to_dict
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
@@ -73,15 +75,6 @@ def list_certificates(
         return [certificate_to_dict(c, now) for c in rows]
 
 
-def revoke_rows(session: Session, rows: Sequence[Certificate], reason: str, now: datetime) -> None:
-    """Mark ``rows`` revoked (used inside a caller's transaction; no audit event)."""
-    for row in rows:
-        row.status = "revoked"
-        row.revoked_at = now
-        row.revocation_reason = reason
-        session.add(row)
-
-
 def revoke_certificate(
     ws: Workspace, serial: str, *, reason: str = "unspecified"
 ) -> dict[str, Any]:
@@ -100,9 +93,8 @@ def revoke_certificate(
             raise Conflict(f"certificate {wanted} is already revoked ({row.revocation_reason})")
         revoke_rows(session, [row], reason_name, now)
         # The platform must stop accepting this certificate too.
-        from fleet.cloud.outbox import enqueue_deregister  # httpx etc. only when needed
 
-        enqueue_deregister(session, [row.device_id], certificate_serial=wanted, now=now)
+        jobs.enqueue_deregister(session, [row.device_id], certificate_serial=wanted, now=now)
         audit.append(
             session,
             "cert.revoke",

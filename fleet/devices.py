@@ -17,13 +17,16 @@ from cryptography import x509
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet import audit, ca
-from fleet.bundles import StagedBundle, stage_bundle
-from fleet.db import read_session, write_session
+from fleet.cloud import jobs
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
-from fleet.models import Certificate, Device
-from fleet.profiles import KEY_TYPES, Profile, load_profile
+from fleet.pki import ca
+from fleet.pki.bundles import StagedBundle, stage_bundle
+from fleet.pki.crl import revoke_rows
+from fleet.pki.profiles import KEY_TYPES, Profile, load_profile
+from fleet.registry import audit
+from fleet.registry.db import read_session, write_session
+from fleet.registry.models import Certificate, Device
 from fleet.views import device_to_dict
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
@@ -125,7 +128,7 @@ def validate_key_type(key_type: str | None) -> str | None:
 
 
 def read_csr_file(path: Path, device_id: str) -> x509.CertificateSigningRequest:
-    """Read and check a CSR file for ``device_id`` (see :func:`fleet.ca.load_csr`)."""
+    """Read and check a CSR file for ``device_id`` (see :func:`fleet.pki.ca.load_csr`)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -174,9 +177,7 @@ def add_device(
         if session.get(Device, device_id) is not None:
             raise Conflict(f"device {device_id!r} already exists")
         if clouds:
-            from fleet.cloud.outbox import validate_clouds_exist  # only when clouds are named
-
-            validate_clouds_exist(session, clouds)
+            jobs.validate_clouds_exist(session, clouds)
     if out.exists():
         raise Conflict(f"{out} already exists; move it away or choose another --out")
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
@@ -209,9 +210,7 @@ def add_device(
                 at=now,
             )
             if clouds:
-                from fleet.cloud.outbox import enqueue_register
-
-                enqueue_register(session, [device_id], clouds, now=now)
+                jobs.enqueue_register(session, [device_id], clouds, now=now)
             staged.publish()
         staged.commit()
     except IntegrityError as exc:
@@ -342,8 +341,6 @@ def decommission_device(
     ws: Workspace, device_id: str, *, reason: str | None = None
 ) -> dict[str, Any]:
     """Retire a device: revoke its active certificates (cessationOfOperation), keep its row."""
-    from fleet.certs import revoke_rows
-
     validate_text_field("reason", reason, limit=256)
     now = datetime.now(UTC)
     with write_session(ws.open_registry()) as session:
@@ -358,9 +355,8 @@ def decommission_device(
         device.updated_at = now
         session.add(device)
         revoke_rows(session, active, "cessationOfOperation", now)
-        from fleet.cloud.outbox import enqueue_deregister  # httpx etc. only when needed
 
-        enqueue_deregister(session, [device_id], now=now)
+        jobs.enqueue_deregister(session, [device_id], now=now)
         audit.append(
             session,
             "device.decommission",

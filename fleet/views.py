@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet.models import Certificate, Device
+from fleet.registry.models import Certificate, Device
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from fleet import ca, db
 from fleet.errors import AuthError, RegistryError
+from fleet.registry import db, migrations
 
 HOME_ENV = "FLEET_HOME"
 DATABASE_URL_ENV = "FLEET_DATABASE_URL"
+PASSPHRASE_ENV = "FLEET_CA_PASSPHRASE"
 
 
 def default_home() -> Path:
@@ -61,7 +62,7 @@ class Workspace:
             raise RegistryError(
                 f"no fleet workspace at {self.home}: run `fleet init` (or pass --home)"
             )
-        db.check_schema(self.engine)
+        migrations.check_schema(self.engine)
         return self.engine
 
     def close(self) -> None:
@@ -73,7 +74,7 @@ class Workspace:
 
 def passphrase_from_env() -> str | None:
     """The CA passphrase from ``$FLEET_CA_PASSPHRASE``, if set."""
-    return os.environ.get(ca.PASSPHRASE_ENV) or None
+    return os.environ.get(PASSPHRASE_ENV) or None
 
 
 Passphrase = str | bytes | Callable[[], str]
@@ -89,6 +90,6 @@ def require_passphrase(passphrase: Passphrase | None) -> str | bytes:
     value = value or passphrase_from_env()
     if not value:
         raise AuthError(
-            f"the CA passphrase is needed: set {ca.PASSPHRASE_ENV} or run on a terminal to be asked"
+            f"the CA passphrase is needed: set {PASSPHRASE_ENV} or run on a terminal to be asked"
         )
     return value

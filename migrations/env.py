@@ -1,4 +1,4 @@
-"""Alembic environment, driven from code by :func:`fleet.db.upgrade` (no alembic.ini).
+"""Alembic environment, driven from code by :func:`fleet.registry.db.upgrade` (no alembic.ini).
 
 The caller passes an open connection in ``config.attributes["connection"]``; tests and
 ``fleet db upgrade`` both go through that path. ``render_as_batch`` lets ALTERs work on
@@ -8,13 +8,16 @@ SQLite, which rebuilds tables instead.
 from alembic import context
 from sqlmodel import SQLModel
 
-import fleet.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+# every table on SQLModel.metadata: the core ones and those features keep beside their code
+import fleet.cloud.models
+import fleet.export.models
+import fleet.registry.models  # noqa: F401
 
 target_metadata = SQLModel.metadata
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
-        "fleet's migrations run through fleet.db.upgrade(), which passes a connection"
+        "fleet's migrations run through fleet.registry.db.upgrade(), which passes a connection"
     )
 
 context.configure(

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from fleet import ca
 from fleet.cloud.base import CloudBackend, CloudError, ConflictError, DeviceRecord
 from fleet.devices import make_identity
-from fleet.profiles import load_profile
+from fleet.pki import ca
+from fleet.pki.profiles import load_profile
 
 ReadBack = Callable[[str], dict[str, Any] | None]
 MakeDevice = Callable[[str], DeviceRecord]

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from fleet.cli import app
-from fleet.registry import init_workspace
+from fleet.pki.authority import init_workspace
 from fleet.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent

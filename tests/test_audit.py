@@ -10,7 +10,9 @@ import pytest
 from conftest import PASSPHRASE, Cli
 from sqlalchemy import text
 
-from fleet import audit, certs, devices, registry
+from fleet import certs, devices
+from fleet.pki import crl
+from fleet.registry import audit
 from fleet.workspace import Workspace
 
 
@@ -25,7 +27,7 @@ def busy_ws(ready_ws: Workspace, tmp_path: Path) -> Workspace:
     serial = devices.show_device(ready_ws, "a2")["certificates"][0]["serial"]
     certs.revoke_certificate(ready_ws, serial, reason="keyCompromise")
     devices.decommission_device(ready_ws, "a2")
-    registry.publish_crl(ready_ws, passphrase=PASSPHRASE)
+    crl.publish_crl(ready_ws, passphrase=PASSPHRASE)
     return ready_ws
 
 
@@ -61,7 +63,7 @@ def test_hash_is_reproducible_from_the_documented_canonical_form(busy_ws: Worksp
     """An auditor can recompute each hash with nothing but json + sha256."""
     import hashlib
 
-    for event in registry.iter_audit_events(busy_ws):
+    for event in audit.iter_audit_events(busy_ws):
         body = {k: v for k, v in event.items() if k != "hash"}
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert hashlib.sha256(canonical.encode()).hexdigest() == event["hash"]

@@ -18,8 +18,10 @@ from pkitools import (
     pkilint_crl,
 )
 
-from fleet import devices, registry
+from fleet import devices
 from fleet.errors import Conflict, NotFound
+from fleet.pki import authority
+from fleet.registry import audit
 from fleet.workspace import Workspace
 
 
@@ -40,7 +42,7 @@ def test_init_creates_protected_encrypted_ca(sqlite_ws: Workspace, sqlite_cli: C
             serialization.load_pem_private_key(data, password=None)
         serialization.load_pem_private_key(data, password=PASSPHRASE.encode())
     assert PASSPHRASE not in result.stdout + result.stderr
-    events = registry.iter_audit_events(sqlite_ws)
+    events = audit.iter_audit_events(sqlite_ws)
     assert [e["action"] for e in events] == ["ca.init"]
 
 
@@ -59,7 +61,7 @@ def test_init_on_registry_owned_by_another_ca_refuses(ready_ws: Workspace, tmp_p
     else:
         other = Workspace(home=tmp_path / "other", db_url=ready_ws.db_url)
     with pytest.raises(Conflict, match="already belongs to a CA"):
-        registry.init_workspace(other, passphrase=PASSPHRASE)
+        authority.init_workspace(other, passphrase=PASSPHRASE)
     assert not (tmp_path / "other" / "ca").exists()
     other.close()
 
@@ -87,7 +89,7 @@ def test_certificates_are_rfc5280_clean(
     sqlite_ws: Workspace, tmp_path: Path, key_type: str, profile: str
 ) -> None:
     """pkilint (NOTICE) on every certificate and link, and `openssl verify -x509_strict`."""
-    registry.init_workspace(sqlite_ws, name="Lint Co", key_type=key_type, passphrase=PASSPHRASE)
+    authority.init_workspace(sqlite_ws, name="Lint Co", key_type=key_type, passphrase=PASSPHRASE)
     devices.add_device(
         sqlite_ws, "lint-1", profile=profile, out_dir=tmp_path / "out", passphrase=PASSPHRASE
     )
@@ -111,7 +113,7 @@ def test_openssl_rejects_a_leaf_from_another_ca(ready_sqlite_ws: Workspace, tmp_
     """The verification helper can fail: a foreign chain does not verify."""
     devices.add_device(ready_sqlite_ws, "x-1", out_dir=tmp_path, passphrase=PASSPHRASE)
     stranger = Workspace(home=tmp_path / "stranger")
-    registry.init_workspace(stranger, name="Stranger", passphrase=PASSPHRASE)
+    authority.init_workspace(stranger, name="Stranger", passphrase=PASSPHRASE)
     ok, output = openssl_verify(
         stranger.home / "ca" / "root.cert.pem",
         stranger.home / "ca" / "issuing.cert.pem",

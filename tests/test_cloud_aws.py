@@ -24,7 +24,6 @@ from conftest import PASSPHRASE, require_service
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from fleet import ca
 from fleet.cloud.aws import AwsIotBackend, query_string, thing_name_for, uri_label
 from fleet.cloud.base import (
     CaMaterial,
@@ -35,7 +34,8 @@ from fleet.cloud.base import (
 )
 from fleet.cloud.sigv4 import BotocoreSigV4Auth
 from fleet.errors import InvalidInput
-from fleet.profiles import load_profile
+from fleet.pki import ca
+from fleet.pki.profiles import load_profile
 
 REGION = "eu-west-1"
 CERT_ARN = f"arn:aws:iot:{REGION}:123456789012:cert/{'ab' * 32}"

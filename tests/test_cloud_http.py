@@ -18,8 +18,8 @@ from fleet.cloud import outbox
 from fleet.cloud.base import CloudBackend, PermanentError, TransientError
 from fleet.cloud.http import HttpBackend
 from fleet.cloud.models import CloudJob, CloudRegistration
-from fleet.db import read_session
 from fleet.errors import InvalidInput
+from fleet.registry.db import read_session
 from fleet.workspace import Workspace
 
 TOKEN = "Bearer s3cr3t-token-value-4711"
@@ -110,7 +110,7 @@ def test_device_id_is_url_encoded_and_body_carries_certificate(
 ) -> None:
     from cloud_contract import device_record
 
-    from fleet import ca
+    from fleet.pki import ca
 
     issuer = ca.create_ca(tmp_path, "T", "ec-p256", "pass phrase")
     backend = HttpBackend("t", http_options(server))
@@ -131,7 +131,7 @@ def test_device_id_is_url_encoded_and_body_carries_certificate(
 def test_classifies_failures(server: RegistryServer, token_env: str, tmp_path: Path) -> None:
     from cloud_contract import device_record
 
-    from fleet import ca
+    from fleet.pki import ca
 
     issuer = ca.create_ca(tmp_path, "T", "ec-p256", "pass phrase")
     # Generous margins: the box is shared, a normal answer must never hit the timeout.
@@ -255,7 +255,7 @@ def test_missing_header_variable_keeps_jobs_queued(
 ) -> None:
     from conftest import PASSPHRASE
 
-    from fleet.registry import init_workspace
+    from fleet.pki.authority import init_workspace
 
     init_workspace(sqlite_ws, name="T", passphrase=PASSPHRASE)
     monkeypatch.delenv("REG_TOKEN", raising=False)

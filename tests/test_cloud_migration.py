@@ -10,9 +10,17 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-import fleet.models  # noqa: F401  (all tables on the metadata, cloud ones included)
+import fleet.cloud.models
+import fleet.export.models
+import fleet.registry.models  # noqa: F401
 from fleet import devices
-from fleet.db import SCHEMA_HEAD, check_schema, current_revision, script_head, upgrade
+from fleet.registry.migrations import (
+    SCHEMA_HEAD,
+    check_schema,
+    current_revision,
+    script_head,
+    upgrade,
+)
 from fleet.workspace import Workspace
 
 
@@ -38,7 +46,7 @@ def test_upgrade_from_0001_keeps_devices(ready_ws: Workspace, tmp_path: Path) ->
     with engine.begin() as conn:
         from alembic import command
 
-        from fleet.db import _alembic_config
+        from fleet.registry.migrations import _alembic_config
 
         command.downgrade(_alembic_config(conn), "0001")
     assert current_revision(engine) == "0001"

@@ -16,13 +16,16 @@ from cloudserver import RegistryServer
 from conftest import PASSPHRASE, snapshot
 from sqlmodel import select
 
-from fleet import audit, bundles, certs, devices
+from fleet import certs, devices
+from fleet.cloud import jobs as cloud_jobs
 from fleet.cloud import outbox
 from fleet.cloud.base import retry_after_seconds
 from fleet.cloud.models import CloudJob, CloudRegistration
-from fleet.db import read_session, write_session
 from fleet.errors import Conflict, NotFound
-from fleet.registry import init_workspace
+from fleet.pki import bundles
+from fleet.pki.authority import init_workspace
+from fleet.registry import audit
+from fleet.registry.db import read_session, write_session
 from fleet.workspace import Workspace
 
 FAST = outbox.PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
@@ -120,16 +123,16 @@ def test_provisioner_batch_api_rolls_back_with_the_batch(
     ids = add_devices(ready_ws, tmp_path, 3)
     engine = ready_ws.open_registry()
     with pytest.raises(RuntimeError), write_session(engine) as session:
-        assert outbox.enqueue_register(session, ids, ["reg"]) == 3
+        assert cloud_jobs.enqueue_register(session, ids, ["reg"]) == 3
         raise RuntimeError("batch failed")
     assert jobs(ready_ws) == []
     with write_session(engine) as session:
-        assert outbox.enqueue_register(session, ids, ["reg"]) == 3
+        assert cloud_jobs.enqueue_register(session, ids, ["reg"]) == 3
         # Already queued: not queued twice.
-        assert outbox.enqueue_register(session, ids, ["reg"]) == 0
+        assert cloud_jobs.enqueue_register(session, ids, ["reg"]) == 0
     assert len(jobs(ready_ws)) == 3
     with write_session(engine) as session, pytest.raises(NotFound):
-        outbox.enqueue_register(session, ["ghost"], ["reg"])
+        cloud_jobs.enqueue_register(session, ["ghost"], ["reg"])
 
 
 def test_register_refuses_decommissioned_devices(
@@ -140,8 +143,8 @@ def test_register_refuses_decommissioned_devices(
     ids = add_devices(ws, tmp_path, 2)
     devices.decommission_device(ws, ids[0])
     with pytest.raises(Conflict, match="decommissioned"):
-        outbox.queue_registrations(ws, "reg", [ids[0]])
-    assert outbox.queue_registrations(ws, "reg", all_devices=True) == 1
+        cloud_jobs.queue_registrations(ws, "reg", [ids[0]])
+    assert cloud_jobs.queue_registrations(ws, "reg", all_devices=True) == 1
     assert [j.device_id for j in jobs(ws)] == [ids[1]]
 
 

@@ -22,9 +22,11 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pkitools import pkilint_cert, pkilint_chain
 
-from fleet import certs, devices, export, signing
+from fleet import certs, devices, export
 from fleet.errors import AuthError, IntegrityError, InvalidInput
-from fleet.registry import init_workspace, iter_audit_events
+from fleet.pki import signing
+from fleet.pki.authority import init_workspace
+from fleet.registry.audit import iter_audit_events
 from fleet.workspace import Workspace
 
 OPENSSL = shutil.which("openssl")

@@ -1,4 +1,4 @@
-"""The export cache (``export_row``, see fleet/export_rows.py): after every kind of write it
+"""The export cache (``export_row``, see fleet/export/cache.py): after every kind of write it
 must give byte for byte what the live tables and the audit trail (``--as-of``) give. On
 SQLite and PostgreSQL, with a real local HTTP registration server for the cloud columns."""
 
@@ -18,9 +18,12 @@ from cloudserver import RegistryServer
 from conftest import PASSPHRASE, Cli
 from sqlalchemy import inspect, text
 
-from fleet import certs, db, devices, export, export_rows
-from fleet.cloud import outbox
+from fleet import certs, devices, export
+from fleet.cloud import jobs, outbox
+from fleet.export import cache as export_cache
+from fleet.export import rows as export_rows
 from fleet.provision import provision
+from fleet.registry import migrations
 from fleet.workspace import Workspace
 
 FORMATS = ("csv", "json", "jsonl")
@@ -83,7 +86,7 @@ def test_every_write_keeps_the_cache_current(
     assert rows["pump-2"]["clouds"] == ["plant"]
 
     outbox.add_cloud(ws, "backup", "http", {"url": server.url, "timeout": 2.0})
-    outbox.queue_registrations(ws, "backup", all_devices=True)
+    jobs.queue_registrations(ws, "backup", all_devices=True)
     outbox.push(ws, "backup", policy=QUICK)
     rows = assert_paths_agree(ws)
     assert rows["pump-2"]["clouds"] == ["backup", "plant"]
@@ -93,7 +96,7 @@ def test_every_write_keeps_the_cache_current(
     certs.renew_certificate(ws, "pump-2", out_dir=out, passphrase=PASSPHRASE)
     assert_paths_agree(ws)
     # pump-2 is registered with its old certificate; asking again re-queues it (audited)
-    outbox.queue_registrations(ws, "plant", ["pump-2"])
+    jobs.queue_registrations(ws, "plant", ["pump-2"])
     rows = assert_paths_agree(ws)
     assert rows["pump-2"]["clouds"] == ["backup"]
     # the server holds the old certificate: a new one conflicts (rotation is not supported
@@ -207,7 +210,7 @@ def test_upgrade_renders_existing_devices(
     from alembic import command
 
     with ready_ws.engine.begin() as conn:
-        command.downgrade(db._alembic_config(conn), start)
+        command.downgrade(migrations._alembic_config(conn), start)
     tables = inspect(ready_ws.engine).get_table_names()
     if start == "0002":
         assert "export_row" not in tables
@@ -325,7 +328,7 @@ def test_a_failing_output_stops_the_export_with_its_error(
     # the writer thread may fail only after the read has ended: stop one mid-read here
     with export._snapshot_connection(ready_ws.open_registry()) as conn, conn.begin():
         moment = export_rows.iso_moment(datetime.now(UTC))
-        query = export_rows.cached_query("jsonl", export.ExportFilters(), moment)
+        query = export_cache.cached_query("jsonl", export.ExportFilters(), moment)
         batches = export._cached_batches(conn, query)
         assert [json.loads(line)["id"] for line in next(batches)] == ["d0"]
         batches.close()

@@ -26,11 +26,12 @@ from sqlalchemy import create_engine, text
 from sqlmodel import select
 from test_devices import make_csr
 
-from fleet import audit, devices
-from fleet.db import read_session
+from fleet import devices
 from fleet.errors import InvalidInput
-from fleet.models import AuditEvent, Certificate, Device
 from fleet.provision import BATCH_SIZE, FAULT_ENV, provision
+from fleet.registry import audit
+from fleet.registry.db import read_session
+from fleet.registry.models import AuditEvent, Certificate, Device
 from fleet.workspace import Workspace
 
 
@@ -372,8 +373,8 @@ def test_orphan_bundle_is_replaced_foreign_folder_is_not(
     assert (out / "foreign-1" / "notes.txt").read_text() == "keep me"
 
     # A real orphan of orphan-2: signed for orphan-2 by this CA, never registered.
-    from fleet import ca
-    from fleet.profiles import load_profile
+    from fleet.pki import ca
+    from fleet.pki.profiles import load_profile
 
     issuer = ca.load_issuer(ready_sqlite_ws.home, PASSPHRASE)
     identity = devices.make_identity(issuer, "orphan-2", load_profile("default"))

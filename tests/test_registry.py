@@ -13,18 +13,22 @@ from conftest import PASSPHRASE, Cli, run_fleet
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from fleet import db, devices, registry
+import fleet.cloud.models
+import fleet.export.models  # noqa: F401
+from fleet import devices
 from fleet.cli import app
+from fleet.pki import authority
+from fleet.registry import audit, db, migrations
 from fleet.workspace import Workspace
 
 
 def test_schema_head_constant_matches_migrations() -> None:
-    assert db.script_head() == db.SCHEMA_HEAD
+    assert migrations.script_head() == migrations.SCHEMA_HEAD
 
 
 def test_models_and_migrations_do_not_drift(ws: Workspace) -> None:
     ws.home.mkdir(parents=True)
-    db.upgrade(ws.engine)
+    migrations.upgrade(ws.engine)
     with ws.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, SQLModel.metadata) == []
@@ -36,32 +40,32 @@ def test_db_upgrade_and_current(ws: Workspace, cli: Cli) -> None:
         (ws.home / "registry.db").touch()
     current = cli("db", "current", "--json")
     assert current.exit_code == 0, current.stderr
-    assert json.loads(current.stdout) == {"current": None, "head": db.SCHEMA_HEAD}
+    assert json.loads(current.stdout) == {"current": None, "head": migrations.SCHEMA_HEAD}
     first = cli("db", "upgrade")
     assert first.exit_code == 0, first.stderr
-    assert f"upgraded from empty to {db.SCHEMA_HEAD}" in first.stderr
+    assert f"upgraded from empty to {migrations.SCHEMA_HEAD}" in first.stderr
     again = cli("db", "upgrade")
     assert "already at revision" in again.stderr
-    assert json.loads(cli("db", "current", "--json").stdout)["current"] == db.SCHEMA_HEAD
+    assert json.loads(cli("db", "current", "--json").stdout)["current"] == migrations.SCHEMA_HEAD
 
 
 def _older_revisions() -> list[str]:
     from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory.from_config(db._alembic_config())
-    return [r.revision for r in script.walk_revisions() if r.revision != db.SCHEMA_HEAD]
+    script = ScriptDirectory.from_config(migrations._alembic_config())
+    return [r.revision for r in script.walk_revisions() if r.revision != migrations.SCHEMA_HEAD]
 
 
 def test_older_registry_is_refused_then_upgraded(ws: Workspace, cli: Cli) -> None:
     """A registry at an older revision: commands refuse; `fleet db upgrade` brings it up."""
-    registry.init_workspace(ws, passphrase=PASSPHRASE)
+    authority.init_workspace(ws, passphrase=PASSPHRASE)
     devices.add_device(ws, "keep-me", out_dir=ws.home / "out", passphrase=PASSPHRASE)
     older = _older_revisions()
     assert older, "needs at least two migrations"
     from alembic import command
 
     with ws.engine.begin() as conn:
-        command.downgrade(db._alembic_config(conn), older[0])
+        command.downgrade(migrations._alembic_config(conn), older[0])
     refused = cli("device", "list")
     assert refused.exit_code == 5
     assert "run `fleet db upgrade`" in refused.stderr
@@ -160,7 +164,7 @@ def test_concurrent_processes_wait_for_each_other(ready_ws: Workspace, tmp_path:
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
     assert len(devices.list_devices(ready_ws)) == 16
-    verified = registry.verify_audit(ready_ws)
+    verified = audit.verify_audit(ready_ws)
     assert verified.ok and verified.events == 17
 
 

@@ -23,7 +23,7 @@ from fleet.cli import (
     provision_cmds,
 )
 from fleet.cli._common import FleetGroup, ask_passphrase, message, print_json, workspace
-from fleet.registry import init_workspace
+from fleet.pki.authority import init_workspace
 from fleet.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace, default_home
 
 app = typer.Typer(

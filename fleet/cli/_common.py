@@ -18,8 +18,8 @@ from sqlalchemy.exc import OperationalError
 from typer._click.core import Context as ClickContext
 from typer.core import TyperGroup
 
-from fleet.db import redact_url
 from fleet.errors import AuthError, FleetError, RegistryError
+from fleet.registry.db import redact_url
 from fleet.workspace import Workspace, passphrase_from_env
 
 # Piped output is for grep and scripts: never fold a fingerprint across lines there.

@@ -9,10 +9,10 @@ import typer
 import fleet.cli._common as common
 import fleet.cli.export_cmds as export_cmds
 import fleet.export as export_lib
-from fleet import registry
 from fleet.cli._common import fail, message, print_json_array, render, table, workspace
 from fleet.errors import IntegrityError
 from fleet.identifiers import parse_timestamp
+from fleet.registry import audit
 
 app = typer.Typer(help="Read and verify the hash-chained audit trail.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def log(
         fleet audit log --since 7d --json
     """
     start = parse_timestamp(since) if since else None
-    events = registry.iter_audit_events(workspace(ctx), since=start)
+    events = audit.iter_audit_events(workspace(ctx), since=start)
     if json_out:
         print_json_array(events)
         return
@@ -53,7 +53,7 @@ def verify(ctx: typer.Context) -> None:
 
         fleet audit verify
     """
-    result = registry.verify_audit(workspace(ctx))
+    result = audit.verify_audit(workspace(ctx))
     if not result.ok:
         fail(
             f"audit trail broken at event {result.bad_seq}: {result.reason}",

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from fleet import registry
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.files import atomic_write
+from fleet.pki import authority
+from fleet.pki.crl import publish_crl
 
 app = typer.Typer(help="Inspect the CA, export its chain, publish CRLs.", no_args_is_help=True)
 
@@ -26,7 +27,7 @@ def show(
 
         fleet ca show --json
     """
-    info = registry.ca_info(workspace(ctx))
+    info = authority.ca_info(workspace(ctx))
     if json_out:
         print_json(info)
         return
@@ -63,7 +64,7 @@ def chain(
 
         fleet ca chain --out chain.pem
     """
-    _emit(registry.ca_chain_pem(workspace(ctx)), out, "the CA chain")
+    _emit(authority.ca_chain_pem(workspace(ctx)), out, "the CA chain")
 
 
 @app.command("crl")
@@ -77,4 +78,4 @@ def crl(
 
         fleet ca crl --out fleet.crl.pem
     """
-    _emit(registry.publish_crl(workspace(ctx), passphrase=ask_passphrase), out, "the CRL")
+    _emit(publish_crl(workspace(ctx), passphrase=ask_passphrase), out, "the CRL")

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from fleet import registry
 from fleet.cli._common import message, print_json, workspace
+from fleet.registry import migrations
 
 app = typer.Typer(help="Registry schema migrations.", no_args_is_help=True)
 
@@ -20,7 +20,7 @@ def upgrade(ctx: typer.Context) -> None:
 
         fleet --db postgresql+psycopg://fleet@db/fleet db upgrade
     """
-    result = registry.upgrade_registry(workspace(ctx))
+    result = migrations.upgrade_registry(workspace(ctx))
     if result["from"] == result["to"]:
         message(f"registry already at revision {result['to']}")
     else:
@@ -38,7 +38,7 @@ def current(
 
         fleet db current
     """
-    result = registry.current_schema(workspace(ctx))
+    result = migrations.current_schema(workspace(ctx))
     if json_out:
         print_json(result)
         return

@@ -34,7 +34,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fleet.ca import fingerprint_sha256, verify_issued_by
 from fleet.cloud.base import (
     CaMaterial,
     CheckResult,
@@ -48,6 +47,7 @@ from fleet.cloud.base import (
 )
 from fleet.cloud.sigv4 import BotocoreSigV4Auth, CredentialsError
 from fleet.errors import InvalidInput
+from fleet.pki.ca import fingerprint_sha256, verify_issued_by
 
 # AWS IoT's own rules (botocore service model iot/2015-05-28: ThingName, AttributeName,
 # AttributeValue, ThingGroupName, PolicyName).

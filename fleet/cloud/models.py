@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-from fleet.models import _utc_column
+from fleet.registry.models import utc_column
 
 JOB_ACTIONS = ("register", "deregister")
 JOB_STATES = ("pending", "retry", "done", "failed")
@@ -34,7 +34,7 @@ class Cloud(SQLModel, table=True):
     state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     concurrency: int
     rate_per_second: float | None = None  # None: no rate limit
-    created_at: datetime = _utc_column(nullable=False)
+    created_at: datetime = utc_column(nullable=False)
 
 
 class CloudJob(SQLModel, table=True):
@@ -48,13 +48,13 @@ class CloudJob(SQLModel, table=True):
     action: str = Field(max_length=16)
     state: str = Field(default="pending", max_length=16, index=True)
     attempts: int = 0
-    next_attempt_at: datetime | None = _utc_column(nullable=True)
+    next_attempt_at: datetime | None = utc_column(nullable=True)
     last_error: str | None = Field(default=None, max_length=512)
     # Sent with every attempt of this job (HTTP Idempotency-Key), so a retry of a request
     # whose response was lost is recognised by the server.
     idempotency_key: str = Field(max_length=64, unique=True)
-    created_at: datetime = _utc_column(nullable=False)
-    updated_at: datetime = _utc_column(nullable=False)
+    created_at: datetime = utc_column(nullable=False)
+    updated_at: datetime = utc_column(nullable=False)
 
 
 class CloudRegistration(SQLModel, table=True):
@@ -71,7 +71,7 @@ class CloudRegistration(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=512)
     connected: bool | None = None
-    last_activity: datetime | None = _utc_column(nullable=True)
+    last_activity: datetime | None = utc_column(nullable=True)
     firmware_version: str | None = Field(default=None, max_length=128)
-    status_checked_at: datetime | None = _utc_column(nullable=True)
-    updated_at: datetime = _utc_column(nullable=False)
+    status_checked_at: datetime | None = utc_column(nullable=True)
+    updated_at: datetime = utc_column(nullable=False)

@@ -64,13 +64,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
-from fleet import audit, ca
-from fleet.bundles import CERT_FILE, CHAIN_FILE, KEY_FILE
-from fleet.db import read_session, write_session
+from fleet.cloud import jobs
 from fleet.errors import FleetError, InvalidInput, RegistryError
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
-from fleet.models import UTCDateTime
-from fleet.profiles import Profile, load_profile
+from fleet.pki import ca
+from fleet.pki.bundles import CERT_FILE, CHAIN_FILE, KEY_FILE
+from fleet.pki.profiles import Profile, load_profile
+from fleet.registry import audit
+from fleet.registry.db import read_session, write_session
+from fleet.registry.models import UTCDateTime
 from fleet.views import iso
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
@@ -1030,9 +1032,9 @@ class _Provisioner:
                     session, events, at=now, insert_rows=lambda t, r: _bulk_insert(session, t, r)
                 )
                 if self.clouds and device_rows:
-                    from fleet.cloud.outbox import enqueue_register
-
-                    enqueue_register(session, [r["id"] for r in device_rows], self.clouds, now=now)
+                    jobs.enqueue_register(
+                        session, [r["id"] for r in device_rows], self.clouds, now=now
+                    )
                 self.faults.hit("before-commit")
             committed = True
         finally:
@@ -1271,10 +1273,8 @@ def provision(
         raise InvalidInput(f"--out {out_dir} is not a folder")
     engine = ws.open_registry()
     if clouds:
-        from fleet.cloud.outbox import validate_clouds_exist  # httpx etc. only when needed
-
         with read_session(engine) as session:
-            clouds = validate_clouds_exist(session, clouds)
+            clouds = jobs.validate_clouds_exist(session, clouds)
     issuing_cert, _root = ca.load_ca_certificates(ws.home)
     issuer = None if dry_run else ca.load_issuer(ws.home, require_passphrase(passphrase))
     summary = ProvisionSummary(

@@ -17,12 +17,16 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, insert, update
 from sqlmodel import Session, col, select
 
-from fleet.models import AuditEvent, AuditHead
+from fleet.registry.db import read_session
+from fleet.registry.models import AuditEvent, AuditHead
+
+if TYPE_CHECKING:
+    from fleet.workspace import Workspace
 
 GENESIS_HASH = "0" * 64
 HASHED_FIELDS = ("seq", "ts", "actor", "action", "target", "details", "prev_hash")
@@ -240,3 +244,18 @@ def verify(session: Session) -> VerifyResult:
             f"the table holds {count} ending in {prev[:12]}… (events removed from the end?)",
         )
     return VerifyResult(True, count, prev)
+
+
+def iter_audit_events(
+    ws: Workspace, *, since: datetime | None = None, until: datetime | None = None
+) -> Iterator[dict[str, Any]]:
+    """Audit events in order, as exported (hashed fields plus ``hash``)."""
+    with read_session(ws.open_registry()) as session:
+        for event in iter_events(session, since=since, until=until):
+            yield event_to_dict(event)
+
+
+def verify_audit(ws: Workspace) -> VerifyResult:
+    """Re-hash the audit trail; see :func:`verify`."""
+    with read_session(ws.open_registry()) as session:
+        return verify(session)

@@ -1,12 +1,15 @@
-"""Registry tables (SQLModel). Alembic migrations in ``migrations/versions`` mirror these;
-``tests/test_migrations.py`` fails when the two drift apart."""
+"""The registry's core tables (SQLModel): devices, certificates, the audit trail, CRLs.
+
+Features keep their own tables beside their code (:mod:`fleet.export.models`,
+:mod:`fleet.cloud.models`). Alembic migrations in ``migrations/versions`` mirror all of them;
+the migration drift test fails when the two drift apart."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Text, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -39,7 +42,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc_column(*, nullable: bool, index: bool = False) -> Any:
+def utc_column(*, nullable: bool, index: bool = False) -> Any:
+    """A :class:`UTCDateTime` column for a SQLModel table."""
     return Field(
         default=None,
         sa_column=Column(UTCDateTime(), nullable=nullable, index=index),
@@ -56,9 +60,9 @@ class Device(SQLModel, table=True):
     serial: str | None = Field(default=None, max_length=128)
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = Field(default="active", max_length=16, index=True)
-    created_at: datetime = _utc_column(nullable=False)
-    updated_at: datetime = _utc_column(nullable=False)
-    decommissioned_at: datetime | None = _utc_column(nullable=True)
+    created_at: datetime = utc_column(nullable=False)
+    updated_at: datetime = utc_column(nullable=False)
+    decommissioned_at: datetime | None = utc_column(nullable=True)
     decommission_reason: str | None = Field(default=None, max_length=256)
 
 
@@ -72,20 +76,20 @@ class Certificate(SQLModel, table=True):
     device_id: str = Field(foreign_key="device.id", max_length=64, index=True)
     fingerprint_sha256: str = Field(max_length=64, unique=True)
     subject: str = Field(max_length=512)
-    not_before: datetime = _utc_column(nullable=False)
-    not_after: datetime = _utc_column(nullable=False, index=True)
+    not_before: datetime = utc_column(nullable=False)
+    not_after: datetime = utc_column(nullable=False, index=True)
     status: str = Field(default="active", max_length=16, index=True)
-    revoked_at: datetime | None = _utc_column(nullable=True)
+    revoked_at: datetime | None = utc_column(nullable=True)
     revocation_reason: str | None = Field(default=None, max_length=32)
     profile: str = Field(max_length=64)
     key_type: str = Field(max_length=16)
     key_origin: str = Field(max_length=16)  # "generated" or "csr"
-    issued_at: datetime = _utc_column(nullable=False)
+    issued_at: datetime = utc_column(nullable=False)
     pem: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class AuditEvent(SQLModel, table=True):
-    """One link of the hash-chained audit trail (see :mod:`fleet.audit`).
+    """One link of the hash-chained audit trail (see :mod:`fleet.registry.audit`).
 
     ``ts`` and ``details`` are stored exactly as hashed (ISO-8601 text, canonical JSON), so a
     row read back re-hashes to the same value on every backend.
@@ -119,40 +123,6 @@ class CrlRecord(SQLModel, table=True):
     __tablename__ = "crl"
 
     number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
-    this_update: datetime = _utc_column(nullable=False)
-    next_update: datetime = _utc_column(nullable=False)
+    this_update: datetime = utc_column(nullable=False)
+    next_update: datetime = utc_column(nullable=False)
     revoked_count: int
-
-
-class ExportRow(SQLModel, table=True):
-    """A device's export row in one format family (``csv``, or ``json`` for JSON and JSONL),
-    rendered (see :mod:`fleet.export_rows`): ``line`` is the CSV line or JSON object as UTF-8,
-    without a line end, holding the certificate's stored status at byte ``status_at``; an
-    export at a moment past ``cert_not_after`` writes ``expired`` there instead of ``active``.
-
-    Keyed (format, device ID) and, on SQLite, WITHOUT ROWID: the rows lie in the B-tree in
-    export order, so an export reads pages in sequence whatever order devices were added in.
-    """
-
-    __tablename__ = "export_row"
-    __table_args__ = {"sqlite_with_rowid": False}
-
-    format: str = Field(primary_key=True, max_length=8)
-    device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
-    line: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    status_at: int = Field(nullable=False)
-    cert_status: str | None = Field(default=None, max_length=16)
-    cert_not_after: str | None = Field(default=None, max_length=32)  # ISO text, Z
-
-
-class ExportDirty(SQLModel, table=True):
-    """Devices whose export row must be re-rendered; filled by triggers (migration 0003)."""
-
-    __tablename__ = "export_dirty"
-
-    device_id: str = Field(primary_key=True, max_length=64)
-
-
-# Cloud registration tables live with their feature; importing them here puts them on
-# SQLModel.metadata wherever the registry's models are loaded (migrations, drift test).
-from fleet.cloud import models as _cloud_models  # noqa: E402, F401

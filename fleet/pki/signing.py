@@ -39,11 +39,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from fleet import audit, ca
-from fleet.db import write_session
 from fleet.errors import AuthError, InvalidInput, RegistryError
 from fleet.files import write_private_file
-from fleet.profiles import Profile
+from fleet.pki import ca
+from fleet.pki.profiles import Profile
+from fleet.registry import audit
+from fleet.registry.db import write_session
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 SIGNER_KEY_FILE = "export-signing.key.pem"

@@ -1,6 +1,6 @@
 """Auditor exports: the registry (now, or as it was at a moment) and the audit trail.
 
-Rows (their layout, rendering and sources) come from :mod:`fleet.export_rows`: a live export
+Rows (their layout, rendering and sources) come from :mod:`fleet.export.rows`: a live export
 reads the export cache in one ordered scan, ``--as-of`` replays the audit trail. CSV is flat
 (RFC 4180, CRLF line ends, a header row of :data:`CSV_COLUMNS`); free-text cells that start
 with ``=``, ``+``, ``-``, ``@``, TAB or CR get a leading ``'`` so spreadsheets do not run
@@ -8,7 +8,7 @@ them as formulas (OWASP's advice). JSON (an array, one device per line) and JSON
 and unescaped. Nothing secret is exported: no keys, no PEM.
 
 Written files appear whole or not at all: rows stream to a temporary file beside the target,
-which is renamed into place once the manifest and signatures (:mod:`fleet.signing`) exist.
+which is renamed into place once the manifest and signatures (:mod:`fleet.pki.signing`) exist.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from fleet import __version__, audit, ca
-from fleet.db import read_session, write_session
+from fleet import __version__
 from fleet.errors import InvalidInput
-from fleet.export_rows import (
+from fleet.export.cache import cache_is_current, cached_query
+from fleet.export.rows import (
     BATCH_ROWS,
     CERT_FIELDS,
     CSV_COLUMNS,
@@ -53,8 +53,6 @@ from fleet.export_rows import (
     ExportFilters,
     Rendered,
     Section,
-    cache_is_current,
-    cached_query,
     canonical_labels,
     cells_matcher,
     csv_safe,
@@ -69,8 +67,8 @@ from fleet.export_rows import (
     row_batches,
     row_to_object,
 )
-from fleet.models import AuditHead, Device
-from fleet.signing import (
+from fleet.pki import ca
+from fleet.pki.signing import (
     SignatureError,
     Signer,
     load_root,
@@ -79,6 +77,9 @@ from fleet.signing import (
     sign_detached,
     verify_detached,
 )
+from fleet.registry import audit
+from fleet.registry.db import read_session, write_session
+from fleet.registry.models import AuditHead, Device
 from fleet.workspace import Passphrase, Workspace
 
 FORMATS = ("csv", "json", "jsonl")
@@ -605,7 +606,8 @@ def export_audit(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Export the audit events in ``[since, until)`` as JSONL with their hashes, signed like
-    :func:`export_devices`. Each line is the event's canonical JSON (see :mod:`fleet.audit`)
+    :func:`export_devices`. Each line is the event's canonical JSON (see
+    :mod:`fleet.registry.audit`)
     plus ``hash``, so an auditor can recompute the chain.
     Example::
 

@@ -31,13 +31,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleet.errors import AuthError, Conflict, InvalidInput, RegistryError
 from fleet.files import write_private_file
-from fleet.profiles import Profile
+from fleet.pki.profiles import Profile
 
 CA_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-3072")
 ROOT_VALIDITY = timedelta(days=20 * 365)
 ISSUING_VALIDITY = timedelta(days=10 * 365)
 CRL_VALIDITY = timedelta(days=7)
-PASSPHRASE_ENV = "FLEET_CA_PASSPHRASE"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -88,7 +87,7 @@ def normalize_reason(reason: str) -> str:
 
 
 def generate_key(key_type: str) -> PrivateKey:
-    """A new private key of ``key_type`` (see :data:`fleet.profiles.KEY_TYPES`)."""
+    """A new private key of ``key_type`` (see :data:`fleet.pki.profiles.KEY_TYPES`)."""
     if key_type in _CURVES:
         return ec.generate_private_key(_CURVES[key_type])
     if key_type.startswith("rsa-"):

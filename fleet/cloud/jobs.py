@@ -1,0 +1,252 @@
+"""Queueing cloud jobs: the outbox rows written inside the caller's transaction.
+
+Registry changes that a cloud must learn of (a device added with ``--cloud``, a certificate
+revoked, a device decommissioned) write their ``cloud_job`` rows here, in the same
+transaction as the change. This module is SQL only: it never imports httpx or a backend, so
+registry commands stay light; :mod:`fleet.cloud.outbox` pushes the jobs later.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, col, select
+
+from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
+from fleet.errors import Conflict, InvalidInput, NotFound
+from fleet.registry import audit
+from fleet.registry.db import write_session
+from fleet.registry.models import Certificate, Device
+
+if TYPE_CHECKING:
+    from fleet.workspace import Workspace
+
+OPEN_STATES = ("pending", "retry")
+CHUNK = 500  # ids per IN (...) query
+
+
+def get_cloud(session: Session, name: str) -> Cloud:
+    """The cloud row, or :class:`NotFound`."""
+    cloud = session.get(Cloud, name)
+    if cloud is None:
+        raise NotFound(f"no cloud named {name!r}: see `fleet cloud list`")
+    return cloud
+
+
+def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _require_clouds(session: Session, clouds: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(clouds))
+    for name in names:
+        get_cloud(session, name)
+    return names
+
+
+def validate_clouds_exist(session: Session, clouds: Iterable[str]) -> list[str]:
+    """The distinct cloud names, or :class:`NotFound` for the first unknown one."""
+    return _require_clouds(session, clouds)
+
+
+def _newest_active(session: Session, device_ids: Sequence[str]) -> dict[str, Certificate]:
+    result: dict[str, Certificate] = {}
+    for chunk in _chunks(device_ids):
+        query = select(Certificate).where(
+            col(Certificate.device_id).in_(chunk), Certificate.status == "active"
+        )
+        for cert in session.exec(query):
+            best = result.get(cert.device_id)
+            if best is None or cert.issued_at > best.issued_at:
+                result[cert.device_id] = cert
+    return result
+
+
+def _open_jobs(
+    session: Session, device_ids: Sequence[str], clouds: Sequence[str]
+) -> list[CloudJob]:
+    found: list[CloudJob] = []
+    for chunk in _chunks(device_ids):
+        query = select(CloudJob).where(
+            col(CloudJob.device_id).in_(chunk),
+            col(CloudJob.cloud).in_(clouds),
+            col(CloudJob.state).in_(OPEN_STATES),
+        )
+        found.extend(session.exec(query))
+    return found
+
+
+def _registrations(
+    session: Session, device_ids: Sequence[str], clouds: Sequence[str] | None
+) -> list[CloudRegistration]:
+    found: list[CloudRegistration] = []
+    for chunk in _chunks(device_ids):
+        query = select(CloudRegistration).where(col(CloudRegistration.device_id).in_(chunk))
+        if clouds is not None:
+            query = query.where(col(CloudRegistration.cloud).in_(clouds))
+        found.extend(session.exec(query))
+    return found
+
+
+def _new_job(device_id: str, cloud: str, action: str, now: datetime) -> CloudJob:
+    return CloudJob(
+        device_id=device_id,
+        cloud=cloud,
+        action=action,
+        state="pending",
+        attempts=0,
+        next_attempt_at=now,
+        idempotency_key=uuid.uuid4().hex,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def enqueue_register(
+    session: Session,
+    device_ids: Sequence[str],
+    clouds: Sequence[str],
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Queue registration of ``device_ids`` on ``clouds`` in the caller's transaction.
+
+    For a provisioner: call it per batch inside the batch's write transaction, after the
+    devices and certificates are flushed; if the transaction rolls back, so do the jobs.
+    Unknown clouds raise :class:`NotFound` and decommissioned or certificate-less devices
+    :class:`Conflict` (both before anything is written). A device already registered with
+    its current certificate, or with a register job already queued, is skipped. Returns the
+    number of jobs queued. Example::
+
+        with write_session(engine) as session:
+            ...  # add devices + certificates, session.flush()
+            enqueue_register(session, ["pump-1", "pump-2"], ["plant"])
+    """
+    names = _require_clouds(session, clouds)
+    ids = list(dict.fromkeys(device_ids))
+    if not names or not ids:
+        return 0
+    moment = now or datetime.now(UTC)
+    session.flush()
+    devices: dict[str, Device] = {}
+    for chunk in _chunks(ids):
+        devices.update(
+            {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(chunk)))}
+        )
+    certs = _newest_active(session, ids)
+    for device_id in ids:
+        device = devices.get(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r} in the registry")
+        if device.status != "active":
+            raise Conflict(f"device {device_id!r} is decommissioned and cannot be registered")
+        if device_id not in certs:
+            raise Conflict(f"device {device_id!r} has no active certificate to register")
+    queued = {
+        (j.device_id, j.cloud) for j in _open_jobs(session, ids, names) if j.action == "register"
+    }
+    regs = {(r.device_id, r.cloud): r for r in _registrations(session, ids, names)}
+    count = 0
+    for device_id in ids:
+        serial = certs[device_id].serial
+        for cloud in names:
+            reg = regs.get((device_id, cloud))
+            if (device_id, cloud) in queued:
+                continue
+            if reg is not None and reg.status == "registered" and reg.certificate_serial == serial:
+                continue
+            session.add(_new_job(device_id, cloud, "register", moment))
+            if reg is None:
+                reg = CloudRegistration(device_id=device_id, cloud=cloud, remote={})
+            elif reg.status == "registered":
+                # Registered with an older certificate: from now on the registry counts the
+                # device as pending there. The audit trail says so, for --as-of exports.
+                audit.append(
+                    session,
+                    "cloud.queue",
+                    device_id,
+                    {
+                        "cloud": cloud,
+                        "certificate_serial": serial,
+                        "previous_certificate_serial": reg.certificate_serial,
+                    },
+                    at=moment,
+                )
+            reg.status = "pending"
+            reg.certificate_serial = serial
+            reg.attempts = 0
+            reg.last_error = None
+            reg.updated_at = moment
+            session.add(reg)
+            count += 1
+    session.flush()
+    return count
+
+
+def enqueue_deregister(
+    session: Session,
+    device_ids: Sequence[str],
+    clouds: Sequence[str] | None = None,
+    *,
+    certificate_serial: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Queue deregistration of ``device_ids`` in the caller's transaction.
+
+    Covers every cloud where the device is registered, pending or failed (or only
+    ``clouds``); with ``certificate_serial`` only registrations of that certificate (what a
+    revocation affects). Queued register jobs for the same device and cloud are superseded
+    (marked failed); the deregistration still runs, since an earlier attempt may have
+    reached the platform. Returns the number of jobs queued.
+    """
+    ids = list(dict.fromkeys(device_ids))
+    names = None if clouds is None else _require_clouds(session, clouds)
+    if not ids:
+        return 0
+    moment = now or datetime.now(UTC)
+    session.flush()
+    regs = [
+        r
+        for r in _registrations(session, ids, names)
+        if r.status in ("pending", "registered", "failed")
+        and (certificate_serial is None or r.certificate_serial == certificate_serial)
+    ]
+    if not regs:
+        return 0
+    cloud_names = sorted({r.cloud for r in regs})
+    open_jobs = _open_jobs(session, ids, cloud_names)
+    queued = {(j.device_id, j.cloud) for j in open_jobs if j.action == "deregister"}
+    targets = {(r.device_id, r.cloud) for r in regs}
+    for job in open_jobs:
+        if job.action == "register" and (job.device_id, job.cloud) in targets:
+            job.state = "failed"
+            job.last_error = "superseded by a deregistration"
+            job.updated_at = moment
+            session.add(job)
+    count = 0
+    for reg in regs:
+        if (reg.device_id, reg.cloud) in queued:
+            continue
+        session.add(_new_job(reg.device_id, reg.cloud, "deregister", moment))
+        count += 1
+    session.flush()
+    return count
+
+
+def queue_registrations(
+    ws: Workspace, name: str, device_ids: Sequence[str] = (), *, all_devices: bool = False
+) -> int:
+    """Queue registration of devices (or every active one) on a cloud; returns jobs queued."""
+    if bool(device_ids) == all_devices:
+        raise InvalidInput("give device IDs or --all (not both)")
+    with write_session(ws.open_registry()) as session:
+        get_cloud(session, name)
+        ids = list(device_ids)
+        if all_devices:
+            query = select(Device.id).where(Device.status == "active").order_by(Device.id)
+            ids = list(session.exec(query))
+        return enqueue_register(session, ids, [name])

@@ -1,0 +1,137 @@
+"""The export cache: each device's rendered export row, kept current in every write.
+
+``export_row`` holds each device's row per format family as one
+UTF-8 line with the certificate's stored status in place, so a live export is one ordered
+scan handing stored bytes straight to the file (no join, no per-value Python objects); only
+rows whose active certificate has expired since are patched, in SQL, at export time.
+Database triggers (migration 0003) put the ID of every device
+whose device, certificate or cloud-registration rows change into ``export_dirty``, in the
+writing transaction; :func:`refresh_dirty` re-renders those devices from the live tables and
+empties ``export_dirty`` before the same transaction commits (``fleet.registry.db.write_session``
+calls it). So a committed registry has a current cache unless something wrote around
+``write_session``; the export then refreshes first, or (a read-only registry) falls back to
+the live query. A migration that changes the row layout marks every device dirty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import LargeBinary, Select, and_, case, cast, delete, func, literal_column, select
+from sqlalchemy.engine import Connection
+
+from fleet.export.models import ExportDirty, ExportRow
+from fleet.export.rows import (
+    BATCH_ROWS,
+    ExportFilters,
+    Rendered,
+    _device_filters,
+    live_rows,
+)
+from fleet.registry.models import Device
+
+REFRESH_CHUNK = 500
+FULL_REFRESH = 20_000
+
+
+def cached_query(fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
+    """One column per device, ordered by ID: its CSV line or JSON object at ``moment`` as
+    UTF-8 bytes without a line end, as stored in ``export_row``; a row whose certificate
+    has expired since it was rendered gets ``expired`` in place of the stored ``active``."""
+    x = ExportRow.__table__  # type: ignore[attr-defined]
+    # the stored status is active, but the certificate's not_after has passed
+    expired = and_(x.c.cert_status == "active", x.c.cert_not_after < moment)
+    # bytes on both sides: on PostgreSQL a text operand would make || render bytea as text
+    patched = cast(
+        func.substr(x.c.line, 1, x.c.status_at)
+        .op("||")(cast(literal_column("'expired'"), LargeBinary))
+        .op("||")(func.substr(x.c.line, x.c.status_at + len("active") + 1)),
+        LargeBinary,
+    )
+    query = (
+        select(case((expired, patched), else_=x.c.line))
+        .select_from(x)
+        .where(x.c.format == _cache_format(fmt))
+    )
+    if filters.model or filters.serial or filters.status or filters.labels:
+        d = Device.__table__  # type: ignore[attr-defined]
+        query = _device_filters(query.join(d, d.c.id == x.c.device_id), d.c, filters)
+    if filters.cert_status is not None:
+        wanted = "" if filters.cert_status == "none" else filters.cert_status
+        status = case((expired, "expired"), else_=func.coalesce(x.c.cert_status, ""))
+        query = query.where(status == wanted)
+    return query.order_by(x.c.device_id)
+
+
+def _cache_format(fmt: str) -> str:
+    """The ``export_row.format`` a format reads: ``csv``, or ``json`` for JSON and JSONL."""
+    return "csv" if fmt == "csv" else "json"
+
+
+def cache_is_current(conn: Connection) -> bool:
+    """True when no device waits in ``export_dirty`` (as this connection sees it)."""
+    dirty = ExportDirty.__table__  # type: ignore[attr-defined]
+    return conn.execute(select(dirty.c.device_id).limit(1)).first() is None
+
+
+def refresh_dirty(conn: Connection) -> int:
+    """Re-render every device in ``export_dirty`` into ``export_row`` and take it off the
+    list, in the caller's transaction. Returns how many devices were rendered."""
+    dirty = ExportDirty.__table__  # type: ignore[attr-defined]
+    ids = sorted(row[0] for row in conn.execute(select(dirty.c.device_id)))
+    if not ids:
+        return 0
+    if len(ids) > FULL_REFRESH:
+        _store(conn, live_rows(conn, ExportFilters()))
+    else:
+        for start in range(0, len(ids), REFRESH_CHUNK):
+            chunk = ids[start : start + REFRESH_CHUNK]
+            _store(conn, list(live_rows(conn, ExportFilters(), chunk)))
+    # Only the IDs read above: on PostgreSQL another transaction may have listed more since.
+    for start in range(0, len(ids), BATCH_ROWS):
+        conn.execute(delete(dirty).where(dirty.c.device_id.in_(ids[start : start + BATCH_ROWS])))
+    return len(ids)
+
+
+def _store(conn: Connection, rows: Iterable[Rendered]) -> None:
+    """Upsert rendered rows: a ``csv`` and a ``json`` export row per device (keyed by the
+    device ID at the start of the CSV line), each one UTF-8 line with the stored status."""
+    x = ExportRow.__table__  # type: ignore[attr-defined]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    statement = insert(x)
+    statement = statement.on_conflict_do_update(
+        index_elements=[x.c.format, x.c.device_id],
+        set_={
+            c: statement.excluded[c] for c in ("line", "status_at", "cert_status", "cert_not_after")
+        },
+    )
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        # device IDs never need CSV quoting (letters, digits, "-_:.")
+        device_id = row.csv_a.partition(",")[0]
+        status, not_after = row.cert_status, row.cert_not_after
+        stored = (status or "").encode()
+        for fmt, text_a, text_b in (
+            ("csv", row.csv_a, row.csv_b),
+            ("json", row.json_a, row.json_b),
+        ):
+            head = text_a.encode()
+            batch.append(
+                {
+                    "format": fmt,
+                    "device_id": device_id,
+                    "line": head + stored + text_b.encode(),
+                    "status_at": len(head),
+                    "cert_status": status,
+                    "cert_not_after": not_after,
+                }
+            )
+        if len(batch) >= BATCH_ROWS:
+            conn.execute(statement, batch)
+            batch = []
+    if batch:
+        conn.execute(statement, batch)

@@ -1,0 +1,74 @@
+"""The workspace's CA as a whole: creating it with the registry (``init``), its certificates,
+and the CRLs it publishes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from fleet.errors import Conflict
+from fleet.pki import ca
+from fleet.registry import audit, db, migrations
+from fleet.registry.db import read_session, write_session
+from fleet.registry.models import AuditEvent
+from fleet.workspace import Passphrase, Workspace, require_passphrase
+
+
+def init_workspace(
+    ws: Workspace,
+    *,
+    name: str = "fleet",
+    key_type: str = "ec-p256",
+    passphrase: Passphrase | None = None,
+) -> dict[str, Any]:
+    """Create the registry (migrated to the current schema) and the root and issuing CA.
+
+    Refuses, changing nothing, when the workspace already has a CA or the registry already
+    recorded one.
+    """
+    secret = require_passphrase(passphrase)
+    if ca.ca_dir(ws.home).exists():
+        raise Conflict(f"{ws.home} is already initialised (it has a CA in {ca.ca_dir(ws.home)})")
+    ws.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    revision = migrations.current_revision(ws.engine)
+    if revision is not None:
+        migrations.check_schema(ws.engine)
+        with read_session(ws.engine) as session:
+            recorded = session.exec(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "ca.init")
+            ).one()
+        if recorded:
+            raise Conflict(
+                f"the registry at {db.redact_url(ws.registry_url)} already belongs to a CA"
+            )
+    migrations.upgrade(ws.engine)
+    now = datetime.now(UTC)
+    issuer = ca.create_ca(ws.home, name, key_type, secret, now=now)
+    try:
+        info = {
+            "name": name,
+            "key_type": key_type,
+            "root": ca.cert_summary(issuer.root),
+            "issuing": ca.cert_summary(issuer.cert),
+        }
+        with write_session(ws.engine) as session:
+            audit.append(session, "ca.init", name, info, at=now)
+    except BaseException:
+        ca.remove_ca(ws.home)
+        raise
+    return {"home": str(ws.home), "registry": db.redact_url(ws.registry_url), **info}
+
+
+def ca_info(ws: Workspace) -> dict[str, Any]:
+    """Subjects, fingerprints and validity of the root and issuing CA (no passphrase needed)."""
+    issuing, root = ca.load_ca_certificates(ws.home)
+    return {"root": ca.cert_summary(root), "issuing": ca.cert_summary(issuing)}
+
+
+def ca_chain_pem(ws: Workspace) -> bytes:
+    """The issuing CA certificate followed by the root, PEM."""
+    issuing, root = ca.load_ca_certificates(ws.home)
+    return ca.cert_pem(issuing) + ca.cert_pem(root)

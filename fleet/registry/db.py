@@ -1,0 +1,131 @@
+"""Database engines and transactions (schema migrations: :mod:`fleet.registry.migrations`).
+
+SQLite is opened with WAL, foreign keys and a busy timeout, and every write transaction
+starts with ``BEGIN IMMEDIATE``: concurrent ``fleet`` processes queue for the write lock
+instead of failing halfway with "database is locked".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlmodel import Session, create_engine
+
+from fleet.errors import RegistryError
+
+SQLITE_BUSY_TIMEOUT_S = 60
+# The PostgreSQL advisory lock every fleet write transaction holds ("fleet" in ASCII).
+WRITE_LOCK_KEY = 0x666C656574
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def create_registry_engine(url: str) -> Engine:
+    """An engine for ``url`` with fleet's connection settings (see module docstring)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise RegistryError(f"invalid database URL: {redact_url(url)}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+        )
+        _configure_sqlite(engine)
+        return engine
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise RegistryError(
+            f"no driver for {parsed.drivername}: install fleet[postgres] ({exc.name} missing)"
+        ) from exc
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event own transaction boundaries (pysqlite otherwise
+        # defers BEGIN and ignores the IMMEDIATE we ask for).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "DEFERRED" if conn.get_execution_options().get("fleet_readonly") else "IMMEDIATE"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+BeforeCommitHook = Callable[[Connection], object]
+HOOK_GROUP = "fleet.before_commit"
+_hooks: list[BeforeCommitHook] | None = None
+
+
+def before_commit_hooks() -> list[BeforeCommitHook]:
+    """What runs at the end of every write transaction, before it commits.
+
+    Features keep derived tables current this way without the registry knowing them: they
+    declare a hook in the ``fleet.before_commit`` entry-point group (fleet's own export cache
+    does, in pyproject.toml), or call :func:`add_before_commit_hook`. Loaded once per process.
+    """
+    global _hooks
+    if _hooks is None:
+        from importlib.metadata import entry_points
+
+        _hooks = [ep.load() for ep in sorted(entry_points(group=HOOK_GROUP), key=_ep_name)]
+    return _hooks
+
+
+def _ep_name(ep: Any) -> str:
+    return str(ep.name)
+
+
+def add_before_commit_hook(hook: BeforeCommitHook) -> None:
+    """Run ``hook(connection)`` before every write transaction commits (idempotent)."""
+    hooks = before_commit_hooks()
+    if hook not in hooks:
+        hooks.append(hook)
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose work commits together at the end of the block, or not at all.
+
+    Writers queue for the registry at the start: SQLite's ``BEGIN IMMEDIATE`` takes the
+    write lock, and on PostgreSQL a transaction-level advisory lock does the same. Every
+    write appends to the audit chain anyway (one head row), so this costs no concurrency, and
+    rows locked in different orders (a device, its export row, the chain head) cannot
+    deadlock. Before it commits, every before-commit hook runs in the same transaction
+    (see :func:`before_commit_hooks`; the export cache re-renders the rows it keeps).
+    """
+    hooks = before_commit_hooks()
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+        yield session
+        session.flush()
+        for hook in hooks:
+            hook(session.connection())
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads; on SQLite it takes no write lock, so writers are not blocked."""
+    ro_engine = engine.execution_options(fleet_readonly=True)
+    with Session(ro_engine, expire_on_commit=False) as session, session.begin():
+        yield session
