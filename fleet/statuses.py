@@ -1,0 +1,63 @@
+"""fleet's vocabularies, each defined once: the words stored in the registry and shown in JSON.
+
+They are ``StrEnum``s, so a member is the very string stored and printed (``"active"``) and
+compares equal to it, in Python and in SQL parameters alike.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeviceStatus(StrEnum):
+    """A device's lifecycle. Rows are never deleted: decommissioning is a status."""
+
+    ACTIVE = "active"
+    DECOMMISSIONED = "decommissioned"
+
+
+class CertStatus(StrEnum):
+    """A certificate's status. Only ``active`` and ``revoked`` are stored; ``expired`` is
+    derived when read (an unrevoked certificate past ``not_after``)."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+STORED_CERT_STATUSES = (CertStatus.ACTIVE, CertStatus.REVOKED)
+
+
+class KeyOrigin(StrEnum):
+    """Where a certificate's key pair came from."""
+
+    GENERATED = "generated"  # fleet generated it and wrote key.pem
+    CSR = "csr"  # the device kept its key and sent a CSR
+
+
+class JobAction(StrEnum):
+    """What a cloud outbox job asks of a cloud."""
+
+    REGISTER = "register"
+    DEREGISTER = "deregister"
+
+
+class JobState(StrEnum):
+    """A cloud outbox job's state; ``pending`` and ``retry`` are open."""
+
+    PENDING = "pending"
+    RETRY = "retry"
+    DONE = "done"
+    FAILED = "failed"
+
+
+OPEN_JOB_STATES = (JobState.PENDING, JobState.RETRY)
+
+
+class RegistrationStatus(StrEnum):
+    """Where a device stands on one cloud."""
+
+    PENDING = "pending"
+    REGISTERED = "registered"
+    FAILED = "failed"
+    DEREGISTERED = "deregistered"
