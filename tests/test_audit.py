@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Cli
+from helpers import PASSPHRASE, Cli
 from sqlalchemy import text
 
 from fleet import certs, devices

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import PASSPHRASE, Cli, run_fleet
+from helpers import PASSPHRASE, Cli, run_fleet
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
@@ -171,7 +171,7 @@ def test_concurrent_processes_wait_for_each_other(ready_ws: Workspace, tmp_path:
 def run_env() -> dict[str, str]:
     import os
 
-    from conftest import REPO
+    from helpers import REPO
 
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
