@@ -8,9 +8,11 @@ from helpers.cli import Cli, child_env, run_fleet
 from helpers.clock import FrozenClock
 from helpers.devices import add_devices, device_record
 from helpers.env import IN_CI, PASSPHRASE, REPO, require_service
+from helpers.sources import FLEET_DIR, modules_under
 from helpers.state import SnapshotFn, snapshot, tree_digest
 
 __all__ = [
+    "FLEET_DIR",
     "IN_CI",
     "PASSPHRASE",
     "REPO",
@@ -20,6 +22,7 @@ __all__ = [
     "add_devices",
     "child_env",
     "device_record",
+    "modules_under",
     "require_service",
     "run_fleet",
     "snapshot",
