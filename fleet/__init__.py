@@ -1,6 +1,79 @@
 """fleet: device-fleet provisioning and management.
 
-The package is a library first; :mod:`fleet.cli` is a thin typer layer over it.
+The package is a library first; :mod:`fleet.cli` is a thin typer layer over it. The names
+below are its public interface::
+
+    import fleet
+
+    ws = fleet.Workspace(home=Path("~/acme").expanduser())
+    fleet.init_workspace(ws, name="Acme Pumps", passphrase="...")
+    fleet.add_device(ws, "pump-0001", model="p200", out_dir=Path("ids"))
+
+Each name loads its module on first use, so ``import fleet`` (and ``fleet --version``) stays
+free of the database, crypto and HTTP libraries. Bulk provisioning is
+``fleet.provision.provision`` (the name ``fleet.provision`` is its package).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it: the one place to change when a module moves.
+_PUBLIC_NAMES: dict[str, str] = {
+    "Workspace": "fleet.workspace",
+    "FleetError": "fleet.errors",
+    "InvalidInput": "fleet.errors",
+    "NotFound": "fleet.errors",
+    "Conflict": "fleet.errors",
+    "RegistryError": "fleet.errors",
+    "AuthError": "fleet.errors",
+    "IntegrityError": "fleet.errors",
+    "init_workspace": "fleet.pki.authority",
+    "ca_info": "fleet.pki.authority",
+    "ca_chain_pem": "fleet.pki.authority",
+    "publish_crl": "fleet.pki.crl",
+    "upgrade_registry": "fleet.registry.migrations",
+    "add_device": "fleet.devices",
+    "show_device": "fleet.devices",
+    "list_devices": "fleet.devices",
+    "iter_devices": "fleet.devices",
+    "update_device": "fleet.devices",
+    "decommission_device": "fleet.devices",
+    "list_certificates": "fleet.certs",
+    "renew_certificate": "fleet.certs",
+    "revoke_certificate": "fleet.certs",
+    "ProvisionSummary": "fleet.provision",
+    "export_devices": "fleet.export",
+    "export_audit": "fleet.export",
+    "verify_export": "fleet.export",
+    "VerifyReport": "fleet.export",
+    "iter_audit_events": "fleet.registry.audit",
+    "verify_audit": "fleet.registry.audit",
+    "VerifyResult": "fleet.registry.audit",
+    "add_cloud": "fleet.cloud.outbox",
+    "list_clouds": "fleet.cloud.outbox",
+    "remove_cloud": "fleet.cloud.outbox",
+    "push": "fleet.cloud.outbox",
+    "sync": "fleet.cloud.outbox",
+    "PushReport": "fleet.cloud.outbox",
+    "SyncReport": "fleet.cloud.outbox",
+}
+
+__all__ = list(_PUBLIC_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first use (PEP 562), then keep the name here."""
+    module = _PUBLIC_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fleet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC_NAMES})

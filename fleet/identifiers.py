@@ -6,6 +6,7 @@ import re
 import string
 from datetime import UTC, datetime, timedelta
 
+from fleet import clock
 from fleet.errors import InvalidInput
 
 DEVICE_ID_MAX = 64
@@ -100,7 +101,7 @@ def parse_timestamp(text: str, *, now: datetime | None = None) -> datetime:
     match = _RELATIVE_RE.match(value)
     if match:
         seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        return (now or clock.now()) - timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

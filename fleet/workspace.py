@@ -1,4 +1,9 @@
-"""A workspace: the home folder (CA, profiles) plus the registry database it points at."""
+"""A workspace: the home folder (CA, profiles) plus the registry database it points at.
+
+A :class:`Workspace` is a light value until its engine is first asked for: only then does it
+load the registry (SQLAlchemy), so the CLI's entry (``fleet --version``) and ``import fleet``
+stay light.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from fleet.errors import AuthError, RegistryError
-from fleet.registry import db, migrations
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 HOME_ENV = "FLEET_HOME"
 DATABASE_URL_ENV = "FLEET_DATABASE_URL"
@@ -51,7 +57,9 @@ class Workspace:
     def engine(self) -> Engine:
         """The registry engine (created on first use)."""
         if self._engine is None:
-            self._engine = db.create_registry_engine(self.registry_url)
+            from fleet.registry.db import create_registry_engine
+
+            self._engine = create_registry_engine(self.registry_url)
         return self._engine
 
     def open_registry(self) -> Engine:
@@ -62,7 +70,9 @@ class Workspace:
             raise RegistryError(
                 f"no fleet workspace at {self.home}: run `fleet init` (or pass --home)"
             )
-        migrations.check_schema(self.engine)
+        from fleet.registry.migrations import check_schema
+
+        check_schema(self.engine)
         return self.engine
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Alembic environment, driven from code by :func:`fleet.registry.db.upgrade` (no alembic.ini).
+"""Alembic environment, driven from code by :func:`fleet.registry.migrations.upgrade` (no ini).
 
 The caller passes an open connection in ``config.attributes["connection"]``; tests and
 ``fleet db upgrade`` both go through that path. ``render_as_batch`` lets ALTERs work on
@@ -17,7 +17,8 @@ target_metadata = SQLModel.metadata
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
-        "fleet's migrations run through fleet.registry.db.upgrade(), which passes a connection"
+        "fleet's migrations run through fleet.registry.migrations.upgrade(), which passes a "
+        "connection"
     )
 
 context.configure(

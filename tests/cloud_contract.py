@@ -17,35 +17,17 @@ certificate (fresh key) from a real fleet CA, so two calls for one ID conflict.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import device_record
 
 from fleet.cloud.base import CloudBackend, CloudError, ConflictError, DeviceRecord
-from fleet.devices import make_identity
 from fleet.pki import ca
-from fleet.pki.profiles import load_profile
 
 ReadBack = Callable[[str], dict[str, Any] | None]
 MakeDevice = Callable[[str], DeviceRecord]
-
-
-def device_record(issuer: ca.Issuer, device_id: str, **attrs: Any) -> DeviceRecord:
-    """A DeviceRecord with a freshly issued certificate for ``device_id``."""
-    identity = make_identity(issuer, device_id, load_profile("default"), now=datetime.now(UTC))
-    cert = identity.cert
-    return DeviceRecord(
-        device_id=device_id,
-        model=attrs.get("model", "p200"),
-        serial=attrs.get("serial", "SN-" + device_id),
-        labels=attrs.get("labels", {"site": "hamburg"}),
-        status="active",
-        certificate_pem=ca.cert_pem(cert).decode("ascii"),
-        certificate_serial=ca.serial_hex(cert.serial_number),
-        fingerprint_sha256=ca.fingerprint_sha256(cert),
-    )
 
 
 class BackendContract:

@@ -1,4 +1,4 @@
-"""Shared fixtures.
+"""Shared fixtures (helpers that are not fixtures live in ``tests/helpers``).
 
 Registry tests run against SQLite and a real PostgreSQL. PostgreSQL comes from
 ``FLEET_TEST_POSTGRES_URL`` (an admin URL: each test gets a database of its own). Without it
@@ -7,35 +7,21 @@ the PostgreSQL cases skip on a developer machine, and fail under ``CI=true``.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cloudserver import RegistryServer
-from sqlalchemy import create_engine, inspect, text
+from helpers import PASSPHRASE, Cli, FrozenClock, require_service
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from typer.testing import CliRunner
 
-from fleet.cli import app
+from fleet import clock
 from fleet.pki.authority import init_workspace
 from fleet.workspace import Workspace
-
-REPO = Path(__file__).resolve().parent.parent
-PASSPHRASE = "correct horse battery staple"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_service(reason: str) -> None:
-    """Skip a test that needs a missing service, except under CI where that is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: service tests must not skip)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -118,20 +104,6 @@ def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "out"
 
 
-class Cli:
-    """Runs ``fleet`` in-process with a workspace's ``--home``/``--db``."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self.ws = ws
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, input: str | None = None) -> Any:
-        base = ["--home", str(self.ws.home)]
-        if self.ws.db_url:
-            base += ["--db", self.ws.db_url]
-        return self.runner.invoke(app, [*base, *args], input=input, catch_exceptions=False)
-
-
 @pytest.fixture
 def cli(ws: Workspace) -> Cli:
     return Cli(ws)
@@ -142,24 +114,6 @@ def sqlite_cli(sqlite_ws: Workspace) -> Cli:
     return Cli(sqlite_ws)
 
 
-def run_fleet(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m fleet`` in a child process (real exit codes, real stdio)."""
-    child_env = {**os.environ, **(env or {})}
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), child_env.get("PYTHONPATH", "")) if p
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "fleet", *args],
-        env=child_env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture
 def server() -> Iterator[RegistryServer]:
     """A local device-registration HTTP server (tests/cloudserver.py) for the http backend."""
@@ -168,35 +122,10 @@ def server() -> Iterator[RegistryServer]:
     srv.stop()
 
 
-def snapshot(ws: Workspace, *dirs: Path) -> dict[str, Any]:
-    """Everything a failed command must leave untouched: every table's rows, every file."""
-    state: dict[str, Any] = {}
-    engine = create_engine(ws.registry_url)
-    try:
-        names = inspect(engine).get_table_names()
-        with engine.connect() as conn:
-            for name in sorted(names):
-                rows = conn.execute(text(f'SELECT * FROM "{name}"')).all()
-                state[f"table:{name}"] = sorted(repr(tuple(r)) for r in rows)
-    finally:
-        engine.dispose()
-    for folder in (ws.home / "ca", *dirs):
-        state[f"dir:{folder}"] = tree_digest(folder)
-    return state
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 (files) or mode (folders), for every entry under ``folder``."""
-    if not folder.exists():
-        return {}
-    result: dict[str, str] = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        if path.is_file():
-            result[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            result[key] = oct(path.stat().st_mode)
-    return result
-
-
-SnapshotFn = Callable[..., dict[str, Any]]
+@pytest.fixture
+def fleet_clock() -> Iterator[FrozenClock]:
+    """Simulated time for everything fleet records (``fleet.clock.now()``), from a fixed
+    moment; the test moves it with ``fleet_clock.advance(days=3)``."""
+    frozen = FrozenClock(datetime(2027, 3, 1, 9, 0, 0, 250000, tzinfo=UTC))
+    with clock.frozen(frozen):
+        yield frozen

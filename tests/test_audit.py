@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Cli
+from helpers import PASSPHRASE, Cli, FrozenClock
 from sqlalchemy import text
 
 from fleet import certs, devices
 from fleet.pki import crl
 from fleet.registry import audit
+from fleet.registry.db import write_session
 from fleet.workspace import Workspace
 
 
@@ -138,3 +139,20 @@ def test_log_since_filters_by_time(busy_ws: Workspace, cli: Cli) -> None:
     assert "cannot parse time" in bad.stderr
     human = cli("audit", "log")
     assert "device.decommission" in human.stdout
+
+
+def test_events_are_stamped_by_fleet_clock(
+    ready_ws: Workspace, cli: Cli, fleet_clock: FrozenClock
+) -> None:
+    """Event times and relative ages (``--since 2d``) both read ``fleet.clock``."""
+    with write_session(ready_ws.engine) as session:
+        audit.append(session, "test.tick", "t1", {})
+        fleet_clock.advance(days=3)
+        audit.append(session, "test.tick", "t2", {})
+    *_, first, second = audit.iter_audit_events(ready_ws)
+    assert (first["ts"], second["ts"]) == (
+        "2027-03-01T09:00:00.250000Z",
+        "2027-03-04T09:00:00.250000Z",
+    )
+    recent = json.loads(cli("audit", "log", "--since", "2d", "--json").stdout)
+    assert [event["target"] for event in recent] == ["t2"]

@@ -7,9 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Cli, snapshot
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from helpers import PASSPHRASE, Cli, snapshot
 from pkitools import (
     openssl_verify,
     openssl_verify_crl,
@@ -227,7 +227,7 @@ def test_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
     import pty
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     env = {k: v for k, v in os.environ.items() if k != "FLEET_CA_PASSPHRASE"}
     env["PYTHONPATH"] = str(REPO)

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Cli, snapshot
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from helpers import PASSPHRASE, Cli, snapshot
 from sqlalchemy import text
 
 from fleet import certs, devices

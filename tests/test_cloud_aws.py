@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 from cloud_contract import BackendContract
-from conftest import PASSPHRASE, require_service
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from helpers import PASSPHRASE, device_record, require_service
 
 from fleet.cloud.aws import AwsIotBackend, query_string, thing_name_for, uri_label
 from fleet.cloud.base import (
@@ -35,7 +35,6 @@ from fleet.cloud.base import (
 from fleet.cloud.sigv4 import BotocoreSigV4Auth
 from fleet.errors import InvalidInput
 from fleet.pki import ca
-from fleet.pki.profiles import load_profile
 
 REGION = "eu-west-1"
 CERT_ARN = f"arn:aws:iot:{REGION}:123456789012:cert/{'ab' * 32}"
@@ -139,29 +138,6 @@ def ca_material(issuer: ca.Issuer) -> CaMaterial:
         issuing_pem=ca.cert_pem(issuer.cert).decode(),
         root_pem=ca.cert_pem(issuer.root).decode(),
         sign_verification_cert=sign,
-    )
-
-
-def device_record(
-    issuer: ca.Issuer,
-    device_id: str,
-    *,
-    model: str | None = "gw-200",
-    serial: str | None = "SN-0001",
-    labels: dict[str, str] | None = None,
-) -> DeviceRecord:
-    """A device with a real certificate issued by ``issuer``."""
-    key = ca.generate_key("ec-p256")
-    cert = ca.issue_device_certificate(issuer, device_id, key.public_key(), load_profile("default"))
-    return DeviceRecord(
-        device_id=device_id,
-        model=model,
-        serial=serial,
-        labels=labels or {},
-        status="active",
-        certificate_pem=ca.cert_pem(cert).decode(),
-        certificate_serial=ca.serial_hex(cert.serial_number),
-        fingerprint_sha256=ca.fingerprint_sha256(cert),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cloudserver import RegistryServer
-from conftest import Cli, run_fleet, snapshot
+from helpers import Cli, run_fleet, snapshot
 
 from fleet.workspace import Workspace
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cloud_contract import BackendContract
 from cloudserver import RegistryServer
+from helpers import add_devices
 from sqlmodel import select
 
 from fleet import devices
@@ -108,7 +109,7 @@ def test_validate_options_stores_only_env_var_names() -> None:
 def test_device_id_is_url_encoded_and_body_carries_certificate(
     server: RegistryServer, token_env: str, tmp_path: Path
 ) -> None:
-    from cloud_contract import device_record
+    from helpers import device_record
 
     from fleet.pki import ca
 
@@ -129,7 +130,7 @@ def test_device_id_is_url_encoded_and_body_carries_certificate(
 
 
 def test_classifies_failures(server: RegistryServer, token_env: str, tmp_path: Path) -> None:
-    from cloud_contract import device_record
+    from helpers import device_record
 
     from fleet.pki import ca
 
@@ -180,15 +181,6 @@ def test_check_reports_each_failure(server: RegistryServer, token_env: str) -> N
 
 
 # --- through the outbox, with faults ---------------------------------------------------------
-
-
-def add_devices(
-    ws: Workspace, tmp_path: Path, count: int, clouds: tuple[str, ...] = ()
-) -> list[str]:
-    ids = [f"pump-{i:04d}" for i in range(count)]
-    for device_id in ids:
-        devices.add_device(ws, device_id, out_dir=tmp_path / "out", clouds=clouds)
-    return ids
 
 
 def test_every_job_registered_exactly_once_despite_faults(
@@ -253,7 +245,7 @@ def test_conflict_fails_that_job_only(
 def test_missing_header_variable_keeps_jobs_queued(
     sqlite_ws: Workspace, server: RegistryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import PASSPHRASE
+    from helpers import PASSPHRASE
 
     from fleet.pki.authority import init_workspace
 

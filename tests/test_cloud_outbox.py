@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from cloudserver import RegistryServer
-from conftest import PASSPHRASE, snapshot
+from helpers import PASSPHRASE, add_devices, snapshot
 from sqlmodel import select
 
 from fleet import certs, devices
@@ -57,15 +57,6 @@ class FakeClock:
 
 def add_http_cloud(ws: Workspace, server: RegistryServer, name: str = "reg", **kw: Any) -> None:
     outbox.add_cloud(ws, name, "http", {"url": server.url, "timeout": 2.0}, **kw)
-
-
-def add_devices(
-    ws: Workspace, tmp_path: Path, count: int, clouds: tuple[str, ...] = ()
-) -> list[str]:
-    ids = [f"dev-{i:04d}" for i in range(count)]
-    for device_id in ids:
-        devices.add_device(ws, device_id, out_dir=tmp_path / "out", clouds=clouds)
-    return ids
 
 
 def jobs(ws: Workspace) -> list[CloudJob]:

@@ -7,11 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Cli, snapshot
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from helpers import PASSPHRASE, Cli, snapshot
 
 from fleet import devices
 from fleet.errors import Conflict, InvalidInput, NotFound

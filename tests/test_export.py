@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSPHRASE, REPO, Cli, run_fleet, snapshot
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from helpers import PASSPHRASE, REPO, Cli, run_fleet, snapshot
 from pkitools import pkilint_cert, pkilint_chain
 
 from fleet import certs, devices, export

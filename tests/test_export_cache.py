@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cloudserver import RegistryServer
-from conftest import PASSPHRASE, Cli
+from helpers import PASSPHRASE, Cli
 from sqlalchemy import inspect, text
 
 from fleet import certs, devices, export

@@ -10,7 +10,7 @@ import subprocess
 import venv
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 from pkitools import openssl_verify
 
 

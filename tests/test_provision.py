@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, REPO, Cli, run_fleet, snapshot
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from helpers import PASSPHRASE, REPO, Cli, run_fleet, snapshot
 from sqlalchemy import create_engine, text
 from sqlmodel import select
 from test_devices import make_csr

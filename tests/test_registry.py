@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -9,12 +10,10 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import PASSPHRASE, Cli, run_fleet
-from sqlalchemy import text
+from helpers import FLEET_DIR, PASSPHRASE, Cli, child_env, modules_under, run_fleet
+from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
-import fleet.cloud.models
-import fleet.export.models  # noqa: F401
 from fleet import devices
 from fleet.cli import app
 from fleet.pki import authority
@@ -26,12 +25,29 @@ def test_schema_head_constant_matches_migrations() -> None:
     assert migrations.script_head() == migrations.SCHEMA_HEAD
 
 
+def import_every_models_module() -> list[str]:
+    """Import each ``models`` module in fleet (core, export, cloud, any new feature's), so
+    that ``SQLModel.metadata`` holds every table fleet defines; returns their names."""
+    names = [name for name in modules_under(FLEET_DIR) if name.rsplit(".", 1)[-1] == "models"]
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
 def test_models_and_migrations_do_not_drift(ws: Workspace) -> None:
+    """The migrations build exactly the tables the models describe: every table, column,
+    type, index and constraint, on both backends."""
+    assert {"fleet.registry.models", "fleet.export.models", "fleet.cloud.models"} <= set(
+        import_every_models_module()
+    )
     ws.home.mkdir(parents=True)
     migrations.upgrade(ws.engine)
     with ws.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, SQLModel.metadata) == []
+    tables = set(inspect(ws.engine).get_table_names()) - {"alembic_version"}
+    assert tables == set(SQLModel.metadata.tables)
+    assert {"device", "audit_event", "export_row", "cloud_job"} <= tables
 
 
 def test_db_upgrade_and_current(ws: Workspace, cli: Cli) -> None:
@@ -154,7 +170,7 @@ def test_concurrent_processes_wait_for_each_other(ready_ws: Workspace, tmp_path:
         procs.append(
             subprocess.Popen(
                 ["bash", "-c", commands],
-                env=run_env(),
+                env=child_env(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -166,14 +182,6 @@ def test_concurrent_processes_wait_for_each_other(ready_ws: Workspace, tmp_path:
     assert len(devices.list_devices(ready_ws)) == 16
     verified = audit.verify_audit(ready_ws)
     assert verified.ok and verified.events == 17
-
-
-def run_env() -> dict[str, str]:
-    import os
-
-    from conftest import REPO
-
-    return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def _all_commands(

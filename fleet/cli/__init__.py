@@ -2,29 +2,106 @@
 
 Exit codes: 0 ok, 1 other failure, 2 invalid input or usage, 3 not found, 4 conflict,
 5 registry or workspace problem, 6 CA passphrase missing or wrong, 7 audit trail broken.
+
+Each command's module loads when that command runs (or help lists it): ``fleet --version``
+imports no command, ``fleet device list`` only the device commands and what they need.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer._click.core import Command
+from typer._click.core import Context as ClickContext
+from typer.core import TyperGroup
 
 from fleet import __version__
-from fleet.cli import (
-    audit_cmds,
-    ca_cmds,
-    cert_cmds,
-    cloud_cmds,
-    db_cmds,
-    device_cmds,
-    export_cmds,
-    provision_cmds,
-)
-from fleet.cli._common import FleetGroup, ask_passphrase, message, print_json, workspace
-from fleet.pki.authority import init_workspace
+from fleet.cli._common import fail
+from fleet.errors import FleetError, RegistryError
 from fleet.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace, default_home
+
+# The root's commands in help order: name -> "module:attribute", a typer app (a command group)
+# or a command function.
+COMMANDS = {
+    "provision": "fleet.cli.provision_cmds:provision",
+    "init": "fleet.cli.init_cmd:init",
+    "device": "fleet.cli.device_cmds:app",
+    "cert": "fleet.cli.cert_cmds:app",
+    "ca": "fleet.cli.ca_cmds:app",
+    "audit": "fleet.cli.audit_cmds:app",
+    "export": "fleet.cli.export_cmds:app",
+    "db": "fleet.cli.db_cmds:app",
+    "cloud": "fleet.cli.cloud_cmds:app",
+}
+
+
+def load_command(name: str, target: str) -> Command:
+    """The click command for ``target`` (``"module:attribute"``), named ``name``: built the way
+    ``add_typer``/``command`` on the root app would build it."""
+    module, _, attribute = target.partition(":")
+    found = getattr(importlib.import_module(module), attribute)
+    holder = typer.Typer()
+    if isinstance(found, typer.Typer):
+        holder.add_typer(found, name=name)
+    else:
+        holder.command(name)(found)
+    return typer.main.get_group(holder).commands[name]
+
+
+class LazyCommands(MutableMapping[str, Command]):
+    """A group's commands by name, each loaded from its target on first access. Listing the
+    names (usage errors suggest them) loads nothing."""
+
+    def __init__(self, targets: Mapping[str, str]) -> None:
+        self._entries: dict[str, Command | str] = dict(targets)  # a command, or its target
+
+    def __getitem__(self, name: str) -> Command:
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            entry = self._entries[name] = load_command(name, entry)
+        return entry
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        self._entries[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class FleetGroup(TyperGroup):
+    """The root group: its commands load on use (:data:`COMMANDS`), and a :class:`FleetError`
+    becomes one stderr line and its exit code."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = LazyCommands(COMMANDS)
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        # Imported here, not at the top: `fleet --version` and `--help` never get this far.
+        from sqlalchemy.exc import OperationalError
+
+        from fleet.registry.db import redact_url
+
+        try:
+            return super().invoke(ctx)
+        except FleetError as exc:
+            fail(str(exc), exc.exit_code)
+        except OperationalError as exc:
+            ws = ctx.obj if isinstance(ctx.obj, Workspace) else None
+            where = redact_url(ws.registry_url) if ws else "the registry"
+            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else "error"
+            fail(f"database error at {where}: {detail}", RegistryError.exit_code)
+
 
 app = typer.Typer(
     cls=FleetGroup,
@@ -34,14 +111,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(device_cmds.app, name="device")
-app.add_typer(cert_cmds.app, name="cert")
-app.add_typer(ca_cmds.app, name="ca")
-app.add_typer(audit_cmds.app, name="audit")
-app.add_typer(export_cmds.app, name="export")
-app.add_typer(db_cmds.app, name="db")
-app.add_typer(cloud_cmds.app, name="cloud")
-app.command("provision")(provision_cmds.provision)
 
 
 def _version(value: bool) -> None:
@@ -84,42 +153,6 @@ def root(
     """
     ctx.obj = Workspace(home=(home or default_home()).expanduser(), db_url=db)
     ctx.call_on_close(ctx.obj.close)
-
-
-@app.command()
-def init(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Option(help="Organisation name used in the CA subjects.")] = "fleet",
-    key_type: Annotated[
-        str, typer.Option("--key-type", help="CA key type: ec-p256, ec-p384 or rsa-3072.")
-    ] = "ec-p256",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
-    """Create the workspace: a migrated registry, a root CA and an issuing CA.
-
-    The CA keys are encrypted with the passphrase from FLEET_CA_PASSPHRASE, or one you are
-    asked for. Refuses to touch an initialised workspace.
-
-    Example:
-
-        fleet --home ./acme init --name "Acme Pumps" --key-type ec-p384
-    """
-    ws = workspace(ctx)
-    result = init_workspace(
-        ws, name=name, key_type=key_type, passphrase=lambda: ask_passphrase(confirm=True)
-    )
-    if json_out:
-        print_json(result)
-        return
-    message(f"Initialised fleet workspace at {result['home']}")
-    message(f"  registry    {result['registry']}")
-    message(
-        f"  root CA     {result['root']['subject']}  sha256 {result['root']['fingerprint_sha256']}"
-    )
-    message(
-        f"  issuing CA  {result['issuing']['subject']}  "
-        f"sha256 {result['issuing']['fingerprint_sha256']}"
-    )
 
 
 def main() -> None:

@@ -14,12 +14,8 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
-from typer._click.core import Context as ClickContext
-from typer.core import TyperGroup
 
-from fleet.errors import AuthError, FleetError, RegistryError
-from fleet.registry.db import redact_url
+from fleet.errors import AuthError
 from fleet.workspace import Workspace, passphrase_from_env
 
 # Piped output is for grep and scripts: never fold a fingerprint across lines there.
@@ -30,21 +26,6 @@ def render(renderable: Any) -> None:
     """Print a rich table (or other renderable) on stdout."""
     width = None if sys.stdout.isatty() else PIPED_WIDTH
     Console(highlight=False, width=width).print(renderable)
-
-
-class FleetGroup(TyperGroup):
-    """Root command group: turns :class:`FleetError` into one stderr line and its exit code."""
-
-    def invoke(self, ctx: ClickContext) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FleetError as exc:
-            fail(str(exc), exc.exit_code)
-        except OperationalError as exc:
-            ws = ctx.obj if isinstance(ctx.obj, Workspace) else None
-            where = redact_url(ws.registry_url) if ws else "the registry"
-            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else "error"
-            fail(f"database error at {where}: {detail}", RegistryError.exit_code)
 
 
 def fail(message: str, code: int = 1) -> None:

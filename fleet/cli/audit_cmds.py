@@ -6,10 +6,17 @@ from typing import Annotated
 
 import typer
 
-import fleet.cli._common as common
-import fleet.cli.export_cmds as export_cmds
 import fleet.export as export_lib
-from fleet.cli._common import fail, message, print_json_array, render, table, workspace
+from fleet.cli import export_cmds
+from fleet.cli._common import (
+    ask_passphrase,
+    fail,
+    message,
+    print_json_array,
+    render,
+    table,
+    workspace,
+)
 from fleet.errors import IntegrityError
 from fleet.identifiers import parse_timestamp
 from fleet.registry import audit
@@ -91,7 +98,7 @@ def export_(
         since=parse_timestamp(since) if since else None,
         until=parse_timestamp(until) if until else None,
         sign=sign,
-        passphrase=common.ask_passphrase,
+        passphrase=ask_passphrase,
     )
     if out is not None or json_out:
         export_cmds.render_summary(result, json_out)

@@ -9,6 +9,7 @@ import typer
 
 from fleet import certs
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
+from fleet.statuses import CertStatus
 
 app = typer.Typer(help="List, renew and revoke device certificates.", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -19,7 +20,11 @@ def list_(
     ctx: typer.Context,
     device: Annotated[str | None, typer.Option(help="Only this device's certificates.")] = None,
     status: Annotated[
-        str | None, typer.Option(help="active, revoked or expired.", show_default=False)
+        str | None,
+        typer.Option(
+            help=f"{CertStatus.ACTIVE}, {CertStatus.REVOKED} or {CertStatus.EXPIRED}.",
+            show_default=False,
+        ),
     ] = None,
     expiring_within: Annotated[
         int | None,

@@ -19,6 +19,7 @@ from fleet.cli._common import (
     workspace,
 )
 from fleet.identifiers import parse_labels
+from fleet.statuses import CertStatus, DeviceStatus
 
 app = typer.Typer(help="Add, list, show, update and decommission devices.", no_args_is_help=True)
 
@@ -103,7 +104,7 @@ def list_(
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     label: LabelOption = None,
     status: Annotated[
-        str | None, typer.Option(help="Only devices in this state: active, decommissioned.")
+        str | None, typer.Option(help=f"Only devices in this state: {', '.join(DeviceStatus)}.")
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -123,7 +124,7 @@ def list_(
     count = 0
     for device in rows:
         count += 1
-        active = [c for c in device["certificates"] if c["status"] == "active"]
+        active = [c for c in device["certificates"] if c["status"] == CertStatus.ACTIVE]
         expires = active[0]["not_after"] if active else "-"
         view.add_row(
             device["id"],
@@ -227,6 +228,6 @@ def decommission(
     if json_out:
         print_json(device)
         return
-    revoked = [c["serial"] for c in device["certificates"] if c["status"] == "revoked"]
+    revoked = [c["serial"] for c in device["certificates"] if c["status"] == CertStatus.REVOKED]
     message(f"Decommissioned {device_id}; revoked certificates: {', '.join(revoked) or 'none'}")
     message("Publish a new CRL with `fleet ca crl` so relying parties learn of it.")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, insert, update
 from sqlmodel import Session, col, select
 
+from fleet import clock
 from fleet.registry.db import read_session
 from fleet.registry.models import AuditEvent, AuditHead
 
@@ -111,7 +112,7 @@ def append_many(
     seq, prev = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
     if not events:
         return str(prev)
-    who, ts = actor or current_actor(), format_ts(at or datetime.now(UTC))
+    who, ts = actor or current_actor(), format_ts(at or clock.now())
     # The canonical form is assembled around each event's details JSON, encoded once; the
     # keys below are in sorted order, as canonical_json would put them (verify() re-derives
     # every hash the slow way, from scratch).

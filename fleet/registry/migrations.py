@@ -14,7 +14,7 @@ from fleet.registry.db import redact_url, write_session
 if TYPE_CHECKING:
     from fleet.workspace import Workspace
 
-# The newest migration; ``tests/test_migrations.py`` checks it equals Alembic's head, so
+# The newest migration; ``tests/test_registry.py`` checks it equals Alembic's head, so
 # opening a registry needs one SELECT, not a scan of the migration scripts.
 SCHEMA_HEAD = "0004"
 

@@ -2,7 +2,8 @@
 
 Features keep their own tables beside their code (:mod:`fleet.export.models`,
 :mod:`fleet.cloud.models`). Alembic migrations in ``migrations/versions`` mirror all of them;
-the migration drift test fails when the two drift apart."""
+``tests/test_registry.py::test_models_and_migrations_do_not_drift`` fails when the two drift
+apart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, Text, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
+
+from fleet.statuses import CertStatus, DeviceStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -37,11 +40,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def utcnow() -> datetime:
-    """The current time, UTC, to the microsecond (what every timestamp column stores)."""
-    return datetime.now(UTC)
-
-
 def utc_column(*, nullable: bool, index: bool = False) -> Any:
     """A :class:`UTCDateTime` column for a SQLModel table."""
     return Field(
@@ -59,7 +57,7 @@ class Device(SQLModel, table=True):
     model: str | None = Field(default=None, max_length=128, index=True)
     serial: str | None = Field(default=None, max_length=128)
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="active", max_length=16, index=True)
+    status: str = Field(default=DeviceStatus.ACTIVE, max_length=16, index=True)
     created_at: datetime = utc_column(nullable=False)
     updated_at: datetime = utc_column(nullable=False)
     decommissioned_at: datetime | None = utc_column(nullable=True)
@@ -78,12 +76,12 @@ class Certificate(SQLModel, table=True):
     subject: str = Field(max_length=512)
     not_before: datetime = utc_column(nullable=False)
     not_after: datetime = utc_column(nullable=False, index=True)
-    status: str = Field(default="active", max_length=16, index=True)
+    status: str = Field(default=CertStatus.ACTIVE, max_length=16, index=True)
     revoked_at: datetime | None = utc_column(nullable=True)
     revocation_reason: str | None = Field(default=None, max_length=32)
     profile: str = Field(max_length=64)
     key_type: str = Field(max_length=16)
-    key_origin: str = Field(max_length=16)  # "generated" or "csr"
+    key_origin: str = Field(max_length=16)  # a fleet.statuses.KeyOrigin
     issued_at: datetime = utc_column(nullable=False)
     pem: str = Field(sa_column=Column(Text, nullable=False))
 

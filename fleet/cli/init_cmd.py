@@ -1,0 +1,45 @@
+"""``fleet init``"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fleet.cli._common import ask_passphrase, message, print_json, workspace
+from fleet.pki.authority import init_workspace
+
+
+def init(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="Organisation name used in the CA subjects.")] = "fleet",
+    key_type: Annotated[
+        str, typer.Option("--key-type", help="CA key type: ec-p256, ec-p384 or rsa-3072.")
+    ] = "ec-p256",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Create the workspace: a migrated registry, a root CA and an issuing CA.
+
+    The CA keys are encrypted with the passphrase from FLEET_CA_PASSPHRASE, or one you are
+    asked for. Refuses to touch an initialised workspace.
+
+    Example:
+
+        fleet --home ./acme init --name "Acme Pumps" --key-type ec-p384
+    """
+    ws = workspace(ctx)
+    result = init_workspace(
+        ws, name=name, key_type=key_type, passphrase=lambda: ask_passphrase(confirm=True)
+    )
+    if json_out:
+        print_json(result)
+        return
+    message(f"Initialised fleet workspace at {result['home']}")
+    message(f"  registry    {result['registry']}")
+    message(
+        f"  root CA     {result['root']['subject']}  sha256 {result['root']['fingerprint_sha256']}"
+    )
+    message(
+        f"  issuing CA  {result['issuing']['subject']}  "
+        f"sha256 {result['issuing']['fingerprint_sha256']}"
+    )
