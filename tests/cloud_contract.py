@@ -24,27 +24,27 @@ from typing import Any
 import pytest
 
 from fleet.cloud.base import CloudBackend, CloudError, ConflictError, DeviceRecord
-from fleet.devices import make_identity
 from fleet.pki import ca
+from fleet.pki.issue import issue_certificate
+from fleet.pki.issuer import Issuer
 from fleet.pki.profiles import load_profile
 
 ReadBack = Callable[[str], dict[str, Any] | None]
 MakeDevice = Callable[[str], DeviceRecord]
 
 
-def device_record(issuer: ca.Issuer, device_id: str, **attrs: Any) -> DeviceRecord:
+def device_record(issuer: Issuer, device_id: str, **attrs: Any) -> DeviceRecord:
     """A DeviceRecord with a freshly issued certificate for ``device_id``."""
-    identity = make_identity(issuer, device_id, load_profile("default"), now=datetime.now(UTC))
-    cert = identity.cert
+    issued = issue_certificate(issuer, device_id, load_profile("default"), now=datetime.now(UTC))
     return DeviceRecord(
         device_id=device_id,
         model=attrs.get("model", "p200"),
         serial=attrs.get("serial", "SN-" + device_id),
         labels=attrs.get("labels", {"site": "hamburg"}),
         status="active",
-        certificate_pem=ca.cert_pem(cert).decode("ascii"),
-        certificate_serial=ca.serial_hex(cert.serial_number),
-        fingerprint_sha256=ca.fingerprint_sha256(cert),
+        certificate_pem=issued.cert_pem,
+        certificate_serial=issued.serial,
+        fingerprint_sha256=issued.fingerprint_sha256,
     )
 
 
@@ -52,12 +52,12 @@ class BackendContract:
     """Shared tests; not collected by itself (no ``Test`` prefix)."""
 
     @pytest.fixture(scope="class")
-    def fleet_issuer(self, tmp_path_factory: pytest.TempPathFactory) -> ca.Issuer:
+    def fleet_issuer(self, tmp_path_factory: pytest.TempPathFactory) -> Issuer:
         home: Path = tmp_path_factory.mktemp("contract-ca")
         return ca.create_ca(home, "Contract CA", "ec-p256", "contract passphrase")
 
     @pytest.fixture
-    def make_device(self, fleet_issuer: ca.Issuer) -> MakeDevice:
+    def make_device(self, fleet_issuer: Issuer) -> MakeDevice:
         return lambda device_id: device_record(fleet_issuer, device_id)
 
     @pytest.fixture

@@ -24,7 +24,7 @@ from pkitools import pkilint_cert, pkilint_chain
 
 from fleet import certs, devices, export
 from fleet.errors import AuthError, IntegrityError, InvalidInput
-from fleet.pki import signing
+from fleet.pki import cms, keys, signers
 from fleet.pki.authority import init_workspace
 from fleet.registry.audit import iter_audit_events
 from fleet.workspace import Workspace
@@ -351,10 +351,8 @@ def test_verify_names_chain_and_row_count_failures(
     manifest["rows"] = 2
     doctored = json.dumps(manifest).encode()
     manifest_file.write_bytes(doctored)
-    signer = signing.load_signer(ready_sqlite_ws, PASSPHRASE)
-    target.with_name("d.jsonl.manifest.json.p7s").write_bytes(
-        signing.sign_detached(signer, doctored)
-    )
+    signer = signers.load_signer(ready_sqlite_ws, PASSPHRASE)
+    target.with_name("d.jsonl.manifest.json.p7s").write_bytes(cms.sign_detached(signer, doctored))
     report = export.verify_export(target, ws=ready_sqlite_ws)
     assert [c.name for c in report.failed()] == ["row count"]
     assert "holds 1 rows; the manifest says 2" in report.failed()[0].detail
@@ -389,7 +387,7 @@ def test_export_signing_certificate(
     # issued once, audited once; device certificates still come from the issuing CA
     issued = [e for e in iter_audit_events(ready_sqlite_ws) if e["action"] == "ca.export_signer"]
     assert len(issued) == 1
-    assert issued[0]["details"]["fingerprint_sha256"] == signing.ca.fingerprint_sha256(cert)
+    assert issued[0]["details"]["fingerprint_sha256"] == keys.fingerprint_sha256(cert)
     device = add(ready_sqlite_ws, "k-2", out_dir)
     leaf = x509.load_pem_x509_certificate((out_dir / "k-2" / "cert.pem").read_bytes())
     assert leaf.issuer == x509.load_pem_x509_certificate(issuing.read_bytes()).subject
@@ -398,7 +396,7 @@ def test_export_signing_certificate(
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku  # the device profile, not the signer's
     # a wrong passphrase cannot use the signer
     with pytest.raises(AuthError):
-        signing.load_signer(ready_sqlite_ws, "wrong")
+        signers.load_signer(ready_sqlite_ws, "wrong")
 
 
 def test_stdout_export_is_unsigned_and_sign_needs_out(
@@ -558,7 +556,7 @@ def test_fleet_and_independent_signatures_all_verify(
         return (
             pkcs7.PKCS7SignatureBuilder()
             .set_data(content)
-            .add_signer(signer.cert, signer.key, signing.ca.signature_hash(signer.key))
+            .add_signer(signer.cert, signer.key, keys.signature_hash(signer.key))
             .add_certificate(signer.issuing)
             .sign(
                 serialization.Encoding.PEM,
@@ -566,21 +564,21 @@ def test_fleet_and_independent_signatures_all_verify(
             )
         )
 
-    signer = signing.load_signer(ready_sqlite_ws, PASSPHRASE)
+    signer = signers.load_signer(ready_sqlite_ws, PASSPHRASE)
     root = auditor_root(ready_sqlite_ws, tmp_path)
     trusted = x509.load_pem_x509_certificate(root.read_bytes())
     for name, content in [("empty", b""), ("small", b"a,b\r\n"), ("big", os.urandom(3 << 20))]:
         target = tmp_path / name
         target.write_bytes(content)
         for signature in (
-            signing.sign_detached(signer, target),
-            signing.sign_detached(signer, content),
+            cms.sign_detached(signer, target),
+            cms.sign_detached(signer, content),
             builder_signature(content),
         ):
             target.with_name(f"{name}.p7s").write_bytes(signature)
             proc = openssl_cms_verify(target, root)
             assert proc.returncode == 0, (name, proc.stderr)
-            assert signing.verify_detached(signature, target, trusted).signer == signer.cert
-            with pytest.raises(signing.SignatureError) as failure:
-                signing.verify_detached(signature, content + b"x", trusted)
+            assert cms.verify_detached(signature, target, trusted).signer == signer.cert
+            with pytest.raises(cms.SignatureError) as failure:
+                cms.verify_detached(signature, content + b"x", trusted)
             assert failure.value.check == "signature"
