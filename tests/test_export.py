@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pkitools import pkilint_cert, pkilint_chain
 
 from fleet import certs, devices, export
+from fleet import clock as fleet_clock
 from fleet.errors import AuthError, IntegrityError, InvalidInput
 from fleet.pki import cms, keys, signers
 from fleet.pki.authority import init_workspace
@@ -176,7 +178,7 @@ def test_filters(ready_ws: Workspace, cli: Cli, out_dir: Path) -> None:
 
 
 class Clock:
-    """Simulated time for the library's ``datetime.now`` (devices and certificates)."""
+    """Simulated time for the library's clock (:func:`fleet.clock.now`)."""
 
     def __init__(self, start: datetime) -> None:
         self.now = start
@@ -187,17 +189,10 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+def clock() -> Iterator[Clock]:
     state = Clock(datetime(2027, 3, 1, 9, 0, 0, 250000, tzinfo=UTC))
-
-    class FakeDatetime(datetime):
-        @classmethod
-        def now(cls, tz: Any = None) -> FakeDatetime:  # type: ignore[override]
-            return state.now  # type: ignore[return-value]
-
-    monkeypatch.setattr(devices, "datetime", FakeDatetime)
-    monkeypatch.setattr(certs, "datetime", FakeDatetime)
-    return state
+    with fleet_clock.frozen(lambda: state.now):
+        yield state
 
 
 def test_as_of_equals_what_a_plain_export_printed_then(
