@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))
 
 from fleet.cloud import jobs, outbox  # noqa: E402
-from fleet.devices import certificate_row, make_identity  # noqa: E402
 from fleet.pki import ca  # noqa: E402
 from fleet.pki.authority import init_workspace  # noqa: E402
+from fleet.pki.issue import certificate_row, issue_certificate  # noqa: E402
 from fleet.pki.profiles import load_profile  # noqa: E402
 from fleet.registry.db import write_session  # noqa: E402
 from fleet.registry.models import Device  # noqa: E402
@@ -91,11 +91,11 @@ def make_devices(ws: Workspace, count: int, prefix: str) -> list[str]:
             rows = []
             certs = []
             for device_id in chunk:
-                identity = make_identity(issuer, device_id, profile, now=now)
+                issued = issue_certificate(issuer, device_id, profile, now=now)
                 rows.append(
                     Device(id=device_id, labels={}, status="active", created_at=now, updated_at=now)
                 )
-                certs.append(certificate_row(device_id, identity, profile.name, now))
+                certs.append(certificate_row(device_id, issued, profile.name, now))
             session.add_all(rows)
             session.flush()
             session.add_all(certs)

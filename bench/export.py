@@ -46,12 +46,12 @@ from sqlalchemy import bindparam, create_engine, insert, inspect, text, update  
 from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from sqlalchemy.exc import DBAPIError  # noqa: E402
 
-from fleet.devices import make_identity  # noqa: E402
 from fleet.export import ExportFilters, live_query  # noqa: E402
 from fleet.export.cache import cached_query, refresh_dirty  # noqa: E402
 from fleet.export.rows import iso_moment  # noqa: E402
 from fleet.pki import ca  # noqa: E402
 from fleet.pki.authority import init_workspace  # noqa: E402
+from fleet.pki.issue import issue_certificate  # noqa: E402
 from fleet.pki.profiles import load_profile  # noqa: E402
 from fleet.registry import audit  # noqa: E402
 from fleet.registry.audit import verify_audit  # noqa: E402
@@ -74,7 +74,7 @@ def build_registry(ws: Workspace, devices: int, shuffled: bool = False) -> int:
     them arrive), else in ID order."""
     issuer = ca.load_issuer(ws.home, PASSPHRASE)
     profile = load_profile("default", ws.home)
-    sample_pem = ca.cert_pem(make_identity(issuer, "sample", profile).cert).decode("ascii")
+    sample_pem = issue_certificate(issuer, "sample", profile).cert_pem
     engine = ws.open_registry()
     with engine.connect() as conn:
         head = conn.execute(AuditHead.__table__.select()).one()  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ What it does, all in one run on the same machine:
    every 50 ms from /proc: the sum of RSS, the sum of PSS (shared pages counted once) and,
    after it exits, the largest single process (``ru_maxrss`` of the reaped children);
 3. baseline 1, the in-process floor: one core running only the cryptography calls
-   (P-256 key, the same leaf certificate via ``fleet.pki.ca.issue_device_certificate``, PEM);
+   (P-256 key, the same leaf certificate via ``fleet.pki.issue.sign_leaf``, PEM);
 4. baseline 2, a bash loop of the ``openssl`` CLI (ecparam keygen, req, x509 -req signing
    with the workspace's issuing CA) for a sample of devices, extrapolated per device;
 5. CSR mode: N CSRs are generated first (not timed), then provisioned (timed).
@@ -163,6 +163,8 @@ def crypto_floor(home: Path, count: int) -> float:
     """Devices per second of the bare cryptography calls on one core."""
     sys.path.insert(0, str(REPO))
     from fleet.pki import ca
+    from fleet.pki.issue import sign_leaf
+    from fleet.pki.keys import cert_pem, generate_key, private_key_pem
     from fleet.pki.profiles import load_profile
 
     issuer = ca.load_issuer(home, PASSPHRASE)
@@ -170,10 +172,10 @@ def crypto_floor(home: Path, count: int) -> float:
     now = datetime.now(UTC)
     started = time.perf_counter()
     for n in range(count):
-        key = ca.generate_key("ec-p256")
-        cert = ca.issue_device_certificate(issuer, f"floor-{n}", key.public_key(), profile, now=now)
-        ca.private_key_pem(key)
-        ca.cert_pem(cert)
+        key = generate_key("ec-p256")
+        cert = sign_leaf(issuer, f"floor-{n}", key.public_key(), profile, now=now)
+        private_key_pem(key)
+        cert_pem(cert)
     return count / (time.perf_counter() - started)
 
 

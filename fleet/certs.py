@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
+from fleet import clock
 from fleet.cloud import jobs
 from fleet.devices import (
-    certificate_details,
-    certificate_row,
     device_certificates,
     get_device_row,
-    make_identity,
-    read_csr_file,
     stage_identity,
     validate_key_type,
 )
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import normalize_serial
 from fleet.pki import ca
-from fleet.pki.crl import revoke_rows
+from fleet.pki.bundles import StagedBundle
+from fleet.pki.crl import normalize_reason, revoke_rows
+from fleet.pki.csr import request_for
+from fleet.pki.issue import certificate_details, certificate_row, issue_certificate
 from fleet.pki.profiles import load_profile
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate
+from fleet.statuses import CertStatus, DeviceStatus, KeyOrigin
 from fleet.views import certificate_to_dict
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
-CERT_STATUSES = ("active", "revoked", "expired")
+CERT_STATUSES = tuple(CertStatus)
 
 
 def list_certificates(
@@ -50,20 +52,24 @@ def list_certificates(
         raise InvalidInput(f"certificate status must be one of {', '.join(CERT_STATUSES)}")
     if expiring_within_days is not None and expiring_within_days < 0:
         raise InvalidInput("--expiring-within must be zero or more days")
-    now = datetime.now(UTC)
+    now = clock.now()
     query = select(Certificate)
     if device_id is not None:
         query = query.where(Certificate.device_id == device_id)
-    if status == "revoked":
-        query = query.where(Certificate.status == "revoked")
-    elif status == "active":
-        query = query.where(Certificate.status == "active", col(Certificate.not_after) >= now)
-    elif status == "expired":
-        query = query.where(Certificate.status == "active", col(Certificate.not_after) < now)
+    if status == CertStatus.REVOKED:
+        query = query.where(Certificate.status == CertStatus.REVOKED)
+    elif status == CertStatus.ACTIVE:
+        query = query.where(
+            Certificate.status == CertStatus.ACTIVE, col(Certificate.not_after) >= now
+        )
+    elif status == CertStatus.EXPIRED:
+        query = query.where(
+            Certificate.status == CertStatus.ACTIVE, col(Certificate.not_after) < now
+        )
     if expiring_within_days is not None:
         horizon = now + timedelta(days=expiring_within_days)
         query = query.where(
-            col(Certificate.status) == "active",
+            col(Certificate.status) == CertStatus.ACTIVE,
             col(Certificate.not_after) >= now,
             col(Certificate.not_after) <= horizon,
         )
@@ -83,17 +89,16 @@ def revoke_certificate(
     Revocation needs no CA passphrase: it is a registry fact, published by the next CRL.
     """
     wanted = normalize_serial(serial)
-    reason_name = ca.normalize_reason(reason)
-    now = datetime.now(UTC)
+    reason_name = normalize_reason(reason)
+    now = clock.now()
     with write_session(ws.open_registry()) as session:
         row = session.get(Certificate, wanted)
         if row is None:
             raise NotFound(f"no certificate with serial {wanted} in the registry")
-        if row.status == "revoked":
+        if row.status == CertStatus.REVOKED:
             raise Conflict(f"certificate {wanted} is already revoked ({row.revocation_reason})")
         revoke_rows(session, [row], reason_name, now)
         # The platform must stop accepting this certificate too.
-
         jobs.enqueue_deregister(session, [row.device_id], certificate_serial=wanted, now=now)
         audit.append(
             session,
@@ -123,13 +128,11 @@ def renew_certificate(
     stay valid (for a rollover window) unless ``revoke_old`` revokes them as ``superseded``.
     """
     validate_key_type(key_type)
-    request = read_csr_file(csr, device_id) if isinstance(csr, Path) else csr
-    if request is not None:
-        ca.check_csr(request, device_id)
+    request = request_for(csr, device_id)
     engine = ws.open_registry()
     with read_session(engine) as session:
         device = get_device_row(session, device_id)
-        if device.status != "active":
+        if device.status != DeviceStatus.ACTIVE:
             raise Conflict(
                 f"device {device_id!r} is decommissioned; its identity cannot be renewed"
             )
@@ -137,39 +140,45 @@ def renew_certificate(
     latest = max(previous, key=lambda c: c.issued_at, default=None)
     chosen = load_profile(profile or (latest.profile if latest else "default"), ws.home)
     if key_type is None and request is None and latest is not None and profile is None:
-        key_type = latest.key_type if latest.key_origin == "generated" else None
+        key_type = latest.key_type if latest.key_origin == KeyOrigin.GENERATED else None
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
-    now = datetime.now(UTC)
-    identity = make_identity(issuer, device_id, chosen, key_type=key_type, csr=request, now=now)
-    new_row = certificate_row(device_id, identity, chosen.name, now)
-    staged = stage_identity(out_dir or Path.cwd(), device_id, identity, issuer)
+    now = clock.now()
+    issued = issue_certificate(issuer, device_id, chosen, key_type=key_type, csr=request, now=now)
+    new_row = certificate_row(device_id, issued, chosen.name, now)
+    staged = stage_identity(out_dir or Path.cwd(), device_id, issued, issuer)
     try:
-        with write_session(engine) as session:
-            device = get_device_row(session, device_id)
-            if device.status != "active":
-                raise Conflict(f"device {device_id!r} was decommissioned meanwhile")
-            old_active = [
-                c for c in device_certificates(session, device_id) if c.status == "active"
-            ]
-            session.add(new_row)
-            revoked = old_active if revoke_old else []
-            revoke_rows(session, revoked, "superseded", now)
-            device.updated_at = now
-            session.add(device)
-            audit.append(
-                session,
-                "cert.renew",
-                device_id,
-                {
-                    "certificate": certificate_details(new_row),
-                    "revoked": [c.serial for c in revoked],
-                },
-                at=now,
-            )
-            session.flush()
-            staged.publish(replace=True)
-        staged.commit()
+        _record_renewal(engine, new_row, staged, revoke_old, now)
     except BaseException:
         staged.rollback()
         raise
     return certificate_to_dict(new_row, now)
+
+
+def _record_renewal(
+    engine: Engine, new_row: Certificate, staged: StagedBundle, revoke_old: bool, now: datetime
+) -> None:
+    """One transaction: the new row, the old ones revoked if asked, the audit event, and the
+    bundle swapped in just before the commit (the caller rolls it back if anything fails)."""
+    device_id = new_row.device_id
+    with write_session(engine) as session:
+        device = get_device_row(session, device_id)
+        if device.status != DeviceStatus.ACTIVE:
+            raise Conflict(f"device {device_id!r} was decommissioned meanwhile")
+        old_active = [
+            c for c in device_certificates(session, device_id) if c.status == CertStatus.ACTIVE
+        ]
+        session.add(new_row)
+        revoked = old_active if revoke_old else []
+        revoke_rows(session, revoked, "superseded", now)
+        device.updated_at = now
+        session.add(device)
+        audit.append(
+            session,
+            "cert.renew",
+            device_id,
+            {"certificate": certificate_details(new_row), "revoked": [c.serial for c in revoked]},
+            at=now,
+        )
+        session.flush()
+        staged.publish(replace=True)
+    staged.commit()

@@ -8,116 +8,53 @@ again if the commit fails.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from fleet import clock
 from fleet.cloud import jobs
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
 from fleet.pki import ca
 from fleet.pki.bundles import StagedBundle, stage_bundle
 from fleet.pki.crl import revoke_rows
-from fleet.pki.profiles import KEY_TYPES, Profile, load_profile
+from fleet.pki.csr import request_for
+from fleet.pki.issue import (
+    IssuedCertificate,
+    certificate_details,
+    certificate_row,
+    device_details,
+    issue_certificate,
+)
+from fleet.pki.issuer import Issuer
+from fleet.pki.profiles import KEY_TYPES, load_profile
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate, Device
+from fleet.statuses import CertStatus, DeviceStatus
 from fleet.views import device_to_dict
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
-DEVICE_STATUSES = ("active", "decommissioned")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A freshly signed device certificate and, when fleet generated it, the private key."""
-
-    cert: x509.Certificate
-    key_pem: bytes | None
-    key_type: str
-    key_origin: str  # "generated" or "csr"
-
-
-def make_identity(
-    issuer: ca.Issuer,
-    device_id: str,
-    profile: Profile,
-    *,
-    key_type: str | None = None,
-    csr: x509.CertificateSigningRequest | None = None,
-    now: datetime | None = None,
-) -> Identity:
-    """Generate a key (or take the CSR's public key) and sign a certificate for it."""
-    if csr is not None:
-        public_key = csr.public_key()
-        cert = ca.issue_device_certificate(issuer, device_id, public_key, profile, now=now)
-        return Identity(cert, None, ca.key_type_of(public_key), "csr")
-    chosen = key_type or profile.key_type
-    key = ca.generate_key(chosen)
-    cert = ca.issue_device_certificate(issuer, device_id, key.public_key(), profile, now=now)
-    return Identity(cert, ca.private_key_pem(key), chosen, "generated")
+DEVICE_STATUSES = tuple(DeviceStatus)
 
 
 def stage_identity(
-    out_dir: Path, device_id: str, identity: Identity, issuer: ca.Issuer
+    out_dir: Path, device_id: str, issued: IssuedCertificate, issuer: Issuer
 ) -> StagedBundle:
     """Write an identity's bundle (key if generated, cert, chain) to a staging folder."""
     return stage_bundle(
         out_dir,
         device_id,
-        key_pem=identity.key_pem,
-        cert_pem=ca.cert_pem(identity.cert),
+        key_pem=issued.key_pem,
+        cert_pem=issued.cert_pem.encode("ascii"),
         chain_pem=issuer.chain_pem,
     )
-
-
-def certificate_row(
-    device_id: str, identity: Identity, profile_name: str, now: datetime
-) -> Certificate:
-    """The registry row for an identity's certificate."""
-    cert = identity.cert
-    return Certificate(
-        serial=ca.serial_hex(cert.serial_number),
-        device_id=device_id,
-        fingerprint_sha256=ca.fingerprint_sha256(cert),
-        subject=cert.subject.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        status="active",
-        profile=profile_name,
-        key_type=identity.key_type,
-        key_origin=identity.key_origin,
-        issued_at=now,
-        pem=ca.cert_pem(cert).decode("ascii"),
-    )
-
-
-def certificate_details(row: Certificate) -> dict[str, Any]:
-    """What the audit trail records about an issued certificate."""
-    return {
-        "serial": row.serial,
-        "fingerprint_sha256": row.fingerprint_sha256,
-        "not_before": row.not_before.isoformat(),
-        "not_after": row.not_after.isoformat(),
-        "profile": row.profile,
-        "key_type": row.key_type,
-        "key_origin": row.key_origin,
-    }
-
-
-def device_details(device: Device) -> dict[str, Any]:
-    """What the audit trail records about a device's attributes."""
-    return {
-        "model": device.model,
-        "serial": device.serial,
-        "labels": dict(device.labels),
-        "status": device.status,
-    }
 
 
 def validate_key_type(key_type: str | None) -> str | None:
@@ -125,15 +62,6 @@ def validate_key_type(key_type: str | None) -> str | None:
     if key_type is not None and key_type not in KEY_TYPES:
         raise InvalidInput(f"key type must be one of {', '.join(KEY_TYPES)}")
     return key_type
-
-
-def read_csr_file(path: Path, device_id: str) -> x509.CertificateSigningRequest:
-    """Read and check a CSR file for ``device_id`` (see :func:`fleet.pki.ca.load_csr`)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read CSR {path}: {exc.strerror}") from exc
-    return ca.load_csr(data, device_id, source=f"CSR {path}")
 
 
 def add_device(
@@ -162,15 +90,10 @@ def add_device(
         add_device(Workspace(Path("~/fleet")), "pump-0042", model="p200", out_dir=Path("ids"))
     """
     validate_device_id(device_id)
-    validate_text_field("model", model)
-    validate_text_field("serial", serial)
-    for key, value in (labels or {}).items():
-        validate_label(key, value)
+    _validate_attributes(model, serial, labels)
     validate_key_type(key_type)
     chosen_profile = load_profile(profile, ws.home)
-    request = read_csr_file(csr, device_id) if isinstance(csr, Path) else csr
-    if request is not None:
-        ca.check_csr(request, device_id)
+    request = request_for(csr, device_id)
     out = (out_dir or Path.cwd()) / device_id
     engine = ws.open_registry()
     with read_session(engine) as session:
@@ -182,8 +105,8 @@ def add_device(
         raise Conflict(f"{out} already exists; move it away or choose another --out")
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
 
-    now = datetime.now(UTC)
-    identity = make_identity(
+    now = clock.now()
+    issued = issue_certificate(
         issuer, device_id, chosen_profile, key_type=key_type, csr=request, now=now
     )
     device = Device(
@@ -191,28 +114,14 @@ def add_device(
         model=model,
         serial=serial,
         labels=dict(labels or {}),
-        status="active",
+        status=DeviceStatus.ACTIVE,
         created_at=now,
         updated_at=now,
     )
-    cert_row = certificate_row(device_id, identity, chosen_profile.name, now)
-    staged = stage_identity(out.parent, device_id, identity, issuer)
+    cert_row = certificate_row(device_id, issued, chosen_profile.name, now)
+    staged = stage_identity(out.parent, device_id, issued, issuer)
     try:
-        with write_session(engine) as session:
-            session.add(device)
-            session.flush()
-            session.add(cert_row)
-            audit.append(
-                session,
-                "device.add",
-                device_id,
-                {**device_details(device), "certificate": certificate_details(cert_row)},
-                at=now,
-            )
-            if clouds:
-                jobs.enqueue_register(session, [device_id], clouds, now=now)
-            staged.publish()
-        staged.commit()
+        _record_new_device(engine, device, cert_row, staged, clouds, now)
     except IntegrityError as exc:
         staged.rollback()
         raise Conflict(f"device {device_id!r} already exists") from exc
@@ -220,6 +129,42 @@ def add_device(
         staged.rollback()
         raise
     return device_to_dict(device, [cert_row], now)
+
+
+def _validate_attributes(
+    model: str | None, serial: str | None, labels: dict[str, str] | None
+) -> None:
+    validate_text_field("model", model)
+    validate_text_field("serial", serial)
+    for key, value in (labels or {}).items():
+        validate_label(key, value)
+
+
+def _record_new_device(
+    engine: Engine,
+    device: Device,
+    cert_row: Certificate,
+    staged: StagedBundle,
+    clouds: Sequence[str],
+    now: datetime,
+) -> None:
+    """One transaction: the rows, the audit event, cloud jobs, and the bundle renamed into
+    place just before the commit (the caller rolls the bundle back if anything fails)."""
+    with write_session(engine) as session:
+        session.add(device)
+        session.flush()
+        session.add(cert_row)
+        audit.append(
+            session,
+            "device.add",
+            device.id,
+            {**device_details(device), "certificate": certificate_details(cert_row)},
+            at=now,
+        )
+        if clouds:
+            jobs.enqueue_register(session, [device.id], clouds, now=now)
+        staged.publish()
+    staged.commit()
 
 
 def get_device_row(session: Session, device_id: str) -> Device:
@@ -257,7 +202,7 @@ def iter_devices(
     for key, value in (labels or {}).items():
         validate_label(key, value)
     engine = ws.open_registry()
-    now = datetime.now(UTC)
+    now = clock.now()
     last_id = ""
     while True:
         with read_session(engine) as session:
@@ -303,14 +248,11 @@ def update_device(
     remove_labels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Change a device's model, serial or labels; the audit event records old and new."""
-    validate_text_field("model", model)
-    validate_text_field("serial", serial)
-    for key, value in (set_labels or {}).items():
-        validate_label(key, value)
-    now = datetime.now(UTC)
+    _validate_attributes(model, serial, set_labels)
+    now = clock.now()
     with write_session(ws.open_registry()) as session:
         device = get_device_row(session, device_id)
-        if device.status != "active":
+        if device.status != DeviceStatus.ACTIVE:
             raise Conflict(f"device {device_id!r} is decommissioned and cannot be changed")
         before = device_details(device)
         labels = dict(device.labels)
@@ -342,20 +284,19 @@ def decommission_device(
 ) -> dict[str, Any]:
     """Retire a device: revoke its active certificates (cessationOfOperation), keep its row."""
     validate_text_field("reason", reason, limit=256)
-    now = datetime.now(UTC)
+    now = clock.now()
     with write_session(ws.open_registry()) as session:
         device = get_device_row(session, device_id)
-        if device.status == "decommissioned":
+        if device.status == DeviceStatus.DECOMMISSIONED:
             raise Conflict(f"device {device_id!r} is already decommissioned")
         certificates = device_certificates(session, device_id)
-        active = [c for c in certificates if c.status == "active"]
-        device.status = "decommissioned"
+        active = [c for c in certificates if c.status == CertStatus.ACTIVE]
+        device.status = DeviceStatus.DECOMMISSIONED
         device.decommissioned_at = now
         device.decommission_reason = reason
         device.updated_at = now
         session.add(device)
         revoke_rows(session, active, "cessationOfOperation", now)
-
         jobs.enqueue_deregister(session, [device_id], now=now)
         audit.append(
             session,

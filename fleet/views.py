@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fleet import clock
 from fleet.registry.models import Certificate, Device
+from fleet.statuses import CertStatus
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -15,13 +17,13 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def certificate_status(cert: Certificate, now: datetime | None = None) -> str:
+def certificate_status(cert: Certificate, now: datetime | None = None) -> CertStatus:
     """``active``, ``revoked`` or ``expired`` (an unrevoked certificate past ``not_after``)."""
-    if cert.status == "revoked":
-        return "revoked"
-    if cert.not_after < (now or datetime.now(UTC)):
-        return "expired"
-    return "active"
+    if cert.status == CertStatus.REVOKED:
+        return CertStatus.REVOKED
+    if cert.not_after < (now or clock.now()):
+        return CertStatus.EXPIRED
+    return CertStatus.ACTIVE
 
 
 def certificate_to_dict(cert: Certificate, now: datetime | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from helpers import device_record
 
 from fleet.cloud.base import CloudBackend, CloudError, ConflictError, DeviceRecord
 from fleet.pki import ca
+from fleet.pki.issuer import Issuer
 
 ReadBack = Callable[[str], dict[str, Any] | None]
 MakeDevice = Callable[[str], DeviceRecord]
@@ -34,12 +35,12 @@ class BackendContract:
     """Shared tests; not collected by itself (no ``Test`` prefix)."""
 
     @pytest.fixture(scope="class")
-    def fleet_issuer(self, tmp_path_factory: pytest.TempPathFactory) -> ca.Issuer:
+    def fleet_issuer(self, tmp_path_factory: pytest.TempPathFactory) -> Issuer:
         home: Path = tmp_path_factory.mktemp("contract-ca")
         return ca.create_ca(home, "Contract CA", "ec-p256", "contract passphrase")
 
     @pytest.fixture
-    def make_device(self, fleet_issuer: ca.Issuer) -> MakeDevice:
+    def make_device(self, fleet_issuer: Issuer) -> MakeDevice:
         return lambda device_id: device_record(fleet_issuer, device_id)
 
     @pytest.fixture

@@ -1,14 +1,20 @@
-"""The CA: init, RFC 5280 hygiene checked by pkilint and `openssl verify`, CRLs, profiles."""
+"""The CA: init, RFC 5280 hygiene checked by pkilint and `openssl verify`, CRLs, profiles,
+the issuance path and the worker issuer."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import pickle
 import stat
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from helpers import PASSPHRASE, Cli, snapshot
 from pkitools import (
     openssl_verify,
@@ -20,7 +26,10 @@ from pkitools import (
 
 from fleet import devices
 from fleet.errors import Conflict, NotFound
-from fleet.pki import authority
+from fleet.pki import authority, ca, issue, keys
+from fleet.pki.csr import load_csr
+from fleet.pki.issuer import Issuer, IssuerFactory
+from fleet.pki.profiles import load_profile
 from fleet.registry import audit
 from fleet.workspace import Workspace
 
@@ -274,3 +283,114 @@ def test_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
     )
     assert code == 0, screen
     assert (tmp_path / "tty-1" / "key.pem").is_file()
+
+
+# --- the issuance path ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def file_issuer(tmp_path_factory: pytest.TempPathFactory) -> ca.FileIssuer:
+    return ca.create_ca(tmp_path_factory.mktemp("ca"), "Issue Test", "ec-p256", PASSPHRASE)
+
+
+def assert_row_matches(
+    row: object, issued: issue.IssuedCertificate, cert: x509.Certificate
+) -> None:
+    expected = {
+        "serial": keys.serial_hex(cert.serial_number),
+        "device_id": "dev-1",
+        "fingerprint_sha256": keys.fingerprint_sha256(cert),
+        "subject": cert.subject.rfc4514_string(),
+        "not_before": cert.not_valid_before_utc,
+        "not_after": cert.not_valid_after_utc,
+        "status": "active",
+        "profile": "default",
+        "key_type": issued.key_type,
+        "key_origin": issued.key_origin,
+        "pem": keys.cert_pem(cert).decode("ascii"),
+    }
+    assert {name: getattr(row, name) for name in expected} == expected
+
+
+def test_issue_with_a_generated_key(file_issuer: ca.FileIssuer) -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    issued = issue.issue_certificate(file_issuer, "dev-1", load_profile("default"), now=now)
+    cert = issued.certificate()
+    assert keys.verify_issued_by(cert, file_issuer.cert)
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "dev-1"
+    assert (issued.key_type, issued.key_origin) == ("ec-p256", "generated")
+    assert issued.key_pem is not None
+    key = serialization.load_pem_private_key(issued.key_pem, password=None)
+    assert key.public_key() == cert.public_key()
+
+    row = issue.certificate_row("dev-1", issued, "default", now)
+    assert_row_matches(row, issued, cert)
+    assert row.issued_at == now and row.revoked_at is None
+    assert issue.certificate_details(row) == issue.certificate_details(
+        issue.certificate_values("dev-1", issued, "default", now)
+    )
+    assert issue.certificate_details(row)["not_after"] == cert.not_valid_after_utc.isoformat()
+
+
+def test_issue_for_a_csr(file_issuer: ca.FileIssuer) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dev-1")]))
+        .sign(key, hashes.SHA256())
+    )
+    csr = load_csr(request.public_bytes(serialization.Encoding.DER), "dev-1")
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    issued = issue.issue_certificate(
+        file_issuer, "dev-1", load_profile("default"), key_type="ec-p384", csr=csr, now=now
+    )
+    cert = issued.certificate()
+    assert cert.public_key() == key.public_key()
+    assert (issued.key_type, issued.key_origin, issued.key_pem) == ("rsa-2048", "csr", None)
+    assert_row_matches(issue.certificate_row("dev-1", issued, "default", now), issued, cert)
+
+
+def test_issued_certificate_crosses_processes_without_its_key(file_issuer: ca.FileIssuer) -> None:
+    issued = issue.issue_certificate(file_issuer, "dev-1", load_profile("default"))
+    assert issued.key_pem is not None and "PRIVATE" not in repr(issued)
+    sent = pickle.dumps(issued.without_key())
+    assert b"PRIVATE KEY" not in sent
+    received = pickle.loads(sent)
+    assert received.key_pem is None
+    assert (received.serial, received.cert_pem, received.key_origin) == (
+        issued.serial,
+        issued.cert_pem,
+        issued.key_origin,
+    )
+
+
+_worker_issuer: Issuer | None = None
+
+
+def _start_worker(factory: IssuerFactory) -> None:
+    global _worker_issuer
+    _worker_issuer = factory()
+
+
+def _issue_in_worker(device_id: str) -> issue.IssuedCertificate:
+    assert _worker_issuer is not None, "initialiser did not run"
+    issued = issue.issue_certificate(_worker_issuer, device_id, load_profile("default"))
+    return issued.without_key()
+
+
+def test_worker_factory_gives_a_working_issuer_in_a_fresh_process(
+    file_issuer: ca.FileIssuer,
+) -> None:
+    """The factory is pickled into a spawned process (no fork: nothing inherited), whose
+    initialiser builds the issuer that signs there."""
+    factory = file_issuer.for_workers()
+    assert repr(factory) == "FileIssuerFactory()"  # the key never shows in logs
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        1, mp_context=context, initializer=_start_worker, initargs=(factory,)
+    ) as pool:
+        issued = pool.submit(_issue_in_worker, "worker-1").result(timeout=120)
+    cert = issued.certificate()
+    assert keys.verify_issued_by(cert, file_issuer.cert)
+    assert cert.issuer == file_issuer.cert.subject
+    assert issued.key_pem is None and issued.key_origin == "generated"

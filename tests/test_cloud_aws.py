@@ -34,7 +34,9 @@ from fleet.cloud.base import (
 )
 from fleet.cloud.sigv4 import BotocoreSigV4Auth
 from fleet.errors import InvalidInput
-from fleet.pki import ca
+from fleet.pki import ca, keys
+from fleet.pki.issue import verification_certificate
+from fleet.pki.issuer import Issuer
 
 REGION = "eu-west-1"
 CERT_ARN = f"arn:aws:iot:{REGION}:123456789012:cert/{'ab' * 32}"
@@ -117,26 +119,26 @@ def iot_data(moto: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> ca.Issuer:
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
     """A real fleet CA (root + issuing)."""
     return ca.create_ca(tmp_path_factory.mktemp("ca"), "AWS Test Fleet", "ec-p256", PASSPHRASE)
 
 
 @pytest.fixture(scope="module")
-def foreign_issuer(tmp_path_factory: pytest.TempPathFactory) -> ca.Issuer:
+def foreign_issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
     """Another fleet CA that AWS was never told about."""
     return ca.create_ca(tmp_path_factory.mktemp("ca2"), "Foreign Fleet", "ec-p256", PASSPHRASE)
 
 
-def ca_material(issuer: ca.Issuer) -> CaMaterial:
+def ca_material(issuer: Issuer) -> CaMaterial:
     """What the outbox gives ``prepare``: fleet's CA, able to sign a verification cert."""
 
     def sign(common_name: str, public_key_pem: bytes) -> str:
-        return ca.sign_verification_certificate(issuer, common_name, public_key_pem)
+        return verification_certificate(issuer, common_name, public_key_pem)
 
     return CaMaterial(
-        issuing_pem=ca.cert_pem(issuer.cert).decode(),
-        root_pem=ca.cert_pem(issuer.root).decode(),
+        issuing_pem=keys.cert_pem(issuer.cert).decode(),
+        root_pem=keys.cert_pem(issuer.root).decode(),
         sign_verification_cert=sign,
     )
 
@@ -163,7 +165,7 @@ def backend(make_backend: Callable[..., AwsIotBackend]) -> AwsIotBackend:
 
 
 @pytest.fixture
-def state(backend: AwsIotBackend, issuer: ca.Issuer) -> dict[str, Any]:
+def state(backend: AwsIotBackend, issuer: Issuer) -> dict[str, Any]:
     return backend.prepare(ca_material(issuer))
 
 
@@ -197,7 +199,7 @@ class TestAwsIotBackendContract(BackendContract):
         return make_backend(thing_group="contract")
 
     @pytest.fixture
-    def backend_state(self, backend: AwsIotBackend, fleet_issuer: ca.Issuer) -> dict[str, Any]:
+    def backend_state(self, backend: AwsIotBackend, fleet_issuer: Issuer) -> dict[str, Any]:
         return backend.prepare(ca_material(fleet_issuer))
 
     @pytest.fixture
@@ -214,7 +216,7 @@ class TestAwsRegistration:
     result read back with boto3."""
 
     def test_register_then_read_back(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
     ) -> None:
         device = device_record(issuer, "gw-0001", labels={"site": "plant-7"})
         remote = backend.register(device, state)
@@ -228,7 +230,7 @@ class TestAwsRegistration:
         assert found["principals"] == [remote["certificate_arn"]]
 
     def test_register_twice_is_success(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
     ) -> None:
         device = device_record(issuer, "gw-0002")
         first = backend.register(device, state)
@@ -239,7 +241,7 @@ class TestAwsRegistration:
         assert read_back(iot, "gw-0002")["principals"] == [first["certificate_arn"]]  # type: ignore[index]
 
     def test_register_updates_attributes(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
     ) -> None:
         device = device_record(issuer, "gw-0003", labels={"site": "a"})
         backend.register(device, state)
@@ -251,7 +253,7 @@ class TestAwsRegistration:
         }
 
     def test_other_certificate_is_conflict(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
     ) -> None:
         backend.register(device_record(issuer, "gw-0004"), state)
         rival = device_record(issuer, "gw-0004")
@@ -262,7 +264,7 @@ class TestAwsRegistration:
         assert len(read_back(iot, "gw-0004")["principals"]) == 1  # type: ignore[index]
 
     def test_deregister_then_read_back(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
     ) -> None:
         device = device_record(issuer, "gw-0005")
         remote = backend.register(device, state)
@@ -274,7 +276,7 @@ class TestAwsRegistration:
         assert iot.list_attached_policies(target=remote["certificate_arn"])["policies"] == []
 
     def test_deregister_twice_is_success(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
     ) -> None:
         device = device_record(issuer, "gw-0006")
         remote = backend.register(device, state)
@@ -285,7 +287,7 @@ class TestAwsRegistration:
         assert status["certificateDescription"]["status"] == "INACTIVE"
 
     def test_deregister_unknown_device_is_success(
-        self, backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+        self, backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
     ) -> None:
         """Already gone counts as done: no error, and nothing appears on the platform."""
         things_before = iot.list_things()["things"]
@@ -297,7 +299,7 @@ class TestAwsRegistration:
         self,
         backend: AwsIotBackend,
         state: dict[str, Any],
-        issuer: ca.Issuer,
+        issuer: Issuer,
         iot_data: Any,
     ) -> None:
         """moto's SearchIndex reports every thing as connected (it does not model
@@ -318,8 +320,8 @@ class TestAwsRegistration:
         self,
         backend: AwsIotBackend,
         state: dict[str, Any],
-        issuer: ca.Issuer,
-        foreign_issuer: ca.Issuer,
+        issuer: Issuer,
+        foreign_issuer: Issuer,
         caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
@@ -348,8 +350,8 @@ class TestAwsRegistration:
 
 def _same_cert(a: str | None, b: str) -> bool:
     assert a is not None
-    return ca.fingerprint_sha256(x509.load_pem_x509_certificate(a.encode())) == (
-        ca.fingerprint_sha256(x509.load_pem_x509_certificate(b.encode()))
+    return keys.fingerprint_sha256(x509.load_pem_x509_certificate(a.encode())) == (
+        keys.fingerprint_sha256(x509.load_pem_x509_certificate(b.encode()))
     )
 
 
@@ -508,7 +510,7 @@ def test_signature_of_json_body_equals_boto3s(
 
 
 def test_colon_thing_name_end_to_end(
-    backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+    backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
 ) -> None:
     device = device_record(issuer, "site:7:gw-01")
     remote = backend.register(device, state)
@@ -558,9 +560,7 @@ def recording_client(log: list[tuple[httpx.Request, httpx.Response]]) -> httpx.C
     return httpx.Client(timeout=10, event_hooks={"response": [on_response]})
 
 
-def test_prepare_registers_ca_with_verification_cert(
-    moto: str, issuer: ca.Issuer, iot: Any
-) -> None:
+def test_prepare_registers_ca_with_verification_cert(moto: str, issuer: Issuer, iot: Any) -> None:
     """DEFAULT mode: the verification certificate's CN is the registration code AWS gave, and
     fleet's issuing CA signed it (moto does not check this, so the test does)."""
     log: list[tuple[httpx.Request, httpx.Response]] = []
@@ -575,16 +575,16 @@ def test_prepare_registers_ca_with_verification_cert(
     verification = x509.load_pem_x509_certificate(body["verificationCertificate"].encode())
     cn = verification.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     assert cn == code
-    assert ca.verify_issued_by(verification, issuer.cert)
+    assert keys.verify_issued_by(verification, issuer.cert)
     described = iot.describe_ca_certificate(certificateId=state["ca_certificate_id"])
     assert described["certificateDescription"]["status"] == "ACTIVE"
     assert _same_cert(
-        described["certificateDescription"]["certificatePem"], ca.cert_pem(issuer.cert).decode()
+        described["certificateDescription"]["certificatePem"], keys.cert_pem(issuer.cert).decode()
     )
     backend.close()
 
 
-def test_prepare_sni_only_sends_no_verification(moto: str, issuer: ca.Issuer) -> None:
+def test_prepare_sni_only_sends_no_verification(moto: str, issuer: Issuer) -> None:
     log: list[tuple[httpx.Request, httpx.Response]] = []
     options = AwsIotBackend.validate_options(
         {"region": REGION, "endpoint_url": moto, "ca_mode": "SNI_ONLY"}
@@ -598,7 +598,7 @@ def test_prepare_sni_only_sends_no_verification(moto: str, issuer: ca.Issuer) ->
 
 
 def test_prepare_is_idempotent_and_creates_least_privilege_policy(
-    make_backend: Callable[..., AwsIotBackend], issuer: ca.Issuer, iot: Any
+    make_backend: Callable[..., AwsIotBackend], issuer: Issuer, iot: Any
 ) -> None:
     backend = make_backend(thing_group="plant-7", thing_type="gateway")
     first = backend.prepare(ca_material(issuer))
@@ -626,7 +626,7 @@ def test_prepare_is_idempotent_and_creates_least_privilege_policy(
 
 
 def test_prepare_keeps_an_existing_policy(
-    make_backend: Callable[..., AwsIotBackend], issuer: ca.Issuer, iot: Any
+    make_backend: Callable[..., AwsIotBackend], issuer: Issuer, iot: Any
 ) -> None:
     mine = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "iot:*"}]}
     iot.create_policy(policyName="custom", policyDocument=json.dumps(mine))
@@ -638,7 +638,7 @@ def test_prepare_keeps_an_existing_policy(
 
 
 def test_register_reads_back_principals_policy_group(
-    backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+    backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
 ) -> None:
     remote = backend.register(device_record(issuer, "gw-0100"), state)
     cert = iot.describe_certificate(certificateId=remote["certificate_id"])
@@ -653,7 +653,7 @@ def test_register_reads_back_principals_policy_group(
 
 
 def test_dot_in_id_is_refused_before_any_call(
-    backend: AwsIotBackend, state: dict[str, Any], issuer: ca.Issuer, iot: Any
+    backend: AwsIotBackend, state: dict[str, Any], issuer: Issuer, iot: Any
 ) -> None:
     with pytest.raises(PermanentError, match=r"contains '\.'.*letters, digits, ':', '_' and '-'"):
         backend.register(device_record(issuer, "gw.0101"), state)
@@ -664,7 +664,7 @@ def test_dot_in_id_is_refused_before_any_call(
 
 
 def test_foreign_ca_certificate_is_refused(
-    backend: AwsIotBackend, state: dict[str, Any], foreign_issuer: ca.Issuer, iot: Any
+    backend: AwsIotBackend, state: dict[str, Any], foreign_issuer: Issuer, iot: Any
 ) -> None:
     """moto would accept any certificate: fleet checks the chain itself first."""
     with pytest.raises(PermanentError, match="not issued by the CA registered"):
@@ -673,13 +673,13 @@ def test_foreign_ca_certificate_is_refused(
     assert iot.list_certificates()["certificates"] == []
 
 
-def test_unprepared_cloud_is_refused(backend: AwsIotBackend, issuer: ca.Issuer) -> None:
+def test_unprepared_cloud_is_refused(backend: AwsIotBackend, issuer: Issuer) -> None:
     with pytest.raises(PermanentError, match="not prepared"):
         backend.register(device_record(issuer, "gw-0103"), {})
 
 
 def test_attribute_limits(
-    make_backend: Callable[..., AwsIotBackend], issuer: ca.Issuer, iot: Any
+    make_backend: Callable[..., AwsIotBackend], issuer: Issuer, iot: Any
 ) -> None:
     untyped = make_backend()
     state = untyped.prepare(ca_material(issuer))
@@ -709,7 +709,7 @@ def test_attribute_limits(
 )
 def test_deregister_modes(
     make_backend: Callable[..., AwsIotBackend],
-    issuer: ca.Issuer,
+    issuer: Issuer,
     iot: Any,
     options: dict[str, Any],
     status: str,
@@ -731,7 +731,7 @@ def test_deregister_modes(
 
 
 def test_reregister_after_inactive_reactivates_but_revoked_is_final(
-    make_backend: Callable[..., AwsIotBackend], issuer: ca.Issuer, iot: Any
+    make_backend: Callable[..., AwsIotBackend], issuer: Issuer, iot: Any
 ) -> None:
     backend = make_backend()
     state = backend.prepare(ca_material(issuer))
@@ -772,11 +772,11 @@ def mock_backend(
     return AwsIotBackend("mock", valid, client=httpx.Client(transport=httpx.MockTransport(handler)))
 
 
-def test_throttling_is_transient_with_retry_after(issuer: ca.Issuer) -> None:
+def test_throttling_is_transient_with_retry_after(issuer: Issuer) -> None:
     """moto never throttles: AWS's documented ThrottlingException (HTTP 400, type in
     x-amzn-ErrorType) comes from a MockTransport."""
     backend = mock_backend(lambda request: httpx.Response(**THROTTLED))
-    state = {"issuing_pem": ca.cert_pem(issuer.cert).decode()}
+    state = {"issuing_pem": keys.cert_pem(issuer.cert).decode()}
     with pytest.raises(TransientError) as info:
         backend.register(device_record(issuer, "gw-0200"), state)
     assert info.value.retry_after == 3.0
@@ -811,11 +811,11 @@ def test_throttling_is_transient_with_retry_after(issuer: ca.Issuer) -> None:
     ],
 )
 def test_error_classification(
-    issuer: ca.Issuer, response: httpx.Response, kind: type[Exception]
+    issuer: Issuer, response: httpx.Response, kind: type[Exception]
 ) -> None:
     """Documented AWS error shapes (MockTransport: moto cannot produce them on demand)."""
     backend = mock_backend(lambda request: response)
-    state = {"issuing_pem": ca.cert_pem(issuer.cert).decode()}
+    state = {"issuing_pem": keys.cert_pem(issuer.cert).decode()}
     with pytest.raises(kind) as info:
         backend.register(device_record(issuer, "gw-0201"), state)
     if kind is PermanentError:
@@ -823,11 +823,11 @@ def test_error_classification(
 
 
 @pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ReadTimeout])
-def test_network_failures_are_transient(issuer: ca.Issuer, failure: type[Exception]) -> None:
+def test_network_failures_are_transient(issuer: Issuer, failure: type[Exception]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise failure("down", request=request)  # type: ignore[call-arg]
 
-    state = {"issuing_pem": ca.cert_pem(issuer.cert).decode()}
+    state = {"issuing_pem": keys.cert_pem(issuer.cert).decode()}
     with pytest.raises(TransientError):
         mock_backend(handler).register(device_record(issuer, "gw-0202"), state)
 
@@ -1021,7 +1021,7 @@ def test_cli_register_sync_decommission_against_moto(
     assert pushed.exit_code == 0, pushed.stderr
     assert {t["thingName"] for t in iot.list_things()["things"]} == {"gw:1", "gw-2"}
     issuing, _ = ca.load_ca_certificates(ready_sqlite_ws.home)
-    registered_ca = iot.describe_ca_certificate(certificateId=ca.fingerprint_sha256(issuing))
+    registered_ca = iot.describe_ca_certificate(certificateId=keys.fingerprint_sha256(issuing))
     assert registered_ca["certificateDescription"]["status"] == "ACTIVE"
     synced = cli("cloud", "sync", "aws")
     assert synced.exit_code == 0, synced.stderr
@@ -1095,7 +1095,7 @@ def test_check_unreachable_region_names_the_region() -> None:
 
 
 def test_delete_thing_refused_while_foreign_principals_remain(
-    make_backend: Callable[..., AwsIotBackend], issuer: ca.Issuer, iot: Any
+    make_backend: Callable[..., AwsIotBackend], issuer: Issuer, iot: Any
 ) -> None:
     backend = make_backend(delete_thing=True)
     state = backend.prepare(ca_material(issuer))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from helpers import PASSPHRASE, Cli, snapshot
 
 from fleet import devices
 from fleet.errors import Conflict, InvalidInput, NotFound
+from fleet.pki.issue import device_details
+from fleet.registry.models import Device
 from fleet.workspace import Workspace
 
 
@@ -297,3 +300,12 @@ def test_unknown_device(ready_ws: Workspace, cli: Cli) -> None:
         result = cli(*args)
         assert result.exit_code == NotFound.exit_code, args
         assert "no device 'ghost'" in result.stderr
+
+
+def test_audit_details_read_a_row_or_its_column_values() -> None:
+    """Bulk writers (provisioning) hold column values, not rows: both record the same."""
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    values = {"id": "d1", "model": "p200", "serial": None, "labels": {"site": "hh"},
+              "status": "active", "created_at": now, "updated_at": now}  # fmt: skip
+    expected = {"model": "p200", "serial": None, "labels": {"site": "hh"}, "status": "active"}
+    assert device_details(Device(**values)) == device_details(values) == expected

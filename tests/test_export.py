@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from helpers import PASSPHRASE, REPO, Cli, run_fleet, snapshot
 from pkitools import pkilint_cert, pkilint_chain
 
 from fleet import certs, devices, export
+from fleet import clock as fleet_clock
 from fleet.errors import AuthError, IntegrityError, InvalidInput
-from fleet.pki import signing
+from fleet.pki import cms, keys, signers
 from fleet.pki.authority import init_workspace
 from fleet.registry.audit import iter_audit_events
 from fleet.workspace import Workspace
@@ -176,7 +178,7 @@ def test_filters(ready_ws: Workspace, cli: Cli, out_dir: Path) -> None:
 
 
 class Clock:
-    """Simulated time for the library's ``datetime.now`` (devices and certificates)."""
+    """Simulated time for the library's clock (:func:`fleet.clock.now`)."""
 
     def __init__(self, start: datetime) -> None:
         self.now = start
@@ -187,17 +189,10 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+def clock() -> Iterator[Clock]:
     state = Clock(datetime(2027, 3, 1, 9, 0, 0, 250000, tzinfo=UTC))
-
-    class FakeDatetime(datetime):
-        @classmethod
-        def now(cls, tz: Any = None) -> FakeDatetime:  # type: ignore[override]
-            return state.now  # type: ignore[return-value]
-
-    monkeypatch.setattr(devices, "datetime", FakeDatetime)
-    monkeypatch.setattr(certs, "datetime", FakeDatetime)
-    return state
+    with fleet_clock.frozen(lambda: state.now):
+        yield state
 
 
 def test_as_of_equals_what_a_plain_export_printed_then(
@@ -351,10 +346,8 @@ def test_verify_names_chain_and_row_count_failures(
     manifest["rows"] = 2
     doctored = json.dumps(manifest).encode()
     manifest_file.write_bytes(doctored)
-    signer = signing.load_signer(ready_sqlite_ws, PASSPHRASE)
-    target.with_name("d.jsonl.manifest.json.p7s").write_bytes(
-        signing.sign_detached(signer, doctored)
-    )
+    signer = signers.load_signer(ready_sqlite_ws, PASSPHRASE)
+    target.with_name("d.jsonl.manifest.json.p7s").write_bytes(cms.sign_detached(signer, doctored))
     report = export.verify_export(target, ws=ready_sqlite_ws)
     assert [c.name for c in report.failed()] == ["row count"]
     assert "holds 1 rows; the manifest says 2" in report.failed()[0].detail
@@ -389,7 +382,7 @@ def test_export_signing_certificate(
     # issued once, audited once; device certificates still come from the issuing CA
     issued = [e for e in iter_audit_events(ready_sqlite_ws) if e["action"] == "ca.export_signer"]
     assert len(issued) == 1
-    assert issued[0]["details"]["fingerprint_sha256"] == signing.ca.fingerprint_sha256(cert)
+    assert issued[0]["details"]["fingerprint_sha256"] == keys.fingerprint_sha256(cert)
     device = add(ready_sqlite_ws, "k-2", out_dir)
     leaf = x509.load_pem_x509_certificate((out_dir / "k-2" / "cert.pem").read_bytes())
     assert leaf.issuer == x509.load_pem_x509_certificate(issuing.read_bytes()).subject
@@ -398,7 +391,7 @@ def test_export_signing_certificate(
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku  # the device profile, not the signer's
     # a wrong passphrase cannot use the signer
     with pytest.raises(AuthError):
-        signing.load_signer(ready_sqlite_ws, "wrong")
+        signers.load_signer(ready_sqlite_ws, "wrong")
 
 
 def test_stdout_export_is_unsigned_and_sign_needs_out(
@@ -558,7 +551,7 @@ def test_fleet_and_independent_signatures_all_verify(
         return (
             pkcs7.PKCS7SignatureBuilder()
             .set_data(content)
-            .add_signer(signer.cert, signer.key, signing.ca.signature_hash(signer.key))
+            .add_signer(signer.cert, signer.key, keys.signature_hash(signer.key))
             .add_certificate(signer.issuing)
             .sign(
                 serialization.Encoding.PEM,
@@ -566,21 +559,21 @@ def test_fleet_and_independent_signatures_all_verify(
             )
         )
 
-    signer = signing.load_signer(ready_sqlite_ws, PASSPHRASE)
+    signer = signers.load_signer(ready_sqlite_ws, PASSPHRASE)
     root = auditor_root(ready_sqlite_ws, tmp_path)
     trusted = x509.load_pem_x509_certificate(root.read_bytes())
     for name, content in [("empty", b""), ("small", b"a,b\r\n"), ("big", os.urandom(3 << 20))]:
         target = tmp_path / name
         target.write_bytes(content)
         for signature in (
-            signing.sign_detached(signer, target),
-            signing.sign_detached(signer, content),
+            cms.sign_detached(signer, target),
+            cms.sign_detached(signer, content),
             builder_signature(content),
         ):
             target.with_name(f"{name}.p7s").write_bytes(signature)
             proc = openssl_cms_verify(target, root)
             assert proc.returncode == 0, (name, proc.stderr)
-            assert signing.verify_detached(signature, target, trusted).signer == signer.cert
-            with pytest.raises(signing.SignatureError) as failure:
-                signing.verify_detached(signature, content + b"x", trusted)
+            assert cms.verify_detached(signature, target, trusted).signer == signer.cert
+            with pytest.raises(cms.SignatureError) as failure:
+                cms.verify_detached(signature, content + b"x", trusted)
             assert failure.value.check == "signature"

@@ -28,6 +28,7 @@ from test_devices import make_csr
 
 from fleet import devices
 from fleet.errors import InvalidInput
+from fleet.pki import issue
 from fleet.provision import BATCH_SIZE, FAULT_ENV, provision
 from fleet.registry import audit
 from fleet.registry.db import read_session
@@ -151,8 +152,8 @@ def test_csv_devices_look_like_device_add(ready_ws: Workspace, cli: Cli, tmp_pat
         assert device is not None
         [cert] = session.exec(select(Certificate).where(Certificate.device_id == "dev-00001"))
         expected = {
-            **devices.device_details(device),
-            "certificate": devices.certificate_details(cert),
+            **issue.device_details(device),
+            "certificate": issue.certificate_details(cert),
         }
     assert events["dev-00001"] == expected
     assert set(events["dev-00001"]) == set(events["ref-1"])
@@ -377,13 +378,13 @@ def test_orphan_bundle_is_replaced_foreign_folder_is_not(
     from fleet.pki.profiles import load_profile
 
     issuer = ca.load_issuer(ready_sqlite_ws.home, PASSPHRASE)
-    identity = devices.make_identity(issuer, "orphan-2", load_profile("default"))
-    (out / "orphan-2" / "cert.pem").write_bytes(ca.cert_pem(identity.cert))
+    issued = issue.issue_certificate(issuer, "orphan-2", load_profile("default"))
+    (out / "orphan-2" / "cert.pem").write_bytes(issued.cert_pem.encode())
     summary = provision(ready_sqlite_ws, source, out_dir=out, passphrase=PASSPHRASE)
     assert (summary.provisioned, summary.failed) == (1, 1)
     assert (out / "orphan-2" / "cert.pem").read_bytes() not in (
         orphan_cert,
-        ca.cert_pem(identity.cert),
+        issued.cert_pem.encode(),
     )
     assert_complete(ready_sqlite_ws, out, ["orphan-2"])
 

@@ -47,7 +47,7 @@ from fleet.cloud.base import (
 )
 from fleet.cloud.sigv4 import BotocoreSigV4Auth, CredentialsError
 from fleet.errors import InvalidInput
-from fleet.pki.ca import fingerprint_sha256, verify_issued_by
+from fleet.pki.keys import fingerprint_sha256, verify_issued_by
 
 # AWS IoT's own rules (botocore service model iot/2015-05-28: ThingName, AttributeName,
 # AttributeValue, ThingGroupName, PolicyName).

@@ -58,6 +58,8 @@ from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
 from fleet.cloud.plugins import load_backend_class
 from fleet.errors import Conflict, InvalidInput
 from fleet.pki import ca
+from fleet.pki.issue import verification_certificate
+from fleet.pki.keys import cert_pem
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate, Device
@@ -383,7 +385,7 @@ def _sign_verification_cert(
 ) -> Callable[[str, bytes], str]:
     def sign(common_name: str, public_key_pem: bytes) -> str:
         issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
-        return ca.sign_verification_certificate(issuer, common_name, public_key_pem)
+        return verification_certificate(issuer, common_name, public_key_pem)
 
     return sign
 
@@ -392,8 +394,8 @@ def ca_material(ws: Workspace, passphrase: Passphrase | None = None) -> CaMateri
     """fleet's CA for a backend's prepare (the passphrase is asked only if it signs)."""
     issuing, root = ca.load_ca_certificates(ws.home)
     return CaMaterial(
-        issuing_pem=ca.cert_pem(issuing).decode("ascii"),
-        root_pem=ca.cert_pem(root).decode("ascii"),
+        issuing_pem=cert_pem(issuing).decode("ascii"),
+        root_pem=cert_pem(root).decode("ascii"),
         sign_verification_cert=_sign_verification_cert(ws, passphrase),
     )
 

@@ -8,7 +8,7 @@ them as formulas (OWASP's advice). JSON (an array, one device per line) and JSON
 and unescaped. Nothing secret is exported: no keys, no PEM.
 
 Written files appear whole or not at all: rows stream to a temporary file beside the target,
-which is renamed into place once the manifest and signatures (:mod:`fleet.pki.signing`) exist.
+which is renamed into place once the manifest and signatures (:mod:`fleet.pki.cms`) exist.
 """
 
 from __future__ import annotations
@@ -68,15 +68,15 @@ from fleet.export.rows import (
     row_to_object,
 )
 from fleet.pki import ca
-from fleet.pki.signing import (
+from fleet.pki.cms import (
     SignatureError,
     Signer,
     load_root,
-    load_signer,
     sha256_file,
     sign_detached,
     verify_detached,
 )
+from fleet.pki.signers import load_signer
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import AuditHead, Device

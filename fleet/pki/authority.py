@@ -3,14 +3,15 @@ and the CRLs it publishes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import select
 
+from fleet import clock
 from fleet.errors import Conflict
 from fleet.pki import ca
+from fleet.pki.keys import cert_pem
 from fleet.registry import audit, db, migrations
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import AuditEvent
@@ -45,7 +46,7 @@ def init_workspace(
                 f"the registry at {db.redact_url(ws.registry_url)} already belongs to a CA"
             )
     migrations.upgrade(ws.engine)
-    now = datetime.now(UTC)
+    now = clock.now()
     issuer = ca.create_ca(ws.home, name, key_type, secret, now=now)
     try:
         info = {
@@ -71,4 +72,4 @@ def ca_info(ws: Workspace) -> dict[str, Any]:
 def ca_chain_pem(ws: Workspace) -> bytes:
     """The issuing CA certificate followed by the root, PEM."""
     issuing, root = ca.load_ca_certificates(ws.home)
-    return ca.cert_pem(issuing) + ca.cert_pem(root)
+    return cert_pem(issuing) + cert_pem(root)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from fleet import devices
 from fleet.cloud.base import DeviceRecord
-from fleet.pki import ca
+from fleet.pki.issue import issue_certificate
+from fleet.pki.issuer import Issuer
 from fleet.pki.profiles import load_profile
 from fleet.statuses import DeviceStatus
 from fleet.workspace import Workspace
@@ -23,7 +24,7 @@ def add_devices(
 
 
 def device_record(
-    issuer: ca.Issuer,
+    issuer: Issuer,
     device_id: str,
     *,
     model: str | None = "gw-200",
@@ -32,15 +33,14 @@ def device_record(
 ) -> DeviceRecord:
     """An active device with a NEW certificate (fresh key) from ``issuer``, so two calls for
     one ID conflict. Labels default to ``{"site": "hamburg"}``."""
-    key = ca.generate_key("ec-p256")
-    cert = ca.issue_device_certificate(issuer, device_id, key.public_key(), load_profile("default"))
+    issued = issue_certificate(issuer, device_id, load_profile("default"))
     return DeviceRecord(
         device_id=device_id,
         model=model,
         serial=serial,
         labels={"site": "hamburg"} if labels is None else labels,
         status=DeviceStatus.ACTIVE,
-        certificate_pem=ca.cert_pem(cert).decode("ascii"),
-        certificate_serial=ca.serial_hex(cert.serial_number),
-        fingerprint_sha256=ca.fingerprint_sha256(cert),
+        certificate_pem=issued.cert_pem,
+        certificate_serial=issued.serial,
+        fingerprint_sha256=issued.fingerprint_sha256,
     )

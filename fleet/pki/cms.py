@@ -1,11 +1,4 @@
-"""Detached CMS signatures for exports, made with a dedicated export-signing certificate.
-
-The issuing CA issues the export-signing certificate on first use (an audit event
-``ca.export_signer`` records it). It is an end-entity certificate with keyUsage
-digitalSignature only, so it can never sign devices or CRLs. Files, beside the CA's::
-
-    <home>/ca/export-signing.key.pem   (0600, PKCS#8, encrypted with the CA passphrase)
-    <home>/ca/export-signing.cert.pem
+"""Detached CMS signatures (RFC 5652): made with a :class:`Signer`, checked against a root.
 
 Signatures are PEM CMS SignedData (detached, binary content, signer and issuing CA
 certificates included), so an auditor holding only the root certificate runs::
@@ -19,17 +12,17 @@ signing, verification and certificate work.
 
 :func:`verify_detached` checks the same things without OpenSSL: the content digest, the
 signature over the signed attributes, and the chain signer -> issuing CA -> the given root.
+
+Nothing here touches the registry: which key signs exports, and how it is issued, is
+:mod:`fleet.pki.signers`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import cast
 
 from asn1crypto import algos, cms
 from asn1crypto import pem as asn1_pem
@@ -39,35 +32,23 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from fleet.errors import AuthError, InvalidInput, RegistryError
-from fleet.files import write_private_file
-from fleet.pki import ca
-from fleet.pki.profiles import Profile
-from fleet.registry import audit
-from fleet.registry.db import write_session
-from fleet.workspace import Passphrase, Workspace, require_passphrase
-
-SIGNER_KEY_FILE = "export-signing.key.pem"
-SIGNER_CERT_FILE = "export-signing.cert.pem"
-SIGNER_VALIDITY = timedelta(days=3 * 365)
-# Re-issue a signer this close to expiry, so a fresh signature stays verifiable for a while.
-SIGNER_RENEW_BEFORE = timedelta(days=30)
-SIGNER_PROFILE = Profile(
-    name="export-signing",
-    description="fleet export signing (digitalSignature only)",
-    key_type="ec-p256",
-    validity_days=SIGNER_VALIDITY.days,
-    backdate_seconds=60,
-    key_usage=("digital_signature",),
-    extended_key_usage=(),
+from fleet import clock
+from fleet.errors import InvalidInput
+from fleet.pki.keys import (
+    PrivateKey,
+    SignatureHash,
+    fingerprint_sha256,
+    serial_hex,
+    signature_hash,
+    verify_issued_by,
 )
 
 
 @dataclass(frozen=True)
 class Signer:
-    """The export-signing key with its certificate and the CA certificates above it."""
+    """A signing key with its certificate and the CA certificates above it."""
 
-    key: ca.PrivateKey
+    key: PrivateKey
     cert: x509.Certificate
     issuing: x509.Certificate
     root: x509.Certificate
@@ -76,68 +57,9 @@ class Signer:
         """Subject, serial and fingerprint, as recorded in manifests."""
         return {
             "subject": self.cert.subject.rfc4514_string(),
-            "serial": ca.serial_hex(self.cert.serial_number),
-            "fingerprint_sha256": ca.fingerprint_sha256(self.cert),
+            "serial": serial_hex(self.cert.serial_number),
+            "fingerprint_sha256": fingerprint_sha256(self.cert),
         }
-
-
-def load_signer(ws: Workspace, passphrase: Passphrase | None = None) -> Signer:
-    """The workspace's export signer, issued by the issuing CA (and audited) if missing,
-    expired, expiring within 30 days, or issued by a previous issuing CA."""
-    secret = require_passphrase(passphrase)
-    folder = ca.ca_dir(ws.home)
-    issuing, root = ca.load_ca_certificates(ws.home)
-    now = datetime.now(UTC)
-    key_path, cert_path = folder / SIGNER_KEY_FILE, folder / SIGNER_CERT_FILE
-    if key_path.is_file() and cert_path.is_file():
-        try:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            key_pem = key_path.read_bytes()
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"cannot read the export signer in {folder}: {exc}") from exc
-        try:
-            key = serialization.load_pem_private_key(key_pem, password=_encode(secret))
-        except (ValueError, TypeError) as exc:
-            raise AuthError("wrong CA passphrase (cannot decrypt the export-signing key)") from exc
-        fresh = cert.not_valid_after_utc - SIGNER_RENEW_BEFORE > now
-        if fresh and ca.verify_issued_by(cert, issuing):
-            return Signer(cast(ca.PrivateKey, key), cert, issuing, root)
-    return _issue_signer(ws, secret, now)
-
-
-def _encode(secret: str | bytes) -> bytes:
-    return secret.encode("utf-8") if isinstance(secret, str) else secret
-
-
-def _issue_signer(ws: Workspace, secret: str | bytes, now: datetime) -> Signer:
-    issuer = ca.load_issuer(ws.home, secret)
-    org = issuer.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
-    name = str(org[0].value) if org else "fleet"
-    profile = dataclasses.replace(SIGNER_PROFILE, subject={"organization": name})
-    key = ca.generate_key(profile.key_type)
-    cert = ca.issue_device_certificate(
-        issuer, f"{name} Export Signing"[:64], key.public_key(), profile, now=now
-    )
-    folder = ca.ca_dir(ws.home)
-    key_path, cert_path = folder / SIGNER_KEY_FILE, folder / SIGNER_CERT_FILE
-    key_tmp, cert_tmp = folder / f".{SIGNER_KEY_FILE}.tmp", folder / f".{SIGNER_CERT_FILE}.tmp"
-    try:
-        key_tmp.unlink(missing_ok=True)
-        write_private_file(key_tmp, ca.private_key_pem(key, _encode(secret)))
-        cert_tmp.write_bytes(ca.cert_pem(cert))
-        with write_session(ws.open_registry()) as session:
-            audit.append(
-                session, "ca.export_signer", "export-signing", ca.cert_summary(cert), at=now
-            )
-            # Renamed inside the transaction: if the commit fails, the files are removed below
-            # and the audit trail never mentions a signer that does not exist (or vice versa).
-            os.replace(key_tmp, key_path)
-            os.replace(cert_tmp, cert_path)
-    except BaseException:
-        for path in (key_tmp, cert_tmp):
-            path.unlink(missing_ok=True)
-        raise
-    return Signer(key, cert, issuer.cert, issuer.root)
 
 
 def sign_detached(signer: Signer, data: bytes | Path) -> bytes:
@@ -149,25 +71,19 @@ def sign_detached(signer: Signer, data: bytes | Path) -> bytes:
     in memory); asn1crypto encodes the RFC 5652 structure: detached id-data, signed attributes
     contentType, signingTime and messageDigest, as ``openssl cms -sign -binary`` makes them.
     """
-    algorithm = ca.signature_hash(signer.key)
+    algorithm = signature_hash(signer.key)
     signed_attrs = cms.CMSAttributes(
         [
             cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
             cms.CMSAttribute(
-                {"type": "signing_time", "values": [cms.Time({"utc_time": datetime.now(UTC)})]}
+                {"type": "signing_time", "values": [cms.Time({"utc_time": clock.now()})]}
             ),
             cms.CMSAttribute({"type": "message_digest", "values": [_digest(data, algorithm)]}),
         ]
     )
-    to_sign = signed_attrs.dump()
-    if isinstance(signer.key, ec.EllipticCurvePrivateKey):
-        signature = signer.key.sign(to_sign, ec.ECDSA(algorithm))
-        signature_algorithm = f"{algorithm.name}_ecdsa"
-    else:
-        signature = signer.key.sign(to_sign, padding.PKCS1v15(), algorithm)
-        signature_algorithm = f"{algorithm.name}_rsa"
-    signer_cert = asn1_x509.Certificate.load(signer.cert.public_bytes(serialization.Encoding.DER))
+    signer_cert = _asn1_certificate(signer.cert)
     digest_algorithm = algos.DigestAlgorithm({"algorithm": algorithm.name})
+    signature, signature_algorithm = _sign(signer.key, signed_attrs.dump(), algorithm)
     signer_info = cms.SignerInfo(
         {
             "version": "v1",
@@ -184,15 +100,12 @@ def sign_detached(signer: Signer, data: bytes | Path) -> bytes:
             "signature": signature,
         }
     )
-    issuing_cert = asn1_x509.Certificate.load(
-        signer.issuing.public_bytes(serialization.Encoding.DER)
-    )
     signed_data = cms.SignedData(
         {
             "version": "v1",
             "digest_algorithms": [digest_algorithm],
             "encap_content_info": {"content_type": "data"},
-            "certificates": [signer_cert, issuing_cert],
+            "certificates": [signer_cert, _asn1_certificate(signer.issuing)],
             "signer_infos": [signer_info],
         }
     )
@@ -201,9 +114,20 @@ def sign_detached(signer: Signer, data: bytes | Path) -> bytes:
     return armored
 
 
+def _sign(key: PrivateKey, data: bytes, algorithm: SignatureHash) -> tuple[bytes, str]:
+    """The signature over ``data`` and its CMS algorithm name (``sha256_ecdsa``...)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(algorithm)), f"{algorithm.name}_ecdsa"
+    return key.sign(data, padding.PKCS1v15(), algorithm), f"{algorithm.name}_rsa"
+
+
+def _asn1_certificate(cert: x509.Certificate) -> asn1_x509.Certificate:
+    return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+
+
 # --- verification -----------------------------------------------------------------------
 
-_DIGESTS: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+_DIGESTS: dict[str, type[SignatureHash]] = {
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
@@ -226,6 +150,20 @@ class SignedInfo:
     signing_time: datetime | None
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """The parts of a CMS SignedData that verification looks at."""
+
+    certs: list[x509.Certificate]
+    issuer_der: bytes  # the signer's issuer and serial, as the SignerInfo names them
+    serial: int
+    algorithm: SignatureHash
+    message_digest: bytes
+    signing_time: datetime | None
+    signed_bytes: bytes  # what the signature covers
+    signature: bytes
+
+
 def verify_detached(
     signature_pem: bytes, content: bytes | Path, root: x509.Certificate
 ) -> SignedInfo:
@@ -235,61 +173,77 @@ def verify_detached(
     Raises :class:`SignatureError` naming the failed check (``signature`` or ``chain``).
     """
     try:
-        _, _, der = asn1_pem.unarmor(signature_pem)
-        info = cms.ContentInfo.load(der)
-        if info["content_type"].native != "signed_data":
-            raise ValueError("not a CMS SignedData")
-        signed_data = info["content"]
-        certs = [
-            x509.load_der_x509_certificate(choice.chosen.dump())
-            for choice in signed_data["certificates"]
-            if choice.name == "certificate"
-        ]
-        signer_infos = signed_data["signer_infos"]
-        if len(signer_infos) != 1:
-            raise ValueError(f"expected one signer, found {len(signer_infos)}")
-        signer_info = signer_infos[0]
-        sid = signer_info["sid"]
-        if sid.name != "issuer_and_serial_number":
-            raise ValueError("signer identified by key id, not issuer and serial")
-        issuer_der = sid.chosen["issuer"].dump()
-        serial = sid.chosen["serial_number"].native
-        algorithm = _DIGESTS[signer_info["digest_algorithm"]["algorithm"].native]()
-        signed_attrs = signer_info["signed_attrs"]
-        if not len(signed_attrs):
-            raise ValueError("signature has no signed attributes")
-        message_digest, signing_time = b"", None
-        for attribute in signed_attrs:
-            if attribute["type"].native == "message_digest":
-                message_digest = attribute["values"][0].native
-            elif attribute["type"].native == "signing_time":
-                signing_time = attribute["values"][0].native
-        # The signature covers the attributes as received, re-tagged from [0] to SET.
-        to_verify = signed_attrs.untag().dump()
-        signature_bytes = signer_info["signature"].native
+        parsed = _parse(signature_pem)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise SignatureError("signature", f"unreadable CMS signature ({exc})") from exc
-
     signer = next(
-        (c for c in certs if c.issuer.public_bytes() == issuer_der and c.serial_number == serial),
+        (
+            c
+            for c in parsed.certs
+            if c.issuer.public_bytes() == parsed.issuer_der and c.serial_number == parsed.serial
+        ),
         None,
     )
     if signer is None:
         raise SignatureError("signature", "the signer's certificate is not in the signature")
-    if _digest(content, algorithm) != message_digest:
+    if _digest(content, parsed.algorithm) != parsed.message_digest:
         raise SignatureError("signature", "content does not match the signed digest")
     try:
         public_key = signer.public_key()
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature_bytes, to_verify, ec.ECDSA(algorithm))
+            public_key.verify(parsed.signature, parsed.signed_bytes, ec.ECDSA(parsed.algorithm))
         elif isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature_bytes, to_verify, padding.PKCS1v15(), algorithm)
+            public_key.verify(
+                parsed.signature, parsed.signed_bytes, padding.PKCS1v15(), parsed.algorithm
+            )
         else:
             raise SignatureError("signature", "unsupported signer key type")
     except (InvalidSignature, UnsupportedAlgorithm) as exc:
         raise SignatureError("signature", "the signature does not verify") from exc
-    _check_chain(signer, certs, root, signing_time or datetime.now(UTC))
-    return SignedInfo(signer, signing_time)
+    _check_chain(signer, parsed.certs, root, parsed.signing_time or clock.now())
+    return SignedInfo(signer, parsed.signing_time)
+
+
+def _parse(signature_pem: bytes) -> _Parsed:
+    """Read a PEM CMS SignedData with exactly one signer; malformed input raises
+    ``ValueError``, ``TypeError``, ``KeyError`` or ``IndexError``."""
+    _, _, der = asn1_pem.unarmor(signature_pem)
+    info = cms.ContentInfo.load(der)
+    if info["content_type"].native != "signed_data":
+        raise ValueError("not a CMS SignedData")
+    signed_data = info["content"]
+    certs = [
+        x509.load_der_x509_certificate(choice.chosen.dump())
+        for choice in signed_data["certificates"]
+        if choice.name == "certificate"
+    ]
+    signer_infos = signed_data["signer_infos"]
+    if len(signer_infos) != 1:
+        raise ValueError(f"expected one signer, found {len(signer_infos)}")
+    signer_info = signer_infos[0]
+    sid = signer_info["sid"]
+    if sid.name != "issuer_and_serial_number":
+        raise ValueError("signer identified by key id, not issuer and serial")
+    signed_attrs = signer_info["signed_attrs"]
+    if not len(signed_attrs):
+        raise ValueError("signature has no signed attributes")
+    message_digest, signing_time = b"", None
+    for attribute in signed_attrs:
+        if attribute["type"].native == "message_digest":
+            message_digest = attribute["values"][0].native
+        elif attribute["type"].native == "signing_time":
+            signing_time = attribute["values"][0].native
+    return _Parsed(
+        certs=certs,
+        issuer_der=sid.chosen["issuer"].dump(),
+        serial=sid.chosen["serial_number"].native,
+        algorithm=_DIGESTS[signer_info["digest_algorithm"]["algorithm"].native](),
+        message_digest=message_digest,
+        signing_time=signing_time,
+        # The signature covers the attributes as received, re-tagged from [0] to SET.
+        signed_bytes=signed_attrs.untag().dump(),
+        signature=signer_info["signature"].native,
+    )
 
 
 def _digest(content: bytes | Path, algorithm: hashes.HashAlgorithm) -> bytes:
@@ -316,18 +270,18 @@ def _check_chain(
     path = [signer]
     current = signer
     for _ in range(4):
-        if ca.verify_issued_by(current, root):
+        if verify_issued_by(current, root):
             path.append(root)
             break
         parent = next(
-            (c for c in bag if c is not current and _is_ca(c) and ca.verify_issued_by(current, c)),
+            (c for c in bag if c is not current and _is_ca(c) and verify_issued_by(current, c)),
             None,
         )
         if parent is None:
             raise SignatureError(
                 "chain",
                 f"{current.subject.rfc4514_string()} does not chain to the root "
-                f"{root.subject.rfc4514_string()} (sha256 {ca.fingerprint_sha256(root)[:16]}…)",
+                f"{root.subject.rfc4514_string()} (sha256 {fingerprint_sha256(root)[:16]}…)",
             )
         path.append(parent)
         current = parent

@@ -1,0 +1,103 @@
+"""The export-signing certificate: the key that signs exports, issued by the issuing CA.
+
+The issuing CA issues it on first use (an audit event ``ca.export_signer`` records it). It
+is an end-entity certificate with keyUsage digitalSignature only, so it can never sign
+devices or CRLs. Files, beside the CA's::
+
+    <home>/ca/export-signing.key.pem   (0600, PKCS#8, encrypted with the CA passphrase)
+    <home>/ca/export-signing.cert.pem
+
+The signatures themselves are :mod:`fleet.pki.cms`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from fleet import clock
+from fleet.errors import RegistryError
+from fleet.files import write_private_file
+from fleet.pki import ca
+from fleet.pki.cms import Signer
+from fleet.pki.issue import issue_certificate
+from fleet.pki.keys import (
+    load_private_key_pem,
+    passphrase_bytes,
+    private_key_pem,
+    verify_issued_by,
+)
+from fleet.pki.profiles import Profile
+from fleet.registry import audit
+from fleet.registry.db import write_session
+from fleet.workspace import Passphrase, Workspace, require_passphrase
+
+SIGNER_KEY_FILE = "export-signing.key.pem"
+SIGNER_CERT_FILE = "export-signing.cert.pem"
+SIGNER_VALIDITY = timedelta(days=3 * 365)
+# Re-issue a signer this close to expiry, so a fresh signature stays verifiable for a while.
+SIGNER_RENEW_BEFORE = timedelta(days=30)
+SIGNER_PROFILE = Profile(
+    name="export-signing",
+    description="fleet export signing (digitalSignature only)",
+    key_type="ec-p256",
+    validity_days=SIGNER_VALIDITY.days,
+    backdate_seconds=60,
+    key_usage=("digital_signature",),
+    extended_key_usage=(),
+)
+
+
+def load_signer(ws: Workspace, passphrase: Passphrase | None = None) -> Signer:
+    """The workspace's export signer, issued by the issuing CA (and audited) if missing,
+    expired, expiring within 30 days, or issued by a previous issuing CA."""
+    secret = passphrase_bytes(require_passphrase(passphrase))
+    folder = ca.ca_dir(ws.home)
+    issuing, root = ca.load_ca_certificates(ws.home)
+    now = clock.now()
+    key_path, cert_path = folder / SIGNER_KEY_FILE, folder / SIGNER_CERT_FILE
+    if key_path.is_file() and cert_path.is_file():
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key_pem = key_path.read_bytes()
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read the export signer in {folder}: {exc}") from exc
+        key = load_private_key_pem(key_pem, secret, what="the export-signing key")
+        fresh = cert.not_valid_after_utc - SIGNER_RENEW_BEFORE > now
+        if fresh and verify_issued_by(cert, issuing):
+            return Signer(key, cert, issuing, root)
+    return _issue_signer(ws, secret, now)
+
+
+def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
+    issuer = ca.load_issuer(ws.home, secret)
+    org = issuer.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
+    name = str(org[0].value) if org else "fleet"
+    profile = dataclasses.replace(SIGNER_PROFILE, subject={"organization": name})
+    issued = issue_certificate(issuer, f"{name} Export Signing"[:64], profile, now=now)
+    assert issued.key_pem is not None  # generated, not from a CSR
+    key = load_private_key_pem(issued.key_pem, None, what="the new export-signing key")
+    cert = issued.certificate()
+    folder = ca.ca_dir(ws.home)
+    key_path, cert_path = folder / SIGNER_KEY_FILE, folder / SIGNER_CERT_FILE
+    key_tmp, cert_tmp = folder / f".{SIGNER_KEY_FILE}.tmp", folder / f".{SIGNER_CERT_FILE}.tmp"
+    try:
+        key_tmp.unlink(missing_ok=True)
+        write_private_file(key_tmp, private_key_pem(key, secret))
+        cert_tmp.write_bytes(issued.cert_pem.encode("ascii"))
+        with write_session(ws.open_registry()) as session:
+            audit.append(
+                session, "ca.export_signer", "export-signing", ca.cert_summary(cert), at=now
+            )
+            # Renamed inside the transaction: if the commit fails, the files are removed below
+            # and the audit trail never mentions a signer that does not exist (or vice versa).
+            os.replace(key_tmp, key_path)
+            os.replace(cert_tmp, cert_path)
+    except BaseException:
+        for path in (key_tmp, cert_tmp):
+            path.unlink(missing_ok=True)
+        raise
+    return Signer(key, cert, issuer.cert, issuer.root)
