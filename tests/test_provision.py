@@ -107,6 +107,19 @@ def assert_complete(ws: Workspace, out: Path, ids: list[str]) -> None:
     assert set(ids) <= set(adds)
 
 
+def add_reference(ws: Workspace, tmp_path: Path) -> dict[str, Any]:
+    """``ref-1`` added by `fleet device add`, with the attributes of ``numbered``'s first row."""
+    return devices.add_device(
+        ws,
+        "ref-1",
+        model="p200",
+        serial="SN0",
+        labels={"site": "hh", "n": "0"},
+        out_dir=tmp_path / "ref",
+        passphrase=PASSPHRASE,
+    )
+
+
 # --- the happy path -------------------------------------------------------------------------
 
 
@@ -121,15 +134,7 @@ def test_csv_devices_look_like_device_add(ready_ws: Workspace, cli: Cli, tmp_pat
     ids = ["dev-00000", "dev-00001", "dev-00002"]
     assert_complete(ready_ws, out, ids)
 
-    reference = devices.add_device(
-        ready_ws,
-        "ref-1",
-        model="p200",
-        serial="SN0",
-        labels={"site": "hh", "n": "0"},
-        out_dir=tmp_path / "ref",
-        passphrase=PASSPHRASE,
-    )
+    reference = add_reference(ready_ws, tmp_path)
     shown = devices.show_device(ready_ws, "dev-00000")
     assert shown["labels"] == {"site": "hh", "n": "0"}
     strip = {"id", "serial", "fingerprint_sha256", "subject", "device_id"}
@@ -182,15 +187,7 @@ def test_bulk_rows_are_stored_as_the_orm_stores_them(
     """On SQLite provision inserts device and certificate rows through the driver, around the
     ORM: the stored text must be exactly what `fleet device add` (the ORM) stores."""
     ws = ready_sqlite_ws
-    devices.add_device(
-        ws,
-        "ref-1",
-        model="p200",
-        serial="SN0",
-        labels={"site": "hh", "n": "0"},
-        out_dir=tmp_path / "ref",
-        passphrase=PASSPHRASE,
-    )
+    add_reference(ws, tmp_path)
     moment = clock.now().replace(microsecond=0)  # SQLite DATETIME still writes .000000
     with clock.frozen(moment):
         source = write_csv(tmp_path / "b.csv", numbered(1))

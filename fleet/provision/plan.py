@@ -29,7 +29,7 @@ class Task:
     """Rows to send to a worker, with the profiles they name."""
 
     rows: list[Row] = field(default_factory=list)
-    work: list[TaskRow] = field(default_factory=list)
+    task_rows: list[TaskRow] = field(default_factory=list)
     profiles: dict[str, Profile] = field(default_factory=dict)
 
 
@@ -93,7 +93,7 @@ class Planner:
                 except OSError as exc:
                     self.tally.fail_row(row, f"cannot read CSR {csr_label}: {exc.strerror}")
                     continue
-            task.work.append(TaskRow(row.device_id, name, csr_data, csr_label))
+            task.task_rows.append(TaskRow(row.device_id, name, csr_data, csr_label))
             task.rows.append(row)
         return task
 
@@ -108,7 +108,7 @@ class Planner:
     def _valid(self, group: list[Record]) -> list[Row]:
         rows: list[Row] = []
         for _line, item in group:
-            self.tally.read()
+            self.tally.row_read()
             if isinstance(item, Row) and item.device_id == MANIFEST_NAME:
                 item = RowError(item.line, item.device_id, "this ID would clash with the manifest")
             if isinstance(item, RowError):

@@ -177,23 +177,23 @@ class _Run:
             self.out.close()
 
     def _submit(self, pool: ProcessPoolExecutor, task: Task) -> _Batch | None:
-        if not task.work:
+        if not task.task_rows:
             return None
         now = clock.now()
         future = pool.submit(
-            sign_chunk, task.work, task.profiles, now, self.out.text, self.out.token
+            sign_chunk, task.task_rows, task.profiles, now, self.out.text, self.out.token
         )
         return _Batch(task, now, future)
 
     def _finish(self, committer: BatchCommitter, batch: _Batch) -> None:
         """Wait for a batch's signatures; commit the rows that were signed."""
-        results = batch.future.result()
+        task, results = batch.task, batch.future.result()
         signed: list[SignedRow] = []
-        for row, work, result in zip(batch.task.rows, batch.task.work, results, strict=True):
+        for row, task_row, result in zip(task.rows, task.task_rows, results, strict=True):
             if isinstance(result, str):
                 self.tally.fail_row(row, result)
             else:
-                signed.append(SignedRow(row, work.profile, result))
+                signed.append(SignedRow(row, task_row.profile, result))
         self.faults.hit("after-stage")
         if signed:
             committer.commit(signed, batch.now)

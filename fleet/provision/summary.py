@@ -63,7 +63,7 @@ class Tally:
         self.total = total
         self.done = 0
 
-    def read(self) -> None:
+    def row_read(self) -> None:
         """One more row of the file read (valid or not)."""
         self.summary.rows += 1
 
