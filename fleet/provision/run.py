@@ -91,7 +91,7 @@ def provision(
         if issuer is None:
             run.dry_run()
         else:
-            run.run(issuer, chosen_workers, list(clouds))
+            run.provision(issuer, chosen_workers, list(clouds))
         sink.finish()
     except BaseException:
         sink.abort()
@@ -139,7 +139,7 @@ class _Run:
             self.tally.would_provision(len(ready))
             self.tally.tick()
 
-    def run(self, issuer: ca.Issuer, workers: int, clouds: list[str]) -> None:
+    def provision(self, issuer: ca.Issuer, workers: int, clouds: list[str]) -> None:
         """Provision every row: at most ``2 x workers`` batches in flight, committed in order."""
         self.out.path.mkdir(parents=True, exist_ok=True)
         self.out.remove_stale_staging()
