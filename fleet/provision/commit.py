@@ -50,6 +50,7 @@ class _Records:
     issued: list[Issued] = field(default_factory=list)
 
     def add(self, signed: SignedRow, now: datetime) -> None:
+        """The device, its certificate and its ``device.add`` event."""
         row = signed.row
         device = _device_row(row, now)
         cert = certificate_row(signed.certificate, row.device_id, signed.profile, now)
@@ -60,6 +61,7 @@ class _Records:
         self.issued.append((cert["serial"], cert["fingerprint_sha256"], not_after, row.device_id))
 
     def write(self, session: Session, now: datetime, clouds: list[str]) -> None:
+        """Insert it all in ``session``'s transaction; queue registrations on ``clouds``."""
         bulk_insert(session, Device.__table__, self.devices)  # type: ignore[attr-defined]
         bulk_insert(session, Certificate.__table__, self.certificates)  # type: ignore[attr-defined]
         audit.append_many(
