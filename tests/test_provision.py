@@ -8,15 +8,19 @@ audit trail.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -26,13 +30,14 @@ from sqlalchemy import create_engine, text
 from sqlmodel import select
 from test_devices import make_csr
 
-from fleet import devices
+from fleet import clock, devices
 from fleet.errors import InvalidInput
 from fleet.pki import issue
 from fleet.provision import BATCH_SIZE, FAULT_ENV, provision
+from fleet.provision.commit import bind_converter
 from fleet.registry import audit
 from fleet.registry.db import read_session
-from fleet.registry.models import AuditEvent, Certificate, Device
+from fleet.registry.models import AuditEvent, Certificate, Device, UTCDateTime
 from fleet.workspace import Workspace
 
 
@@ -103,6 +108,19 @@ def assert_complete(ws: Workspace, out: Path, ids: list[str]) -> None:
     assert set(ids) <= set(adds)
 
 
+def add_reference(ws: Workspace, tmp_path: Path) -> dict[str, Any]:
+    """``ref-1`` added by `fleet device add`, with the attributes of ``numbered``'s first row."""
+    return devices.add_device(
+        ws,
+        "ref-1",
+        model="p200",
+        serial="SN0",
+        labels={"site": "hh", "n": "0"},
+        out_dir=tmp_path / "ref",
+        passphrase=PASSPHRASE,
+    )
+
+
 # --- the happy path -------------------------------------------------------------------------
 
 
@@ -117,15 +135,7 @@ def test_csv_devices_look_like_device_add(ready_ws: Workspace, cli: Cli, tmp_pat
     ids = ["dev-00000", "dev-00001", "dev-00002"]
     assert_complete(ready_ws, out, ids)
 
-    reference = devices.add_device(
-        ready_ws,
-        "ref-1",
-        model="p200",
-        serial="SN0",
-        labels={"site": "hh", "n": "0"},
-        out_dir=tmp_path / "ref",
-        passphrase=PASSPHRASE,
-    )
+    reference = add_reference(ready_ws, tmp_path)
     shown = devices.show_device(ready_ws, "dev-00000")
     assert shown["labels"] == {"site": "hh", "n": "0"}
     strip = {"id", "serial", "fingerprint_sha256", "subject", "device_id"}
@@ -158,6 +168,59 @@ def test_csv_devices_look_like_device_add(ready_ws: Workspace, cli: Cli, tmp_pat
     assert events["dev-00001"] == expected
     assert set(events["dev-00001"]) == set(events["ref-1"])
     assert set(events["dev-00001"]["certificate"]) == set(events["ref-1"]["certificate"])
+
+
+def raw_row(ws: Workspace, table: str, column: str, value: str) -> dict[str, Any]:
+    """A row as SQLite stores it (no SQLAlchemy type processing): ``{name: (value, type)}``."""
+    with contextlib.closing(sqlite3.connect(ws.home / "registry.db")) as db:
+        db.row_factory = sqlite3.Row
+        where = f'FROM "{table}" WHERE "{column}" = ?'
+        [row] = db.execute(f"SELECT * {where}", (value,)).fetchall()
+        names: list[str] = row.keys()  # iterating a Row gives its values
+        kinds = ", ".join(f'typeof("{name}")' for name in names)
+        types = db.execute(f"SELECT {kinds} {where}", (value,)).fetchone()
+    return {name: (row[name], kind) for name, kind in zip(names, types, strict=True)}
+
+
+def test_bulk_rows_are_stored_as_the_orm_stores_them(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    """On SQLite provision inserts device and certificate rows through the driver, around the
+    ORM: the stored text must be exactly what `fleet device add` (the ORM) stores."""
+    ws = ready_sqlite_ws
+    add_reference(ws, tmp_path)
+    moment = clock.now().replace(microsecond=0)  # SQLite DATETIME still writes .000000
+    with clock.frozen(moment):
+        source = write_csv(tmp_path / "b.csv", numbered(1))
+        provision(ws, source, out_dir=tmp_path / "out", passphrase=PASSPHRASE, workers=1)
+    tables = {"device": (Device, "id"), "certificate": (Certificate, "device_id")}
+    ours = {t: raw_row(ws, t, key, "dev-00000") for t, (_, key) in tables.items()}
+    theirs = {t: raw_row(ws, t, key, "ref-1") for t, (_, key) in tables.items()}
+    assert ours["device"]["created_at"][0] == f"{moment:%Y-%m-%d %H:%M:%S}.000000"
+    assert ours["device"]["labels"] == theirs["device"]["labels"]
+    for table, (model, _) in tables.items():
+        for column in model.__table__.columns:
+            (value, kind), (other, other_kind) = (
+                ours[table][column.name],
+                theirs[table][column.name],
+            )
+            assert kind == other_kind, (table, column.name)
+            if isinstance(column.type, UTCDateTime) and value is not None:
+                assert re.sub(r"\d", "0", value) == re.sub(r"\d", "0", other), (table, column.name)
+
+    # Both ways round: each row read through the ORM and converted as provision converts it
+    # is the very text stored, whichever of the two wrote it.
+    engine = ws.open_registry()
+    with read_session(engine) as session:
+        for device_id in ("ref-1", "dev-00000"):
+            for table, (model, key) in tables.items():
+                [loaded] = session.exec(select(model).where(getattr(model, key) == device_id))
+                stored = raw_row(ws, table, key, device_id)
+                for column in model.__table__.columns:
+                    value = getattr(loaded, column.name)
+                    convert = bind_converter(column.type, engine.dialect)
+                    sent = value if convert is None else convert(value)
+                    assert sent == stored[column.name][0], (device_id, table, column.name)
 
 
 def test_jsonl_with_csr_and_profile_columns(ready_sqlite_ws: Workspace, tmp_path: Path) -> None:
@@ -462,6 +525,7 @@ def assert_window(ws: Workspace, out: Path, point: str) -> None:
         assert not (out / "manifest.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fault",
     ["after-stage:2", "after-rename:2", "before-commit:2", "after-commit:1", "manifest:1"],
@@ -472,6 +536,7 @@ def test_killed_at_each_point_then_rerun_completes(
     crash_and_resume(ready_sqlite_ws, tmp_path, fault)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["after-rename:2", "before-commit:3"])
 def test_killed_inside_the_transaction_on_each_backend(
     ready_ws: Workspace, tmp_path: Path, fault: str
@@ -488,6 +553,7 @@ def device_count(ws: Workspace) -> int:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_killed_from_outside_midway_then_rerun_completes(
     ready_ws: Workspace, tmp_path: Path
 ) -> None:

@@ -1,0 +1,131 @@
+"""What a run leaves beside the bundles: ``OUT/manifest.csv`` and the ``--report`` CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from fleet.errors import InvalidInput
+from fleet.provision.faults import Faults
+from fleet.provision.seen import ManifestRow, SeenIds
+from fleet.provision.source import RowError
+from fleet.registry.db import read_session
+from fleet.registry.models import Certificate
+from fleet.statuses import CertStatus
+from fleet.views import iso
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ("id", "serial", "fingerprint_sha256", "not_after")
+REPORT_COLUMNS = ("line", "id", "error")
+ERRORS_KEPT = 20
+
+_Entry = tuple[str, str, str]  # serial, fingerprint, not_after
+
+
+class Report:
+    """The ``--report`` CSV, written under a temporary name and renamed when complete;
+    ``kept`` holds the first few errors (for the summary) with or without a file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.kept: list[RowError] = []
+        self.count = 0
+        self._tmp: Path | None = None
+        self._handle: TextIO | None = None
+        self._writer: Any = None
+        if path is not None:
+            folder = path.parent if str(path.parent) else Path(".")
+            if not folder.is_dir():
+                raise InvalidInput(f"cannot write the report {path}: {folder} is not a folder")
+            self._tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+            try:
+                self._handle = self._tmp.open("w", encoding="utf-8", newline="")
+            except OSError as exc:
+                raise InvalidInput(f"cannot write the report {path}: {exc.strerror}") from exc
+            self._writer = csv.writer(self._handle, lineterminator="\n")
+            self._writer.writerow(REPORT_COLUMNS)
+
+    def add(self, error: RowError) -> None:
+        """List a failed row."""
+        self.count += 1
+        if len(self.kept) < ERRORS_KEPT:
+            self.kept.append(error)
+        if self._writer is not None:
+            self._writer.writerow((error.line, error.device_id, error.error))
+
+    def finish(self) -> None:
+        """Put the complete report in place."""
+        if self._handle is not None and self._tmp is not None and self.path is not None:
+            self._handle.close()
+            os.replace(self._tmp, self.path)
+            self._handle = None
+
+    def abort(self) -> None:
+        """Drop the half-written report."""
+        if self._handle is not None and self._tmp is not None:
+            self._handle.close()
+            self._tmp.unlink(missing_ok=True)
+            self._handle = None
+
+
+def write_manifest(
+    out_dir: Path, token: str, engine: Engine, seen: SeenIds, faults: Faults
+) -> Path:
+    """Rebuild ``manifest.csv`` for every provisioned row of the file, in file order:
+    certificates this run committed from its own record, the others from the registry.
+    Written under a staging name (``token``) and renamed into place; returns its path."""
+    final = out_dir / MANIFEST_NAME
+    tmp = out_dir / f".{MANIFEST_NAME}.tmp-{token}"
+    written = 0
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for page in seen.ok_rows():
+            for entry in _filled_in(engine, page):
+                writer.writerow(entry)
+                written += 1
+                if written == 1:
+                    handle.flush()
+                    faults.hit("manifest")
+    os.replace(tmp, final)
+    return final
+
+
+def _filled_in(engine: Engine, page: list[ManifestRow]) -> Iterator[tuple[str, str, str, str]]:
+    """The page's rows; those of earlier runs completed from their active certificate, or
+    left out if they have none any more (revoked meanwhile by someone else)."""
+    earlier = [device_id for device_id, serial, _, _ in page if serial is None]
+    newest = _newest_active(engine, earlier) if earlier else {}
+    for device_id, serial, fingerprint, not_after in page:
+        if serial is None:
+            if device_id not in newest:
+                continue
+            serial, fingerprint, not_after = newest[device_id]
+        yield device_id, serial, fingerprint, not_after
+
+
+def _newest_active(engine: Engine, device_ids: list[str]) -> dict[str, _Entry]:
+    """Each device's newest active certificate (by issue time) as a manifest entry."""
+    table = Certificate.__table__  # type: ignore[attr-defined]
+    query = select(
+        table.c.device_id,
+        table.c.serial,
+        table.c.fingerprint_sha256,
+        table.c.not_after,
+        table.c.issued_at,
+    ).where(table.c.device_id.in_(device_ids), table.c.status == CertStatus.ACTIVE)
+    newest: dict[str, tuple[_Entry, datetime]] = {}
+    with read_session(engine) as session:
+        for cert in session.execute(query):
+            kept = newest.get(cert.device_id)
+            if kept is None or cert.issued_at > kept[1]:
+                entry = (cert.serial, cert.fingerprint_sha256, iso(cert.not_after) or "")
+                newest[cert.device_id] = (entry, cert.issued_at)
+    return {device_id: entry for device_id, (entry, _) in newest.items()}
