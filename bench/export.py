@@ -46,9 +46,8 @@ from sqlalchemy import bindparam, create_engine, insert, inspect, text, update  
 from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from sqlalchemy.exc import DBAPIError  # noqa: E402
 
-from fleet.export import ExportFilters, live_query  # noqa: E402
+from fleet.export import ExportFilters, iso_moment, live_query  # noqa: E402
 from fleet.export.cache import cached_query, refresh_dirty  # noqa: E402
-from fleet.export.rows import iso_moment  # noqa: E402
 from fleet.pki import ca  # noqa: E402
 from fleet.pki.authority import init_workspace  # noqa: E402
 from fleet.pki.issue import issue_certificate  # noqa: E402

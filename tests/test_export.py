@@ -26,6 +26,7 @@ from pkitools import pkilint_cert, pkilint_chain
 from fleet import certs, devices, export
 from fleet import clock as fleet_clock
 from fleet.errors import AuthError, IntegrityError, InvalidInput
+from fleet.export import device_export, replay
 from fleet.pki import cms, keys, signers
 from fleet.pki.authority import init_workspace
 from fleet.registry.audit import iter_audit_events
@@ -239,7 +240,7 @@ def test_as_of_equals_what_a_plain_export_printed_then(
             rebuilt = text_export(ready_ws, fmt, as_of=moment, now=moment)
             assert rebuilt == expected[fmt], (moment, fmt)
     # the same, replayed in parts of one device by two worker processes (a big registry)
-    monkeypatch.setattr(export, "REPLAY_PART_DEVICES", 1)
+    monkeypatch.setattr(replay, "REPLAY_PART_DEVICES", 1)
     for moment, expected in printed[1:]:
         for fmt in export.FORMATS:
             parts = text_export(ready_ws, fmt, as_of=moment, now=moment, replay_workers=2)
@@ -448,14 +449,14 @@ def test_errors_are_one_line_and_leave_nothing(
     assert snapshot(ready_ws, dest) == before
 
     # a failure halfway through the rows: no partial file, no temporary file
-    real = export._write_lines  # every path (cache, live, as-of) writes through it
+    real = device_export.write_lines  # every path (cache, live, as-of) writes through it
 
     def explode(stream: Any, fmt: str, batches: Any) -> int:
         real(stream, fmt, batches)
         raise RuntimeError("disk on fire")
 
     monkeypatch.setenv("FLEET_CA_PASSPHRASE", PASSPHRASE)
-    monkeypatch.setattr(export, "_write_lines", explode)
+    monkeypatch.setattr(device_export, "write_lines", explode)
     with pytest.raises(RuntimeError):
         export.export_devices(ready_ws, out=dest / "first.csv", passphrase=PASSPHRASE)
     with pytest.raises(RuntimeError):

@@ -20,8 +20,10 @@ from sqlalchemy import inspect, text
 
 from fleet import certs, devices, export
 from fleet.cloud import jobs, outbox
+from fleet.export import batches as export_batches
 from fleet.export import cache as export_cache
-from fleet.export import rows as export_rows
+from fleet.export.render import line, render
+from fleet.export.snapshot import snapshot_connection
 from fleet.provision import provision
 from fleet.registry import migrations
 from fleet.workspace import Workspace
@@ -237,34 +239,30 @@ def test_rendered_rows_equal_csv_writer_and_json_dumps() -> None:
     """render() writes its own CSV quoting and JSON text: it must give what csv.writer and
     json.dumps give for the same row, for any text a user may store."""
     encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    layout = export_rows.LAYOUT
+    layout = export.LAYOUT
     rng = random.Random(5)
     for n in range(300):
         cells: list[Any] = [
             _nasty_text(rng) if rng.random() < 0.8 else None for _ in range(layout.width)
         ]
-        cells[layout.labels] = export_rows.canonical_labels(json.dumps({"k": _nasty_text(rng)}))
+        cells[layout.labels] = export.canonical_labels(json.dumps({"k": _nasty_text(rng)}))
         cells[layout.cell(None, "clouds")] = rng.choice([None, "plant", "a;b"])
         cells[layout.cert_status] = rng.choice(["active", "revoked"])
         cells[layout.cert_not_after] = "2030-01-01T00:00:00Z"
         if n % 5 == 0:  # no certificate
             start = layout.cell("certificate", "serial")
-            cells[start : start + len(export_rows.CERT_FIELDS)] = [None] * len(
-                export_rows.CERT_FIELDS
-            )
-        rendered = export_rows.render(cells)
+            cells[start : start + len(export.CERT_FIELDS)] = [None] * len(export.CERT_FIELDS)
+        rendered = render(cells)
         moment = "2026-01-01T00:00:00Z"
 
         expected_csv = io.StringIO(newline="")
         safe = [
-            export_rows.csv_safe(v) if v and layout.kinds[i] == "text" else v
+            export.csv_safe(v) if v and layout.kinds[i] == "text" else v
             for i, v in enumerate(cells)
         ]
         csv.writer(expected_csv, lineterminator="\r\n").writerow(safe)
-        assert export_rows.line(rendered, "csv", moment) + "\r\n" == expected_csv.getvalue(), n
-        assert export_rows.line(rendered, "json", moment) == encode(
-            export_rows.row_to_object(cells)
-        ), n
+        assert line(rendered, "csv", moment) + "\r\n" == expected_csv.getvalue(), n
+        assert line(rendered, "json", moment) == encode(export.row_to_object(cells)), n
 
 
 def test_concurrent_writers_on_one_device_leave_it_current(
@@ -312,8 +310,7 @@ def test_a_failing_output_stops_the_export_with_its_error(
     for i in range(3):
         devices.add_device(ready_ws, f"d{i}", out_dir=tmp_path / "out")
     expected = {fmt: export_text(ready_ws, fmt) for fmt in FORMATS}
-    for module in (export, export_rows):  # one row a batch: the read is still going
-        monkeypatch.setattr(module, "BATCH_ROWS", 1)
+    monkeypatch.setattr(export_batches, "BATCH_ROWS", 1)  # one row a batch: the read is still going
 
     class FullDisk(io.StringIO):
         def write(self, text: str) -> int:
@@ -326,10 +323,10 @@ def test_a_failing_output_stops_the_export_with_its_error(
         assert stream.getvalue() == "", fmt
         assert export_text(ready_ws, fmt) == expected[fmt], fmt
     # the writer thread may fail only after the read has ended: stop one mid-read here
-    with export._snapshot_connection(ready_ws.open_registry()) as conn, conn.begin():
-        moment = export_rows.iso_moment(datetime.now(UTC))
+    with snapshot_connection(ready_ws.open_registry()) as conn, conn.begin():
+        moment = export.iso_moment(datetime.now(UTC))
         query = export_cache.cached_query("jsonl", export.ExportFilters(), moment)
-        batches = export._cached_batches(conn, query)
+        batches = export_cache.cached_batches(conn, query)
         assert [json.loads(line)["id"] for line in next(batches)] == ["d0"]
         batches.close()
         assert conn.execute(text("SELECT count(*) FROM device")).scalar_one() == 3

@@ -15,21 +15,23 @@ the live query. A migration that changes the row layout marks every device dirty
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import LargeBinary, Select, and_, case, cast, delete, func, literal_column, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
+from fleet.export.batches import BATCH_ROWS, in_batches, row_batches
+from fleet.export.filters import NO_CERTIFICATE, ExportFilters, device_filters
+from fleet.export.live import live_rows
 from fleet.export.models import ExportDirty, ExportRow
-from fleet.export.rows import (
-    BATCH_ROWS,
-    ExportFilters,
-    Rendered,
-    _device_filters,
-    live_rows,
-)
+from fleet.export.render import Rendered
+from fleet.export.snapshot import snapshot_connection
+from fleet.registry.db import write_session
 from fleet.registry.models import Device
+from fleet.statuses import CertStatus
 
 REFRESH_CHUNK = 500
 FULL_REFRESH = 20_000
@@ -41,12 +43,12 @@ def cached_query(fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
     has expired since it was rendered gets ``expired`` in place of the stored ``active``."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
     # the stored status is active, but the certificate's not_after has passed
-    expired = and_(x.c.cert_status == "active", x.c.cert_not_after < moment)
+    expired = and_(x.c.cert_status == CertStatus.ACTIVE, x.c.cert_not_after < moment)
     # bytes on both sides: on PostgreSQL a text operand would make || render bytea as text
     patched = cast(
         func.substr(x.c.line, 1, x.c.status_at)
-        .op("||")(cast(literal_column("'expired'"), LargeBinary))
-        .op("||")(func.substr(x.c.line, x.c.status_at + len("active") + 1)),
+        .op("||")(cast(literal_column(f"'{CertStatus.EXPIRED}'"), LargeBinary))
+        .op("||")(func.substr(x.c.line, x.c.status_at + len(CertStatus.ACTIVE) + 1)),
         LargeBinary,
     )
     query = (
@@ -56,10 +58,11 @@ def cached_query(fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
     )
     if filters.model or filters.serial or filters.status or filters.labels:
         d = Device.__table__  # type: ignore[attr-defined]
-        query = _device_filters(query.join(d, d.c.id == x.c.device_id), d.c, filters)
+        query = device_filters(query.join(d, d.c.id == x.c.device_id), d.c, filters)
     if filters.cert_status is not None:
-        wanted = "" if filters.cert_status == "none" else filters.cert_status
-        status = case((expired, "expired"), else_=func.coalesce(x.c.cert_status, ""))
+        wanted = "" if filters.cert_status == NO_CERTIFICATE else filters.cert_status
+        # a plain str: SQLAlchemy types it VARCHAR (an enum member would be untyped)
+        status = case((expired, CertStatus.EXPIRED.value), else_=func.coalesce(x.c.cert_status, ""))
         query = query.where(status == wanted)
     return query.order_by(x.c.device_id)
 
@@ -67,6 +70,44 @@ def cached_query(fmt: str, filters: ExportFilters, moment: str) -> Select[Any]:
 def _cache_format(fmt: str) -> str:
     """The ``export_row.format`` a format reads: ``csv``, or ``json`` for JSON and JSONL."""
     return "csv" if fmt == "csv" else "json"
+
+
+def cached_batches(conn: Connection, query: Any) -> Iterator[list[bytes]]:
+    """The lines of a :func:`cached_query`, in batches, read in ``conn``'s snapshot."""
+    if conn.dialect.name == "postgresql":
+        yield from _copied_batches(conn, query)
+        return
+    first = operator.itemgetter(0)  # the one column, already bytes (a C loop, no Python frame)
+    for rows in row_batches(conn, query):
+        yield list(map(first, rows))
+
+
+def _copied_batches(conn: Connection, query: Any) -> Iterator[list[bytes]]:
+    """PostgreSQL: the query's one bytea column through ``COPY (query) TO STDOUT`` in binary,
+    in the connection's transaction (so its snapshot). A server-side cursor fetched 100k
+    JSONL rows in 0.80-0.90 s, psycopg's COPY row parser in 0.49-0.55 s (parameters are
+    bound client-side by psycopg: COPY takes none)."""
+    compiled = query.compile(dialect=conn.dialect)
+    driver = conn.connection.driver_connection
+    assert driver is not None  # an open connection
+    statement = f"COPY ({compiled}) TO STDOUT (FORMAT binary)"
+    with driver.cursor() as cursor, cursor.copy(statement, compiled.params) as copy:
+        copy.set_types(["bytea"])
+        yield from in_batches(map(operator.itemgetter(0), copy.rows()))
+
+
+def refresh_cache(engine: Engine) -> None:
+    """Render the export rows of devices written around ``write_session`` (if any), so the
+    export can read the cache. A registry this process may not write (a read-only copy)
+    keeps its stale rows; the export then reads the live tables."""
+    with snapshot_connection(engine) as conn, conn.begin():
+        if cache_is_current(conn):
+            return
+    try:
+        with write_session(engine):
+            pass  # write_session re-renders the dirty rows before it commits
+    except DBAPIError:
+        pass
 
 
 def cache_is_current(conn: Connection) -> bool:

@@ -1,0 +1,170 @@
+"""Export files: written all or nothing, hashed as written, signed with a manifest.
+
+Rows stream to a temporary file beside the target, which is renamed into place once the
+manifest and the detached signatures (:mod:`fleet.pki.cms`) beside it exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from fleet import __version__
+from fleet.errors import InvalidInput
+from fleet.export.snapshot import Snapshot
+from fleet.pki.cms import Signer, sign_detached
+from fleet.pki.signers import load_signer
+from fleet.registry import audit
+from fleet.workspace import Passphrase, Workspace
+
+MANIFEST_VERSION = 1
+
+
+def manifest_path(path: Path) -> Path:
+    """``FILE.manifest.json``"""
+    return path.with_name(path.name + ".manifest.json")
+
+
+def signature_path(path: Path) -> Path:
+    """``FILE.p7s``: the detached signature over ``FILE``."""
+    return path.with_name(path.name + ".p7s")
+
+
+def export_output(
+    ws: Workspace,
+    produce: Callable[[TextIO], Snapshot],
+    description: dict[str, Any],
+    *,
+    out: Path | None,
+    stream: TextIO | None,
+    sign: bool | None,
+    passphrase: Passphrase | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Run ``produce`` on ``stream`` (default stdout; never signed) or, given ``out``, on
+    that file, all or nothing; signed with a manifest (``description`` says what the file
+    holds) unless ``sign`` is False. Returns the export's summary (rows, file, sha256...)."""
+    if sign and out is None:
+        raise InvalidInput("--sign needs --out FILE (signatures are written beside the file)")
+    signing = out is not None if sign is None else sign
+    ws.open_registry()
+    if out is None:
+        return {"file": None, "rows": produce(stream or sys.stdout).rows}
+    _temp_beside(out).unlink()  # fail on an unwritable path before asking for the passphrase
+    signer = load_signer(ws, passphrase) if signing else None
+    return _export_to_file(out, produce, description, signer, now)
+
+
+def _temp_beside(path: Path) -> Path:
+    if path.is_dir():
+        raise InvalidInput(f"cannot write {path}: it is a directory")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from exc
+    os.close(fd)
+    return Path(name)
+
+
+class _HashingFile(io.RawIOBase):
+    """A file that hashes what it writes, as it writes it: the manifest's SHA-256 without
+    reading the export back (the hashing runs in the writer thread, beside the reading)."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = self._raw.write(data) or 0
+        self.sha256.update(memoryview(data)[:written])  # only what reached the file
+        self.size += written
+        return written
+
+
+def _export_to_file(
+    out: Path,
+    produce: Callable[[TextIO], Snapshot],
+    description: dict[str, Any],
+    signer: Signer | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Write ``out`` (and, when signing, its manifest and signatures) all or nothing."""
+    temps: list[Path] = [_temp_beside(out)]
+    try:
+        snapshot, digest, size = _write_hashed(temps[0], produce)
+        result: dict[str, Any] = {
+            "file": str(out),
+            "rows": snapshot.rows,
+            "sha256": digest,
+            "bytes": size,
+        }
+        renames = [(temps[0], out)]
+        if signer is not None:
+            manifest = {
+                "fleet_export_manifest": MANIFEST_VERSION,
+                "file": out.name,
+                **description,
+                "rows": snapshot.rows,
+                "sha256": digest,
+                "bytes": size,
+                "audit_head": {"seq": snapshot.head_seq, "hash": snapshot.head_hash},
+                "fleet_version": __version__,
+                "created_at": audit.format_ts(now),
+                "signer": signer.summary(),
+            }
+            for final, data in _signed_files(out, temps[0], manifest, signer):
+                temp = _temp_beside(final)
+                temps.append(temp)
+                temp.write_bytes(data)
+                os.chmod(temp, 0o644)
+                renames.insert(0, (temp, final))  # the export itself is renamed last
+            result.update(
+                manifest=str(manifest_path(out)),
+                signature=str(signature_path(out)),
+                manifest_signature=str(signature_path(manifest_path(out))),
+            )
+        for temp, final in renames:
+            os.replace(temp, final)
+        return result
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def _write_hashed(temp: Path, produce: Callable[[TextIO], Snapshot]) -> tuple[Snapshot, str, int]:
+    """Run ``produce`` on ``temp``; return its snapshot and the file's SHA-256 and size."""
+    with temp.open("wb", buffering=0) as raw:
+        hashed = _HashingFile(raw)
+        buffered = io.BufferedWriter(hashed, buffer_size=1 << 20)
+        with io.TextIOWrapper(buffered, encoding="utf-8", newline="") as handle:
+            snapshot = produce(handle)
+    os.chmod(temp, 0o644)
+    return snapshot, hashed.sha256.hexdigest(), hashed.size
+
+
+def _signed_files(
+    out: Path, written: Path, manifest: dict[str, Any], signer: Signer
+) -> list[tuple[Path, bytes]]:
+    """The files beside ``out`` (its content written to ``written``): the manifest, the
+    signature over the export and the signature over the manifest."""
+    manifest_bytes = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+    return [
+        (manifest_path(out), manifest_bytes),
+        (signature_path(out), sign_detached(signer, written)),
+        (signature_path(manifest_path(out)), sign_detached(signer, manifest_bytes)),
+    ]
