@@ -1,7 +1,9 @@
-"""The contract every cloud backend passes (CLOUD_INTERFACE.md).
+"""The contract every cloud backend passes (CLOUD_INTERFACE.md), for backends' own tests.
 
-Subclass :class:`BackendContract` in a ``test_*.py`` module as ``Test<Backend>Contract`` and
-provide these fixtures:
+Shipped in the package so a third-party backend's test suite can run it too; it needs pytest,
+imported only by whoever imports this module (fleet itself never does). Subclass
+:class:`BackendContract` in a ``test_*.py`` module as ``Test<Backend>Contract`` and provide
+these fixtures:
 
 * ``backend``: a ready, prepared backend instance (``CloudBackend``);
 * ``backend_state``: the state its ``prepare`` returned (default ``{}``);
@@ -11,37 +13,46 @@ provide these fixtures:
 * ``secret_values``: strings that must never appear in an error message (default: none).
 
 ``make_device(device_id) -> DeviceRecord`` comes with the class: each call issues a NEW real
-certificate (fresh key) from a real fleet CA, so two calls for one ID conflict.
+certificate (fresh key) from a real fleet CA, so two calls for one ID conflict. Example::
+
+    from fleet.cloud.testing import BackendContract
+
+    class TestMyBackendContract(BackendContract):
+        @pytest.fixture
+        def backend(self) -> Iterator[CloudBackend]: ...
+
+        @pytest.fixture
+        def read_back(self) -> ReadBack: ...
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleet.cloud.base import CloudBackend, CloudError, ConflictError, DeviceRecord
-from fleet.devices import make_identity
 from fleet.pki import ca
 from fleet.pki.profiles import load_profile
+from fleet.statuses import DeviceStatus
 
 ReadBack = Callable[[str], dict[str, Any] | None]
 MakeDevice = Callable[[str], DeviceRecord]
 
 
 def device_record(issuer: ca.Issuer, device_id: str, **attrs: Any) -> DeviceRecord:
-    """A DeviceRecord with a freshly issued certificate for ``device_id``."""
-    identity = make_identity(issuer, device_id, load_profile("default"), now=datetime.now(UTC))
-    cert = identity.cert
+    """A DeviceRecord with a freshly issued certificate (new key) for ``device_id``;
+    ``model``, ``serial`` and ``labels`` may be given."""
+    key = ca.generate_key("ec-p256")
+    cert = ca.issue_device_certificate(issuer, device_id, key.public_key(), load_profile("default"))
     return DeviceRecord(
         device_id=device_id,
         model=attrs.get("model", "p200"),
         serial=attrs.get("serial", "SN-" + device_id),
         labels=attrs.get("labels", {"site": "hamburg"}),
-        status="active",
+        status=DeviceStatus.ACTIVE,
         certificate_pem=ca.cert_pem(cert).decode("ascii"),
         certificate_serial=ca.serial_hex(cert.serial_number),
         fingerprint_sha256=ca.fingerprint_sha256(cert),
@@ -53,19 +64,23 @@ class BackendContract:
 
     @pytest.fixture(scope="class")
     def fleet_issuer(self, tmp_path_factory: pytest.TempPathFactory) -> ca.Issuer:
+        """A real fleet CA (root + issuing) for the class's devices."""
         home: Path = tmp_path_factory.mktemp("contract-ca")
         return ca.create_ca(home, "Contract CA", "ec-p256", "contract passphrase")
 
     @pytest.fixture
     def make_device(self, fleet_issuer: ca.Issuer) -> MakeDevice:
+        """Issue a new device certificate per call (see the module docstring)."""
         return lambda device_id: device_record(fleet_issuer, device_id)
 
     @pytest.fixture
     def backend_state(self) -> dict[str, Any]:
+        """The state ``prepare`` returned; override for backends that need one."""
         return {}
 
     @pytest.fixture
     def secret_values(self) -> list[str]:
+        """Strings no error message may contain; override with the backend's secrets."""
         return []
 
     def test_register_then_read_back(
@@ -75,6 +90,7 @@ class BackendContract:
         make_device: MakeDevice,
         read_back: ReadBack,
     ) -> None:
+        """A registered device is on the platform, active, with its certificate."""
         device = make_device("contract-1")
         remote = backend.register(device, backend_state)
         assert isinstance(remote, dict)
@@ -90,6 +106,7 @@ class BackendContract:
         make_device: MakeDevice,
         read_back: ReadBack,
     ) -> None:
+        """Registering again with the same certificate succeeds."""
         device = make_device("contract-2")
         backend.register(device, backend_state)
         backend.register(device, backend_state)
@@ -103,6 +120,7 @@ class BackendContract:
         make_device: MakeDevice,
         read_back: ReadBack,
     ) -> None:
+        """Another certificate under the same ID is a ConflictError; the first stays."""
         first = make_device("contract-3")
         backend.register(first, backend_state)
         with pytest.raises(ConflictError):
@@ -118,6 +136,7 @@ class BackendContract:
         make_device: MakeDevice,
         read_back: ReadBack,
     ) -> None:
+        """A deregistered device is gone or inactive."""
         device = make_device("contract-4")
         remote = backend.register(device, backend_state)
         backend.deregister(device, remote, backend_state)
@@ -131,6 +150,7 @@ class BackendContract:
         make_device: MakeDevice,
         read_back: ReadBack,
     ) -> None:
+        """Deregistering again succeeds (idempotent)."""
         device = make_device("contract-5")
         remote = backend.register(device, backend_state)
         backend.deregister(device, remote, backend_state)
@@ -144,6 +164,7 @@ class BackendContract:
         backend_state: dict[str, Any],
         make_device: MakeDevice,
     ) -> None:
+        """Registered ids have a status; unknown ones are absent."""
         for device_id in ("contract-6", "contract-7"):
             backend.register(make_device(device_id), backend_state)
         status = backend.fetch_status(["contract-6", "contract-7", "never-seen"], backend_state)
@@ -157,6 +178,7 @@ class BackendContract:
         make_device: MakeDevice,
         secret_values: list[str],
     ) -> None:
+        """No secret appears in check messages or errors."""
         messages = [backend.check().message]
         backend.register(make_device("contract-8"), backend_state)
         try:
