@@ -482,3 +482,22 @@ def test_provision_with_unknown_cloud_writes_nothing(
             clouds=["nowhere"],
         )  # fmt: skip
     assert snapshot(ready_sqlite_ws, tmp_path / "ids") == before
+
+
+def test_backends_declare_their_options() -> None:
+    from fleet.cloud import plugins
+    from fleet.cloud.aws import AwsIotBackend
+    from fleet.cloud.base import BackendOption
+    from fleet.cloud.http import HttpBackend
+
+    # Read from the light BACKEND_OPTIONS of the entry point's module: the class's own.
+    assert plugins.declared_options("http") is HttpBackend.declared_options
+    assert plugins.declared_options("aws-iot") is AwsIotBackend.declared_options
+    header = next(o for o in HttpBackend.declared_options if o.name == "header")
+    assert (header.flag, header.multiple, header.value_type) == ("--header", True, str)
+    with pytest.raises(ValueError, match="lowercase"):
+        BackendOption("Thing-Group", "x")
+    with pytest.raises(ValueError, match="value_type"):
+        BackendOption("when", "x", value_type=dict)
+    with pytest.raises(ValueError, match="cannot be repeated"):
+        BackendOption("loud", "x", value_type=bool, multiple=True)

@@ -121,6 +121,17 @@ def settle(outcome: Outcome, attempts: int, max_attempts: int | None) -> tuple[O
     return outcome.kind, outcome.error
 
 
+def _job(
+    state: JobState, attempts: int, error: str | None, next_attempt_at: datetime | None = None
+) -> dict[str, Any]:
+    return {
+        "state": state,
+        "attempts": attempts,
+        "last_error": error,
+        "next_attempt_at": next_attempt_at,
+    }
+
+
 def _registered(attempt: Attempt, outcome: Outcome) -> dict[str, Any]:
     return {
         "status": RegistrationStatus.REGISTERED,
@@ -151,21 +162,12 @@ def superseded(job: JobRow, attempt: Attempt, outcome: Outcome) -> Transition:
 def done(attempt: Attempt, outcome: Outcome, attempts: int) -> Transition:
     """The platform did what the job asked."""
     if attempt.action == JobAction.REGISTER:
-        registration = {**_registered(attempt, outcome), "attempts": attempts, "last_error": None}
+        registration = _registered(attempt, outcome)
     else:
-        registration = {
-            "status": RegistrationStatus.DEREGISTERED,
-            "attempts": attempts,
-            "last_error": None,
-        }
+        registration = {"status": RegistrationStatus.DEREGISTERED}
     return Transition(
-        job={
-            "state": JobState.DONE,
-            "attempts": attempts,
-            "last_error": None,
-            "next_attempt_at": None,
-        },
-        registration=registration,
+        job=_job(JobState.DONE, attempts, None),
+        registration={**registration, "attempts": attempts, "last_error": None},
         event=_done_event(attempt, attempts),
         counts_as=JobState.DONE,
     )
@@ -175,45 +177,22 @@ def retry(attempts: int, error: str, next_attempt_at: datetime) -> Transition:
     """A transient failure: try again at ``next_attempt_at``; the registration keeps its
     status and shows the error."""
     return Transition(
-        job={
-            "state": JobState.RETRY,
-            "attempts": attempts,
-            "last_error": error,
-            "next_attempt_at": next_attempt_at,
-        },
+        job=_job(JobState.RETRY, attempts, error, next_attempt_at),
         registration={"attempts": attempts, "last_error": error},
     )
 
 
 def failed(attempt: Attempt, attempts: int, error: str) -> Transition:
     """A permanent failure: the job and the registration are failed, the others go on."""
-    failure = {
-        "device_id": attempt.device_id,
-        "action": attempt.action,
-        "attempts": attempts,
-        "error": error,
-    }
+    reported = {"action": attempt.action, "attempts": attempts, "error": error}
     return Transition(
-        job={
-            "state": JobState.FAILED,
-            "attempts": attempts,
-            "last_error": error,
-            "next_attempt_at": None,
-        },
+        job=_job(JobState.FAILED, attempts, error),
         registration={
             "status": RegistrationStatus.FAILED,
             "attempts": attempts,
             "last_error": short_error(f"{attempt.action}: {error}"),
         },
-        event=(
-            "cloud.failed",
-            {
-                "cloud": attempt.cloud,
-                "action": attempt.action,
-                "attempts": attempts,
-                "error": error,
-            },
-        ),
+        event=("cloud.failed", {"cloud": attempt.cloud, **reported}),
         counts_as=JobState.FAILED,
-        failure=failure,
+        failure={"device_id": attempt.device_id, **reported},
     )
