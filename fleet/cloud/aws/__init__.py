@@ -3,6 +3,7 @@ policies, groups.
 
 * :mod:`~fleet.cloud.aws.backend`: :class:`AwsIotBackend`, the CloudBackend;
 * :mod:`~fleet.cloud.aws.setup`: the one-time setup (CA registration, policy, group, type);
+* :mod:`~fleet.cloud.aws.connectivity`: status from fleet indexing and device shadows;
 * :mod:`~fleet.cloud.aws.api`: signed calls, errors, paging; :mod:`~fleet.cloud.aws.sigv4`:
   SigV4 by botocore's signer;
 * :mod:`~fleet.cloud.aws.options` and :mod:`~fleet.cloud.aws.names`: the options of

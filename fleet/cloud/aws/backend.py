@@ -9,7 +9,7 @@ What each operation does (see docs/cloud-aws.md):
 * ``deregister``: UpdateCertificate INACTIVE or REVOKED (terminal), DetachThingPrincipal,
   DetachPolicy, optionally DeleteThing.
 * ``fetch_status``: fleet indexing SearchIndex (``connectivity``) plus the firmware version
-  reported in a named shadow.
+  reported in a named shadow (:mod:`fleet.cloud.aws.connectivity`).
 
 Credentials come from botocore's standard chain; nothing secret is stored in the cloud's
 options or state.
@@ -17,16 +17,13 @@ options or state.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import httpx
 
+from fleet.cloud.aws import connectivity, setup
 from fleet.cloud.aws import options as aws_options
-from fleet.cloud.aws import setup
 from fleet.cloud.aws.api import (
     DENIED_TYPES,
     MARKER,
@@ -394,72 +391,13 @@ class AwsIotBackend(CloudBackend):
         names = [d for d in dict.fromkeys(device_ids) if THING_NAME_RE.match(d)]
         if not names:
             return {}
-        found = self._search_things(names)
+        found = connectivity.search_things(self.api, names)
         data_endpoint = str(state.get("data_endpoint") or "") or self._data_endpoint_lookup()
-        statuses: dict[str, RemoteStatus] = {}
-        for name, thing in found.items():
-            connectivity = thing.get("connectivity") or {}
-            connected = connectivity.get("connected")
-            statuses[name] = RemoteStatus(
-                connected=connected if isinstance(connected, bool) else None,
-                last_activity=_epoch_ms(connectivity.get("timestamp")),
-                firmware_version=self._firmware(name, thing, data_endpoint),
-            )
-        return statuses
-
-    def _search_things(self, names: list[str]) -> dict[str, dict[str, Any]]:
-        """The indexed things among ``names`` (SearchIndex, paged by a token in the body)."""
-        query = " OR ".join(f"thingName:{_escape_query_term(n)}" for n in names)
-        wanted = set(names)
-        found: dict[str, dict[str, Any]] = {}
-        token: str | None = None
-        while True:
-            body: dict[str, Any] = {
-                "indexName": "AWS_Things",
-                "queryString": query,
-                "maxResults": 100,
-            }
-            if token:
-                body["nextToken"] = token
-            try:
-                page = self.api.call("SearchIndex", "POST", "/indices/search", body=body)
-            except AwsApiError as exc:
-                if exc.code in ("ResourceNotFoundException", "IndexNotReadyException"):
-                    raise PermanentError(
-                        f"{exc} (turn on fleet indexing with connectivity: aws iot "
-                        "update-indexing-configuration --thing-indexing-configuration "
-                        "thingIndexingMode=REGISTRY,thingConnectivityIndexingMode=STATUS)"
-                    ) from None
-                raise
-            for thing in page.get("things", []):
-                name = thing.get("thingName")
-                if name in wanted:
-                    found[name] = thing
-            token = page.get("nextToken") or None
-            if token is None:
-                return found
-
-    def _firmware(self, thing: str, indexed: Mapping[str, Any], data_endpoint: str) -> str | None:
-        # Named shadows indexed by fleet indexing arrive in the search result; otherwise ask
-        # the device shadow service (data plane, signing name iotdata).
-        shadow = indexed.get("shadow")
-        if isinstance(shadow, str):
-            try:
-                document = json.loads(shadow)
-            except ValueError:
-                document = {}
-            named = (document.get("name") or {}).get(self.shadow_name)
-            if isinstance(named, dict):
-                return _as_version((named.get("reported") or {}).get(self.firmware_field))
-        path = f"/things/{uri_label(thing)}/shadow" + query_string(name=self.shadow_name)
-        try:
-            result = self.api.call("GetThingShadow", "GET", path, data_plane_base=data_endpoint)
-        except AwsApiError as exc:
-            if is_not_found(exc):
-                return None
-            raise
-        reported = (result.get("state") or {}).get("reported") or {}
-        return _as_version(reported.get(self.firmware_field))
+        firmware = connectivity.FirmwareShadow(self.shadow_name, self.firmware_field)
+        return {
+            name: connectivity.remote_status(self.api, name, thing, firmware, data_endpoint)
+            for name, thing in found.items()
+        }
 
 
 def _fleet_certificates(
@@ -478,20 +416,3 @@ def _fleet_certificates(
     if remote.get("certificate_id") and remote.get("certificate_arn"):
         targets[str(remote["certificate_id"])] = str(remote["certificate_arn"])
     return targets
-
-
-def _escape_query_term(value: str) -> str:
-    # Fleet indexing query syntax: ':' separates field and term and a leading '-' negates.
-    return re.sub(r"([:\-])", r"\\\1", value)
-
-
-def _as_version(value: Any) -> str | None:
-    if value is None or isinstance(value, dict | list):
-        return None
-    return str(value)
-
-
-def _epoch_ms(value: Any) -> datetime | None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        return None
-    return datetime.fromtimestamp(value / 1000.0, UTC)
