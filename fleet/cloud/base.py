@@ -109,7 +109,7 @@ class DeviceRecord:
     model: str | None
     serial: str | None
     labels: dict[str, str]
-    status: str  # "active" / "decommissioned"
+    status: str  # a fleet.statuses.DeviceStatus
     # The device's newest active certificate ("" for deregister of a device with none).
     certificate_pem: str
     certificate_serial: str  # lowercase hex
