@@ -123,6 +123,28 @@ def count_open_jobs(session: Session, cloud: str, device_ids: Sequence[str] | No
     return int(session.exec(select(func.count()).select_from(sub)).one())
 
 
+def _job_rows(session: Session, job_ids: Sequence[int]) -> dict[int, JobRow]:
+    """The jobs' state and attempts as the database holds them now, by id."""
+    rows = session.exec(
+        select(CloudJob.id, CloudJob.state, CloudJob.attempts).where(col(CloudJob.id).in_(job_ids))
+    ).all()
+    return {row[0]: JobRow(row[1], row[2]) for row in rows if row[0] is not None}
+
+
+def _ensure_registrations(
+    session: Session, cloud: str, works: Sequence[Work], now: datetime
+) -> None:
+    """Create the registration rows of these jobs' devices that do not exist."""
+    query = select(CloudRegistration.device_id).where(
+        CloudRegistration.cloud == cloud,
+        col(CloudRegistration.device_id).in_([w.device_id for w in works]),
+    )
+    missing = {w.device_id for w in works} - set(session.exec(query).all())
+    for device_id in sorted(missing):
+        session.add(CloudRegistration(device_id=device_id, cloud=cloud, remote={}, updated_at=now))
+    session.flush()
+
+
 class _Writes:
     """The rows one batch of outcomes changes, written with executemany UPDATEs grouped by
     the columns they set (not ORM objects: this thread's CPU time is what the worker threads
@@ -294,7 +316,9 @@ class _Pusher:
         now = clock.now()
         writes = _Writes(self.cloud.name, now)
         with write_session(self.engine) as session:
-            jobs = self._job_rows(session, [work for work, _ in outcomes], now)
+            jobs = _job_rows(session, [work.job_id for work, _ in outcomes])
+            # Registration rows come with their jobs; just in case one went missing.
+            _ensure_registrations(session, self.cloud.name, [w for w, _ in outcomes], now)
             for work, outcome in outcomes:
                 job = jobs.get(work.job_id)
                 if job is None:  # the cloud was removed meanwhile (--force)
@@ -312,29 +336,6 @@ class _Pusher:
             writes.write(session)
         if self.progress:
             self.progress(self.finished, self.total)
-
-    def _job_rows(
-        self, session: Session, works: Sequence[Work], now: datetime
-    ) -> dict[int, JobRow]:
-        """The jobs' current state and attempts; creates missing registration rows (they
-        come with their jobs; just in case)."""
-        rows = session.exec(
-            select(CloudJob.id, CloudJob.state, CloudJob.attempts).where(
-                col(CloudJob.id).in_([w.job_id for w in works])
-            )
-        ).all()
-        name = self.cloud.name
-        reg_query = select(CloudRegistration.device_id).where(
-            CloudRegistration.cloud == name,
-            col(CloudRegistration.device_id).in_([w.device_id for w in works]),
-        )
-        missing = {w.device_id for w in works} - set(session.exec(reg_query).all())
-        for device_id in sorted(missing):
-            session.add(
-                CloudRegistration(device_id=device_id, cloud=name, remote={}, updated_at=now)
-            )
-        session.flush()
-        return {row[0]: JobRow(row[1], row[2]) for row in rows if row[0] is not None}
 
     def _count(self, step: Transition) -> None:
         if step.counts_as == JobState.DONE:
