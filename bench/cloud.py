@@ -1,6 +1,6 @@
 """Benchmark: push registrations through the outbox and the generic HTTP backend.
 
-1. N registrations to a local HTTP registry, no rate limit, through ``fleet.cloud.outbox.push``
+1. N registrations to a local HTTP registry, no rate limit, through ``fleet.cloud.push``
    (the whole path: job selection, concurrent requests, batched result commits to SQLite),
    against a sequential ``httpx`` loop doing the same PUT requests in the same run.
    Target: >= 5x.
@@ -37,7 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))
 
-from fleet.cloud import jobs, outbox  # noqa: E402
+from fleet.cloud import jobs  # noqa: E402
+from fleet.cloud.clouds import add_cloud  # noqa: E402
+from fleet.cloud.push import PushReport, push  # noqa: E402
 from fleet.pki import ca  # noqa: E402
 from fleet.pki.authority import init_workspace  # noqa: E402
 from fleet.pki.issue import certificate_row, issue_certificate  # noqa: E402
@@ -137,12 +139,12 @@ def sequential_baseline(ws: Workspace, ids: list[str], url: str) -> float:
 
 def push_phase(
     ws: Workspace, name: str, ids: list[str], server: ServerProcess, **limits: Any
-) -> tuple[float, outbox.PushReport]:
-    outbox.add_cloud(ws, name, "http", {"url": server.url}, **limits)
+) -> tuple[float, PushReport]:
+    add_cloud(ws, name, "http", {"url": server.url}, **limits)
     with write_session(ws.open_registry()) as session:
         jobs.enqueue_register(session, ids, [name])
     start = time.perf_counter()
-    (report,) = outbox.push(ws, name, passphrase=PASSPHRASE)
+    (report,) = push(ws, name, passphrase=PASSPHRASE)
     return time.perf_counter() - start, report
 
 

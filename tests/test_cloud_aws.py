@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from cloud_contract import BackendContract
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from helpers import PASSPHRASE, device_record, require_service
 
 from fleet.cloud.aws import AwsIotBackend, query_string, thing_name_for, uri_label
+from fleet.cloud.aws.sigv4 import BotocoreSigV4Auth
 from fleet.cloud.base import (
     CaMaterial,
     ConflictError,
@@ -32,7 +32,7 @@ from fleet.cloud.base import (
     PermanentError,
     TransientError,
 )
-from fleet.cloud.sigv4 import BotocoreSigV4Auth
+from fleet.cloud.testing import BackendContract
 from fleet.errors import InvalidInput
 from fleet.pki import ca, keys
 from fleet.pki.issue import verification_certificate
@@ -192,7 +192,7 @@ def read_back(iot: Any, device_id: str) -> dict[str, Any] | None:
 
 
 class TestAwsIotBackendContract(BackendContract):
-    """The shared backend contract (tests/cloud_contract.py) against moto."""
+    """The shared backend contract (fleet/cloud/testing.py) against moto."""
 
     @pytest.fixture
     def backend(self, make_backend: Callable[..., AwsIotBackend]) -> AwsIotBackend:
@@ -327,7 +327,7 @@ class TestAwsRegistration:
     ) -> None:
         monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
         caplog.set_level(logging.DEBUG)
-        texts = [repr(backend), repr(backend._control_auth), str(backend.options), str(state)]
+        texts = [repr(backend), repr(backend.api.control_auth), str(backend.options), str(state)]
         backend.register(device_record(issuer, "gw-0009"), state)
         failing = [
             lambda: backend.register(device_record(issuer, "gw-0009"), state),

@@ -1,18 +1,33 @@
 """``fleet cloud ...`` and ``fleet device add --cloud`` end to end, against a real local HTTP
-registry; and the secrets test: a bearer token in an env var appears in no output, log record
-or database row."""
+registry; the secrets test: a bearer token in an env var appears in no output, log record
+or database row; and ``cloud add`` taking the options each backend declares, a plugin's
+too."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from importlib.metadata import EntryPoint
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cloudserver import RegistryServer
-from helpers import Cli, run_fleet, snapshot
+from helpers import REPO, Cli, run_fleet, snapshot
 
+from fleet.cloud import plugins
+from fleet.cloud.base import (
+    BackendOption,
+    CaMaterial,
+    CheckResult,
+    CloudBackend,
+    DeviceRecord,
+    RemoteStatus,
+)
 from fleet.workspace import Workspace
 
 TOKEN = "Bearer tok-9f8e7d6c5b4a-very-secret"
@@ -221,3 +236,107 @@ def test_aws_options_pass_through_the_cli(ready_sqlite_ws: Workspace, sqlite_cli
                         "--delete-thing")  # fmt: skip
     assert result.exit_code == 2
     assert result.stderr == "error: cloud type 'http' does not take --delete-thing\n"
+
+
+# --- options declared by the backends ------------------------------------------------------
+
+
+class PaintBackend(CloudBackend):
+    """A plugin backend declaring options of each kind; accepts whatever it is given, so
+    refusing undeclared options is fleet's doing."""
+
+    type_name = "paint"
+    declared_options = (
+        BackendOption("color", "Paint colour.", choices=("red", "blue")),
+        BackendOption("coats", "Coats of paint.", value_type=int),
+        BackendOption("tag", "A tag; repeatable.", multiple=True),
+        BackendOption("glossy", "A glossy finish.", value_type=bool),
+        BackendOption("timeout", "Seconds per request (like http's)", value_type=float),
+    )
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(options)
+
+    def check(self) -> CheckResult:
+        return CheckResult(True, "paint is ready")
+
+    def prepare(self, ca: CaMaterial) -> dict[str, Any]:
+        return {}
+
+    def register(self, device: DeviceRecord, state: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def deregister(
+        self, device: DeviceRecord, remote: Mapping[str, Any], state: Mapping[str, Any]
+    ) -> None:
+        return None
+
+    def fetch_status(
+        self, device_ids: Sequence[str], state: Mapping[str, Any]
+    ) -> dict[str, RemoteStatus]:
+        return {}
+
+
+@pytest.fixture
+def paint_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PaintBackend installed as cloud type ``paint`` (next to the real ones)."""
+    installed = plugins._entry_points()
+    paint = EntryPoint("paint", f"{__name__}:PaintBackend", plugins.GROUP)
+    monkeypatch.setattr(plugins, "_entry_points", lambda: {**installed, "paint": paint})
+
+
+def test_plugin_options_on_cloud_add(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, paint_plugin: None
+) -> None:
+    shown = sqlite_cli("cloud", "add", "--help")
+    assert shown.exit_code == 0
+    for text in ("paint options", "--color", "Paint colour.", "--coats", "--glossy", "--tag"):
+        assert text in shown.stdout, text
+    assert "http, paint options" in shown.stdout  # --timeout: declared by both
+    result = sqlite_cli(
+        "cloud", "add", "studio", "--type", "paint", "--color", "blue", "--coats", "2",
+        "--tag", "a", "--tag", "b", "--glossy", "--timeout", "1.5", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    options = json.loads(result.stdout)["options"]
+    assert options == {"color": "blue", "coats": 2, "tag": ["a", "b"], "glossy": True,
+                       "timeout": 1.5}  # fmt: skip
+    # An option of another backend is refused, naming the type, whichever the backend.
+    result = sqlite_cli("cloud", "add", "x", "--type", "paint", "--url", "http://h/{id}")
+    assert result.exit_code == 2
+    assert result.stderr == "error: cloud type 'paint' does not take --url\n"
+    result = sqlite_cli("cloud", "add", "y", "--type", "http", "--url", "http://h/{id}",
+                        "--coats", "3")  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr == "error: cloud type 'http' does not take --coats\n"
+    result = sqlite_cli("cloud", "add", "z", "--type", "paint", "--coats", "many")
+    assert result.exit_code == 2 and "Invalid value for '--coats'" in result.stderr
+
+
+def test_broken_plugin_leaves_the_others_usable(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = plugins._entry_points()
+    gone = EntryPoint("gone", "fleet_no_such_module:Backend", plugins.GROUP)
+    monkeypatch.setattr(plugins, "_entry_points", lambda: {**installed, "gone": gone})
+    assert "--region" in sqlite_cli("cloud", "add", "--help").stdout
+    result = sqlite_cli("cloud", "add", "g", "--type", "gone")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cloud type 'gone' cannot be loaded")
+    result = sqlite_cli("cloud", "add", "web", "--type", "http", "--url", "http://h/{id}")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_cloud_add_help_loads_no_network_library() -> None:
+    """The options come from the backends' light declarations: neither httpx nor botocore
+    is imported to show them."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fleet", "cloud", "add", "--help"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == 0 and "--thing-group" in child.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in child.stderr.splitlines()}
+    assert "fleet.cloud.aws.options" in imported
+    assert not {"httpx", "botocore", "fleet.cloud.aws.backend"} & imported

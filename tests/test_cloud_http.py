@@ -9,22 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_contract import BackendContract
 from cloudserver import RegistryServer
 from helpers import add_devices
 from sqlmodel import select
 
 from fleet import devices
-from fleet.cloud import outbox
 from fleet.cloud.base import CloudBackend, PermanentError, TransientError
+from fleet.cloud.clouds import add_cloud
 from fleet.cloud.http import HttpBackend
 from fleet.cloud.models import CloudJob, CloudRegistration
+from fleet.cloud.pacing import PushPolicy
+from fleet.cloud.push import push
+from fleet.cloud.status import iter_status, sync
+from fleet.cloud.testing import BackendContract
 from fleet.errors import InvalidInput
 from fleet.registry.db import read_session
 from fleet.workspace import Workspace
 
 TOKEN = "Bearer s3cr3t-token-value-4711"
-FAST = outbox.PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
+FAST = PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
 
 
 @pytest.fixture
@@ -186,7 +189,7 @@ def test_check_reports_each_failure(server: RegistryServer, token_env: str) -> N
 def test_every_job_registered_exactly_once_despite_faults(
     ready_ws: Workspace, server: RegistryServer, token_env: str, tmp_path: Path
 ) -> None:
-    outbox.add_cloud(ready_ws, "reg", "http", {**http_options(server), "timeout": 1.0})
+    add_cloud(ready_ws, "reg", "http", {**http_options(server), "timeout": 1.0})
     ids = add_devices(ready_ws, tmp_path, 10, clouds=("reg",))
     server.state.slow_seconds = 2.0
     server.state.faults = {
@@ -198,7 +201,7 @@ def test_every_job_registered_exactly_once_despite_faults(
         ids[5]: ["drop_after"],
         ids[6]: ["slow", "drop_after", "500"],
     }
-    reports = outbox.push(ready_ws, "reg", policy=FAST)
+    reports = push(ready_ws, "reg", policy=FAST)
     assert [(r.done, r.failed, r.left) for r in reports] == [(10, 0, 0)]
     with server.state.lock:
         assert dict(server.state.creations) == dict.fromkeys(ids, 1)
@@ -226,17 +229,17 @@ def test_every_job_registered_exactly_once_despite_faults(
 def test_conflict_fails_that_job_only(
     ready_ws: Workspace, server: RegistryServer, token_env: str, tmp_path: Path
 ) -> None:
-    outbox.add_cloud(ready_ws, "reg", "http", http_options(server))
+    add_cloud(ready_ws, "reg", "http", http_options(server))
     ids = add_devices(ready_ws, tmp_path, 4, clouds=("reg",))
     with server.state.lock:  # someone else's device under the same ID
         server.state.devices[ids[1]] = {"certificate": {"fingerprint_sha256": "00" * 32}}
     server.state.faults[ids[2]] = ["400"]
-    (report,) = outbox.push(ready_ws, "reg", policy=FAST)
+    (report,) = push(ready_ws, "reg", policy=FAST)
     assert (report.done, report.failed, report.left) == (2, 2, 0)
     errors = {f["device_id"]: f["error"] for f in report.failures}
     assert "different certificate" in errors[ids[1]]
     assert "HTTP 400" in errors[ids[2]]
-    status = {r["device_id"]: r for r in outbox.iter_status(ready_ws, "reg")}
+    status = {r["device_id"]: r for r in iter_status(ready_ws, "reg")}
     assert status[ids[1]]["status"] == "failed" and status[ids[1]]["attempts"] == 1
     assert "different certificate" in status[ids[1]]["last_error"]
     assert status[ids[0]]["status"] == status[ids[3]]["status"] == "registered"
@@ -251,12 +254,12 @@ def test_missing_header_variable_keeps_jobs_queued(
 
     init_workspace(sqlite_ws, name="T", passphrase=PASSPHRASE)
     monkeypatch.delenv("REG_TOKEN", raising=False)
-    outbox.add_cloud(sqlite_ws, "reg", "http", http_options(server))
+    add_cloud(sqlite_ws, "reg", "http", http_options(server))
     add_devices(sqlite_ws, tmp_path, 2, clouds=("reg",))
-    policy = outbox.PushPolicy(base_delay=0.01, max_delay=0.02, max_wait=0.1)
-    (report,) = outbox.push(sqlite_ws, "reg", policy=policy)
+    policy = PushPolicy(base_delay=0.01, max_delay=0.02, max_wait=0.1)
+    (report,) = push(sqlite_ws, "reg", policy=policy)
     assert (report.done, report.failed, report.left) == (0, 0, 2)
-    rows = list(outbox.iter_status(sqlite_ws, "reg"))
+    rows = list(iter_status(sqlite_ws, "reg"))
     assert {r["status"] for r in rows} == {"pending"}
     assert all("REG_TOKEN" in (r["last_error"] or "") for r in rows)
     assert server.state.requests == []
@@ -266,16 +269,16 @@ def test_sync_pulls_status(
     ready_sqlite_ws: Workspace, server: RegistryServer, token_env: str, tmp_path: Path
 ) -> None:
     ws = ready_sqlite_ws
-    outbox.add_cloud(ws, "reg", "http", http_options(server))
+    add_cloud(ws, "reg", "http", http_options(server))
     ids = add_devices(ws, tmp_path, 2, clouds=("reg",))
     server.state.status[ids[0]] = {
         "connected": True,
         "last_activity": "2026-11-24T10:00:00Z",
         "firmware_version": "1.4.2",
     }
-    (report,) = outbox.sync(ws, "reg", policy=FAST)
+    (report,) = sync(ws, "reg", policy=FAST)
     assert report.push.done == 2 and report.status_updated == 2
-    rows = {r["device_id"]: r for r in outbox.iter_status(ws, "reg")}
+    rows = {r["device_id"]: r for r in iter_status(ws, "reg")}
     assert rows[ids[0]]["connected"] is True
     assert rows[ids[0]]["firmware_version"] == "1.4.2"
     assert rows[ids[0]]["last_activity"] == "2026-11-24T10:00:00Z"
@@ -285,14 +288,14 @@ def test_sync_pulls_status(
 def test_decommission_deregisters(
     ready_ws: Workspace, server: RegistryServer, token_env: str, tmp_path: Path
 ) -> None:
-    outbox.add_cloud(ready_ws, "reg", "http", http_options(server))
+    add_cloud(ready_ws, "reg", "http", http_options(server))
     ids = add_devices(ready_ws, tmp_path, 2, clouds=("reg",))
-    outbox.push(ready_ws, "reg", policy=FAST)
+    push(ready_ws, "reg", policy=FAST)
     devices.decommission_device(ready_ws, ids[0], reason="flood")
-    (report,) = outbox.push(ready_ws, "reg", policy=FAST)
+    (report,) = push(ready_ws, "reg", policy=FAST)
     assert (report.done, report.failed) == (1, 0)
     assert set(server.state.devices) == {ids[1]}
     deletes = [r for r in server.state.requests if r[0] == "DELETE"]
     assert [d for _, d, _, _ in deletes] == [ids[0]]
-    status = {r["device_id"]: r["status"] for r in outbox.iter_status(ready_ws, "reg")}
+    status = {r["device_id"]: r["status"] for r in iter_status(ready_ws, "reg")}
     assert status == {ids[0]: "deregistered", ids[1]: "registered"}

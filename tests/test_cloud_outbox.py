@@ -1,12 +1,15 @@
 """The outbox: same-transaction enqueueing, offline queueing, backoff and Retry-After
-timings (injected clock), the rate limiter, failure isolation, crash safety, audit events.
-Registry tests run on SQLite and PostgreSQL; pushes go to a real local HTTP registry."""
+timings (a fake timer and fleet.clock), the rate limiter, failure isolation, crash safety,
+audit events. Registry tests run on SQLite and PostgreSQL; pushes go to a real local HTTP
+registry."""
 
 from __future__ import annotations
 
 import itertools
 import random
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,14 @@ from cloudserver import RegistryServer
 from helpers import PASSPHRASE, add_devices, snapshot
 from sqlmodel import select
 
-from fleet import certs, devices
+from fleet import certs, clock, devices
 from fleet.cloud import jobs as cloud_jobs
-from fleet.cloud import outbox
 from fleet.cloud.base import retry_after_seconds
+from fleet.cloud.clouds import add_cloud, list_clouds, remove_cloud
 from fleet.cloud.models import CloudJob, CloudRegistration
+from fleet.cloud.pacing import PushPolicy, RateLimiter, backoff_delay
+from fleet.cloud.push import push, register
+from fleet.cloud.status import sync
 from fleet.errors import Conflict, NotFound
 from fleet.pki import bundles
 from fleet.pki.authority import init_workspace
@@ -28,11 +34,12 @@ from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.workspace import Workspace
 
-FAST = outbox.PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
+FAST = PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
 
 
 class FakeClock:
-    """A clock whose sleep advances time instantly (thread-safe); records every sleep."""
+    """A timer whose sleep advances time instantly (thread-safe); records every sleep. Its
+    ``now`` moves with it: under :func:`fake_time` it is fleet's wall clock too."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -55,8 +62,16 @@ class FakeClock:
             self._t += max(0.0, seconds)
 
 
+@contextmanager
+def fake_time() -> Iterator[FakeClock]:
+    """A FakeClock driving both the engine's waits and fleet.clock.now()."""
+    fake = FakeClock()
+    with clock.frozen(fake.now):
+        yield fake
+
+
 def add_http_cloud(ws: Workspace, server: RegistryServer, name: str = "reg", **kw: Any) -> None:
-    outbox.add_cloud(ws, name, "http", {"url": server.url, "timeout": 2.0}, **kw)
+    add_cloud(ws, name, "http", {"url": server.url, "timeout": 2.0}, **kw)
 
 
 def jobs(ws: Workspace) -> list[CloudJob]:
@@ -145,17 +160,17 @@ def test_register_refuses_decommissioned_devices(
 def test_queue_only_then_sync(ready_ws: Workspace, server: RegistryServer, tmp_path: Path) -> None:
     add_http_cloud(ready_ws, server)
     ids = add_devices(ready_ws, tmp_path, 3)
-    result = outbox.register(ready_ws, "reg", ids, queue_only=True)
+    result = register(ready_ws, "reg", ids, queue_only=True)
     assert result == {"queued": 3, "push": None}
     assert server.state.requests == []
     assert {r.status for r in registrations(ready_ws).values()} == {"pending"}
     seen: list[tuple[int, int]] = []
-    (report,) = outbox.sync(ready_ws, "reg", policy=FAST, progress=lambda d, t: seen.append((d, t)))
+    (report,) = sync(ready_ws, "reg", policy=FAST, progress=lambda d, t: seen.append((d, t)))
     assert (report.push.done, report.push.left) == (3, 0)
     assert set(server.state.devices) == set(ids)
     assert seen[0] == (0, 3) and seen[-1] == (3, 3)  # what the CLI's progress bar shows
     # Registering again changes nothing: already registered with this certificate.
-    assert outbox.register(ready_ws, "reg", ids)["queued"] == 0
+    assert register(ready_ws, "reg", ids)["queued"] == 0
 
 
 def test_unreachable_server_leaves_jobs_for_a_later_sync(
@@ -166,8 +181,8 @@ def test_unreachable_server_leaves_jobs_for_a_later_sync(
     down.server_close()  # nothing listens on the port now
     add_http_cloud(ready_ws, down)
     ids = add_devices(ready_ws, tmp_path, 3, clouds=("reg",))
-    quick = outbox.PushPolicy(base_delay=0.01, max_delay=0.05, max_wait=0.3)
-    (report,) = outbox.push(ready_ws, "reg", policy=quick)
+    quick = PushPolicy(base_delay=0.01, max_delay=0.05, max_wait=0.3)
+    (report,) = push(ready_ws, "reg", policy=quick)
     assert (report.done, report.failed, report.left) == (0, 0, 3)
     regs = registrations(ready_ws)
     assert {r.status for r in regs.values()} == {"pending"}
@@ -176,14 +191,14 @@ def test_unreachable_server_leaves_jobs_for_a_later_sync(
 
     up = RegistryServer(port).start()  # the network is back
     try:
-        (report2,) = outbox.sync(ready_ws, "reg", policy=FAST)
+        (report2,) = sync(ready_ws, "reg", policy=FAST)
         assert (report2.push.done, report2.push.left) == (3, 0)
         assert dict(up.state.creations) == dict.fromkeys(ids, 1)
     finally:
         up.stop()
 
 
-# --- timings with an injected clock ------------------------------------------------------------
+# --- timings with a fake clock ------------------------------------------------------------------
 
 
 def test_retry_after_and_backoff_schedule(
@@ -193,31 +208,31 @@ def test_retry_after_and_backoff_schedule(
     add_http_cloud(ws, server, unlimited_rate=True)
     ids = add_devices(ws, tmp_path, 2, clouds=("reg",))
     server.state.faults = {ids[0]: ["429:7"], ids[1]: ["500", "500", "500"]}
-    clock = FakeClock()
-    policy = outbox.PushPolicy(base_delay=1.0, max_delay=60.0, max_wait=0.0)
+    policy = PushPolicy(base_delay=1.0, max_delay=60.0, max_wait=0.0)
     rng = random.Random(42)
     expected = random.Random(42)
-    outbox.push(ws, "reg", policy=policy, clock=clock, rng=rng)
-    by_device = {j.device_id: j for j in jobs(ws)}
-    assert by_device[ids[0]].next_attempt_at == clock.now() + timedelta(seconds=7)
-    first_delay = expected.uniform(0.0, 1.0)  # attempt 1: ceiling base * 2**0
-    scheduled = by_device[ids[1]].next_attempt_at
-    assert scheduled is not None
-    assert (scheduled - clock.now()).total_seconds() == pytest.approx(first_delay, abs=1e-5)
-    # With time to wait, the run sleeps until each job is due and finishes them all.
-    policy = outbox.PushPolicy(base_delay=1.0, max_delay=60.0, max_wait=120.0)
-    (report,) = outbox.push(ws, "reg", policy=policy, clock=clock, rng=rng)
+    with fake_time() as timer:
+        push(ws, "reg", policy=policy, timer=timer, rng=rng)
+        by_device = {j.device_id: j for j in jobs(ws)}
+        assert by_device[ids[0]].next_attempt_at == clock.now() + timedelta(seconds=7)
+        first_delay = expected.uniform(0.0, 1.0)  # attempt 1: ceiling base * 2**0
+        scheduled = by_device[ids[1]].next_attempt_at
+        assert scheduled is not None
+        assert (scheduled - clock.now()).total_seconds() == pytest.approx(first_delay, abs=1e-5)
+        # With time to wait, the run sleeps until each job is due and finishes them all.
+        policy = PushPolicy(base_delay=1.0, max_delay=60.0, max_wait=120.0)
+        (report,) = push(ws, "reg", policy=policy, timer=timer, rng=rng)
     assert (report.done, report.left) == (2, 0)
     by_device = {j.device_id: j for j in jobs(ws)}
     assert by_device[ids[1]].attempts == 4
-    assert sum(clock.sleeps) <= 7.0 + 2.0 + 4.0 + 1e-6  # Retry-After, then jittered ceilings
+    assert sum(timer.sleeps) <= 7.0 + 2.0 + 4.0 + 1e-6  # Retry-After, then jittered ceilings
 
 
 def test_backoff_delay_is_full_jitter_capped() -> None:
     rng = random.Random(1)
     for attempts in range(1, 12):
         ceiling = min(10.0, 0.5 * 2 ** (attempts - 1))
-        values = [outbox.backoff_delay(attempts, 0.5, 10.0, rng) for _ in range(200)]
+        values = [backoff_delay(attempts, 0.5, 10.0, rng) for _ in range(200)]
         assert all(0.0 <= v <= ceiling for v in values)
         assert max(values) > ceiling * 0.8  # spread over the whole range, not fixed
 
@@ -232,8 +247,7 @@ def test_retry_after_parsing() -> None:
 
 
 def test_rate_limiter_never_exceeds_the_limit() -> None:
-    clock = FakeClock()
-    limiter = outbox.RateLimiter(50.0, clock)
+    limiter = RateLimiter(50.0, FakeClock())
     slots: list[float] = []
     lock = threading.Lock()
 
@@ -256,9 +270,9 @@ def test_rate_limiter_never_exceeds_the_limit() -> None:
 
     # ... and it stays close to the limit: 0.5% safety margin, no more. (One caller: the
     # fake clock advances shared time once per concurrent sleeper, real sleepers overlap.)
-    alone = outbox.RateLimiter(50.0, FakeClock())
+    alone = RateLimiter(50.0, FakeClock())
     grants = [alone.acquire() for _ in range(400)]
-    assert grants[-1] - grants[0] == pytest.approx(399 / 50 * outbox.RateLimiter.SAFETY)
+    assert grants[-1] - grants[0] == pytest.approx(399 / 50 * RateLimiter.SAFETY)
 
 
 def test_push_respects_rate_limit_on_the_wire(
@@ -267,7 +281,7 @@ def test_push_respects_rate_limit_on_the_wire(
     ws = ready_sqlite_ws
     add_http_cloud(ws, server, rate_per_second=20.0, concurrency=8)
     add_devices(ws, tmp_path, 21, clouds=("reg",))
-    outbox.push(ws, "reg", policy=FAST)
+    push(ws, "reg", policy=FAST)
     times = sorted(t for m, _, _, t in server.state.requests if m == "PUT")
     assert len(times) == 21
     assert times[-1] - times[0] >= 20 / 20.0 - 0.05  # 21 starts need >= 1 s at 20/s
@@ -282,7 +296,7 @@ def test_permanent_failure_does_not_block_others(
     add_http_cloud(ready_ws, server)
     ids = add_devices(ready_ws, tmp_path, 5, clouds=("reg",))
     server.state.faults[ids[0]] = ["400"]
-    (report,) = outbox.push(ready_ws, "reg", policy=FAST)
+    (report,) = push(ready_ws, "reg", policy=FAST)
     assert (report.done, report.failed) == (4, 1)
     assert report.failures[0]["device_id"] == ids[0]
     assert set(server.state.devices) == set(ids[1:])
@@ -300,12 +314,12 @@ def test_crash_mid_push_loses_nothing(
         if done >= 2:
             raise KeyboardInterrupt
 
-    policy = outbox.PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=5.0, commit_every=1)
+    policy = PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=5.0, commit_every=1)
     with pytest.raises(KeyboardInterrupt):
-        outbox.push(ready_ws, "reg", policy=policy, progress=crash)
+        push(ready_ws, "reg", policy=policy, progress=crash)
     done_before = [j.device_id for j in jobs(ready_ws) if j.state == "done"]
     assert len(done_before) >= 2
-    (report,) = outbox.push(ready_ws, "reg", policy=policy)
+    (report,) = push(ready_ws, "reg", policy=policy)
     assert report.left == 0 and {j.state for j in jobs(ready_ws)} == {"done"}
     assert dict(server.state.creations) == dict.fromkeys(ids, 1)
 
@@ -319,7 +333,7 @@ def test_revoke_deregisters_only_where_that_certificate_is_registered(
     add_http_cloud(ready_ws, server, name="a")
     add_http_cloud(ready_ws, server, name="b")
     ids = add_devices(ready_ws, tmp_path, 2, clouds=("a",))
-    outbox.push(ready_ws, "a", policy=FAST)
+    push(ready_ws, "a", policy=FAST)
     serial = registrations(ready_ws)[ids[0]].certificate_serial
     assert serial is not None
     certs.revoke_certificate(ready_ws, serial, reason="keyCompromise")
@@ -338,7 +352,7 @@ def test_decommission_supersedes_a_queued_registration(
         ("register", "failed", "superseded by a deregistration"),
         ("deregister", "pending", None),
     ]
-    (report,) = outbox.push(ready_ws, "reg", policy=FAST)
+    (report,) = push(ready_ws, "reg", policy=FAST)
     assert (report.done, report.failed) == (1, 0)  # DELETE of an absent device is success
     assert registrations(ready_ws)[device_id].status == "deregistered"
     assert server.state.creations == {}
@@ -353,10 +367,10 @@ def test_remove_cloud_refuses_with_queued_jobs(
     add_http_cloud(ready_ws, server)
     add_devices(ready_ws, tmp_path, 2, clouds=("reg",))
     with pytest.raises(Conflict, match="2 queued job"):
-        outbox.remove_cloud(ready_ws, "reg")
-    result = outbox.remove_cloud(ready_ws, "reg", force=True)
+        remove_cloud(ready_ws, "reg")
+    result = remove_cloud(ready_ws, "reg", force=True)
     assert result == {"name": "reg", "dropped_jobs": 2, "dropped_registrations": 2}
-    assert outbox.list_clouds(ready_ws) == [] and jobs(ready_ws) == []
+    assert list_clouds(ready_ws) == [] and jobs(ready_ws) == []
 
 
 def test_audit_trail_records_cloud_events(
@@ -365,8 +379,8 @@ def test_audit_trail_records_cloud_events(
     add_http_cloud(ready_ws, server)
     ids = add_devices(ready_ws, tmp_path, 2, clouds=("reg",))
     server.state.faults[ids[1]] = ["400"]
-    outbox.push(ready_ws, "reg", policy=FAST)
-    outbox.remove_cloud(ready_ws, "reg", force=True)
+    push(ready_ws, "reg", policy=FAST)
+    remove_cloud(ready_ws, "reg", force=True)
     with read_session(ready_ws.open_registry()) as session:
         events = [audit.event_to_dict(e) for e in audit.iter_events(session)]
     actions = [(e["action"], e["target"]) for e in events]
@@ -386,14 +400,14 @@ def test_add_cloud_validation(sqlite_ws: Workspace) -> None:
     from fleet.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="invalid cloud name"):
-        outbox.add_cloud(sqlite_ws, "bad name", "http", {"url": "http://h/{id}"})
+        add_cloud(sqlite_ws, "bad name", "http", {"url": "http://h/{id}"})
     with pytest.raises(InvalidInput, match="unknown cloud type 'azure'"):
-        outbox.add_cloud(sqlite_ws, "x", "azure", {})
+        add_cloud(sqlite_ws, "x", "azure", {})
     with pytest.raises(InvalidInput, match="concurrency"):
-        outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}"}, concurrency=0)
-    outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}", "region": None})
+        add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}"}, concurrency=0)
+    add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}", "region": None})
     with pytest.raises(Conflict, match="already exists"):
-        outbox.add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}"})
+        add_cloud(sqlite_ws, "x", "http", {"url": "http://h/{id}"})
 
 
 def test_plugins_are_found_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -433,7 +447,7 @@ def test_provision_with_cloud_queues_per_batch_and_sync_registers(
     assert summary.provisioned == 25
     assert {r.status for r in registrations(ready_ws).values()} == {"pending"}
     assert len(registrations(ready_ws)) == 25
-    (report,) = outbox.sync(ready_ws, "reg", policy=FAST)
+    (report,) = sync(ready_ws, "reg", policy=FAST)
     assert (report.push.done, report.push.failed) == (25, 0)
     assert sorted(server.state.devices) == [f"pv-{i:03d}" for i in range(25)]
     again = provision(
@@ -459,3 +473,22 @@ def test_provision_with_unknown_cloud_writes_nothing(
             clouds=["nowhere"],
         )  # fmt: skip
     assert snapshot(ready_sqlite_ws, tmp_path / "ids") == before
+
+
+def test_backends_declare_their_options() -> None:
+    from fleet.cloud import plugins
+    from fleet.cloud.aws import AwsIotBackend
+    from fleet.cloud.base import BackendOption
+    from fleet.cloud.http import HttpBackend
+
+    # Read from the light BACKEND_OPTIONS of the entry point's module: the class's own.
+    assert plugins.declared_options("http") is HttpBackend.declared_options
+    assert plugins.declared_options("aws-iot") is AwsIotBackend.declared_options
+    header = next(o for o in HttpBackend.declared_options if o.name == "header")
+    assert (header.flag, header.multiple, header.value_type) == ("--header", True, str)
+    with pytest.raises(ValueError, match="lowercase"):
+        BackendOption("Thing-Group", "x")
+    with pytest.raises(ValueError, match="value_type"):
+        BackendOption("when", "x", value_type=dict)
+    with pytest.raises(ValueError, match="cannot be repeated"):
+        BackendOption("loud", "x", value_type=bool, multiple=True)

@@ -1,14 +1,25 @@
-"""``fleet cloud ...``: configure clouds, queue and push registrations, show status."""
+"""``fleet cloud ...``: configure clouds, queue and push registrations, show status.
+
+Library functions are imported inside each command, from the module that defines them: only
+the commands that push (register, sync, check) load a backend and with it httpx.
+``fleet cloud add`` takes the options each installed backend declares
+(:class:`fleet.cloud.base.BackendOption`), read when the command is parsed or its help shown.
+"""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import GenericAlias
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer._click.core import Context as ClickContext
+from typer._click.core import Parameter
+from typer.core import TyperCommand
 
 from fleet.cli._common import (
     ask_passphrase,
@@ -21,17 +32,8 @@ from fleet.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
-    from fleet.cloud.outbox import ProgressFn
-
-
-def _outbox() -> ModuleType:
-    # Imported on use: the outbox pulls in httpx, which no other command needs.
-    from fleet.cloud import outbox
-
-    return outbox
-
+    from fleet.cloud.base import BackendOption
+    from fleet.cloud.push import ProgressFn
 
 app = typer.Typer(
     help="Register devices with cloud IoT platforms (queued, concurrent, rate-limited).",
@@ -39,6 +41,7 @@ app = typer.Typer(
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 NameArg = Annotated[str, typer.Argument(help="The cloud's name (see `fleet cloud list`).")]
+_BACKEND_OPTIONS = "fleet.cloud.backend_options"  # ctx.meta key: the backend options given
 
 
 @contextmanager
@@ -59,76 +62,102 @@ def progress_bar(label: str) -> Iterator[ProgressFn | None]:
         yield update
 
 
-@app.command("add")
+def _declared_by_name() -> dict[str, tuple[BackendOption, list[str]]]:
+    """Each option name any installed backend declares: its first declaration and the
+    types declaring it. A backend that cannot be loaded offers none (``add`` says why)."""
+    from fleet.cloud import plugins
+    from fleet.errors import InvalidInput
+
+    found: dict[str, tuple[BackendOption, list[str]]] = {}
+    for type_name in plugins.available_types():
+        try:
+            declared = plugins.declared_options(type_name)
+        except InvalidInput:
+            continue
+        for option in declared:
+            found.setdefault(option.name, (option, []))[1].append(type_name)
+    return found
+
+
+def _signature_parameter(option: BackendOption, panel: str) -> inspect.Parameter:
+    """``option`` as a typer parameter, in the help panel ``panel``."""
+    info = typer.Option(option.flag, help=option.help, rich_help_panel=panel, show_default=False)
+    if option.value_type is bool:
+        annotation: Any = bool
+        default: Any = False  # a flag: absent means not given
+    else:
+        value = GenericAlias(list, (option.value_type,)) if option.multiple else option.value_type
+        annotation, default = value | None, None
+    return inspect.Parameter(
+        option.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, info],
+    )
+
+
+def _backend_parameters(taken_names: set[str], taken_flags: set[str]) -> list[Parameter]:
+    """Click parameters for every backend option, grouped in a help panel per backend type
+    (options whose name or flag ``add`` already has are left out)."""
+    parameters = [
+        _signature_parameter(option, f"{', '.join(types)} options")
+        for name, (option, types) in _declared_by_name().items()
+        if name not in taken_names and option.flag not in taken_flags
+    ]
+    if not parameters:
+        return []
+
+    def collect(**values: Any) -> None:  # only its signature is used
+        """Backend options."""
+
+    collect.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    builder = typer.Typer(add_completion=False)
+    builder.command()(collect)
+    return list(typer.main.get_command(builder).params)
+
+
+class BackendOptionsCommand(TyperCommand):
+    """``cloud add``: its own options plus every installed backend's, loaded on first use
+    (not when ``fleet`` starts); the backend options given land in ``ctx.meta``."""
+
+    _backend: list[Parameter] | None = None
+
+    def backend_parameters(self) -> list[Parameter]:
+        """The backend options, added to this command's parameters on the first call."""
+        if self._backend is None:
+            names = {p.name for p in self.params if p.name}
+            flags = {flag for p in self.params for flag in p.opts} | {"--help", "-h"}
+            self._backend = _backend_parameters(names, flags)
+            self.params.extend(self._backend)
+        return self._backend
+
+    def get_params(self, ctx: ClickContext) -> list[Parameter]:
+        """Every parameter, backend options included."""
+        self.backend_parameters()
+        return super().get_params(ctx)
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        """Move the backend options given from the parameters to ``ctx.meta``."""
+        names = {p.name for p in self.backend_parameters()}
+        ctx.meta[_BACKEND_OPTIONS] = {
+            name: ctx.params.pop(name) for name in list(ctx.params) if name in names
+        }
+        return super().invoke(ctx)
+
+
+def _given_backend_options(ctx: typer.Context) -> dict[str, Any]:
+    # An absent flag is False and an absent repeatable option empty: neither is given.
+    values: dict[str, Any] = ctx.meta.get(_BACKEND_OPTIONS, {})
+    return {k: v for k, v in values.items() if v is not None and v is not False and v != []}
+
+
+@app.command("add", cls=BackendOptionsCommand)
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A name for this cloud, e.g. plant-aws.")],
     type_name: Annotated[
         str, typer.Option("--type", help="Backend: aws-iot or http (or an installed plugin).")
     ],
-    region: Annotated[str | None, typer.Option(help="[aws-iot] AWS region.")] = None,
-    endpoint_url: Annotated[
-        str | None, typer.Option("--endpoint-url", help="[aws-iot] API endpoint (emulators).")
-    ] = None,
-    policy: Annotated[
-        str | None, typer.Option(help="[aws-iot] IoT policy to attach (created if missing).")
-    ] = None,
-    thing_group: Annotated[
-        str | None, typer.Option("--thing-group", help="[aws-iot] Thing group to add devices to.")
-    ] = None,
-    data_endpoint_url: Annotated[
-        str | None,
-        typer.Option("--data-endpoint-url", help="[aws-iot] Shadow endpoint (default: looked up)."),
-    ] = None,
-    aws_profile: Annotated[
-        str | None,
-        typer.Option("--profile", help="[aws-iot] AWS profile to take credentials from."),
-    ] = None,
-    thing_type: Annotated[
-        str | None, typer.Option("--thing-type", help="[aws-iot] Thing type (created if missing).")
-    ] = None,
-    ca_mode: Annotated[
-        str | None, typer.Option("--ca-mode", help="[aws-iot] CA registration: default, sni-only.")
-    ] = None,
-    deregister_mode: Annotated[
-        str | None,
-        typer.Option(
-            "--deregister-mode", help="[aws-iot] Certificate on deregister: inactive, revoke."
-        ),
-    ] = None,
-    delete_thing: Annotated[
-        bool, typer.Option("--delete-thing", help="[aws-iot] Also delete the thing on deregister.")
-    ] = False,
-    shadow_name: Annotated[
-        str | None, typer.Option("--shadow-name", help="[aws-iot] Named shadow with the firmware.")
-    ] = None,
-    firmware_field: Annotated[
-        str | None,
-        typer.Option(
-            "--firmware-field", help="[aws-iot] Reported key holding the firmware version."
-        ),
-    ] = None,
-    url: Annotated[
-        str | None, typer.Option(help="[http] URL template with {id}, e.g. https://h/devices/{id}.")
-    ] = None,
-    method: Annotated[
-        str | None, typer.Option(help="[http] Register method: PUT (default), POST, PATCH.")
-    ] = None,
-    deregister_method: Annotated[
-        str | None,
-        typer.Option("--deregister-method", help="[http] Deregister method (default DELETE)."),
-    ] = None,
-    header: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="[http] NAME=ENV_VAR: send header NAME with the value of $ENV_VAR (read at run "
-            "time, never stored); repeatable.",
-            show_default=False,
-        ),
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(help="[http] Per-request timeout in seconds (default 10).")
-    ] = None,
     concurrency: Annotated[
         int | None, typer.Option(help="Requests in flight at once. Default: the backend's.")
     ] = None,
@@ -144,7 +173,8 @@ def add(
     """Configure a cloud. No network access: one-time setup runs at the first push.
 
     Secrets are never given here: AWS credentials come from the standard AWS sources, and
-    HTTP headers name an environment variable holding the value.
+    HTTP headers name an environment variable holding the value. Each backend's own options
+    are listed under its name; a backend refuses the others.
 
     Example:
 
@@ -153,30 +183,13 @@ def add(
 
         fleet cloud add prod --type aws-iot --region eu-central-1 --policy fleet-device
     """
-    options: dict[str, Any] = {
-        "region": region,
-        "endpoint_url": endpoint_url,
-        "policy": policy,
-        "thing_group": thing_group,
-        "data_endpoint_url": data_endpoint_url,
-        "profile": aws_profile,
-        "thing_type": thing_type,
-        "ca_mode": ca_mode,
-        "deregister_mode": deregister_mode,
-        "delete_thing": True if delete_thing else None,
-        "shadow_name": shadow_name,
-        "firmware_field": firmware_field,
-        "url": url,
-        "method": method,
-        "deregister_method": deregister_method,
-        "header": header,
-        "timeout": timeout,
-    }
-    result = _outbox().add_cloud(
+    from fleet.cloud.clouds import add_cloud
+
+    result = add_cloud(
         workspace(ctx),
         name,
         type_name,
-        options,
+        _given_backend_options(ctx),
         concurrency=concurrency,
         rate_per_second=rate,
         unlimited_rate=no_rate_limit,
@@ -200,7 +213,9 @@ def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
 
         fleet cloud list --json
     """
-    clouds = _outbox().list_clouds(workspace(ctx))
+    from fleet.cloud.clouds import list_clouds
+
+    clouds = list_clouds(workspace(ctx))
     if json_out:
         print_json_array(clouds)
         return
@@ -230,7 +245,9 @@ def show(ctx: typer.Context, name: NameArg, json_out: JsonOption = False) -> Non
 
         fleet cloud show plant
     """
-    cloud = _outbox().show_cloud(workspace(ctx), name)
+    from fleet.cloud.clouds import show_cloud
+
+    cloud = show_cloud(workspace(ctx), name)
     if json_out:
         print_json(cloud)
         return
@@ -259,7 +276,9 @@ def remove(
 
         fleet cloud remove old-registry --force
     """
-    result = _outbox().remove_cloud(workspace(ctx), name, force=force)
+    from fleet.cloud.clouds import remove_cloud
+
+    result = remove_cloud(workspace(ctx), name, force=force)
     message(
         f"Removed cloud {name} (dropped {result['dropped_jobs']} job(s), "
         f"{result['dropped_registrations']} registration record(s))"
@@ -274,7 +293,9 @@ def check(ctx: typer.Context, name: NameArg) -> None:
 
         fleet cloud check plant
     """
-    result = _outbox().check_cloud(workspace(ctx), name)
+    from fleet.cloud.clouds import check_cloud
+
+    result = check_cloud(workspace(ctx), name)
     if result.ok:
         message(f"ok: {result.message}")
         return
@@ -325,8 +346,10 @@ def register(
 
         fleet cloud register plant --all --queue-only
     """
+    from fleet.cloud.push import register as register_devices
+
     with progress_bar(f"register on {name}") as progress:
-        result = _outbox().register(
+        result = register_devices(
             workspace(ctx),
             name,
             device_ids or (),
@@ -361,9 +384,11 @@ def sync(
 
         fleet cloud sync plant
     """
+    from fleet.cloud.status import sync as sync_clouds
+
     ws = workspace(ctx)
     with progress_bar(f"sync {name or 'all clouds'}") as progress:
-        results = _outbox().sync(ws, name, progress=progress, passphrase=ask_passphrase)
+        results = sync_clouds(ws, name, progress=progress, passphrase=ask_passphrase)
     data = [r.to_dict() for r in results]
     if json_out:
         print_json(data)
@@ -394,7 +419,9 @@ def status(
 
         fleet cloud status plant --json
     """
-    rows = _outbox().iter_status(workspace(ctx), name)
+    from fleet.cloud.status import iter_status
+
+    rows = iter_status(workspace(ctx), name)
     if json_out:
         print_json_array(rows)
         return

@@ -7,8 +7,12 @@ Changes after the first commit stay backward compatible and are listed here:
   - ``retry_after_seconds(value)``: parses a ``Retry-After`` header (seconds or HTTP date).
   - ``CloudBackend.status_batch_size``: how many ids the outbox passes per ``fetch_status``
     call (each call costs one rate-limit token). Default 100.
+  - ``CloudBackend.declared_options``: the options the backend takes on ``fleet cloud
+    add``, declared as :class:`BackendOption` data; the CLI builds its flags from them.
+    Default: none (such a backend gets no flags of its own and validates whatever options
+    it is given, as before).
 
-The outbox (``fleet.cloud.outbox``) owns retries, backoff, rate and concurrency limits and
+The push engine (``fleet.cloud.push``) owns retries, backoff, rate and concurrency limits and
 persistence; a backend only performs one operation per call and classifies its failures:
 ``TransientError`` (retried: connection errors, timeouts, 5xx, 429, throttling) or
 ``PermanentError`` (the job is marked failed, other jobs go on). Nothing here is specific to
@@ -19,14 +23,19 @@ from __future__ import annotations
 
 import abc
 import contextvars
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
+from fleet import clock
+from fleet.errors import InvalidInput
+
+if TYPE_CHECKING:  # httpx only where a backend talks to the network, not for --help
+    import httpx
 
 _IDEMPOTENCY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "fleet_cloud_idempotency_key", default=None
@@ -66,7 +75,7 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return max(0.0, (when - (now or clock.now())).total_seconds())
 
 
 class CloudError(Exception):
@@ -100,7 +109,7 @@ class DeviceRecord:
     model: str | None
     serial: str | None
     labels: dict[str, str]
-    status: str  # "active" / "decommissioned"
+    status: str  # a fleet.statuses.DeviceStatus
     # The device's newest active certificate ("" for deregister of a device with none).
     certificate_pem: str
     certificate_serial: str  # lowercase hex
@@ -136,6 +145,52 @@ class CheckResult:
     message: str
 
 
+_OPTION_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+OPTION_VALUE_TYPES: tuple[type, ...] = (str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One option a backend takes on ``fleet cloud add``, declared as data.
+
+    ``name`` is the key ``validate_options`` receives (``thing_group``); the flag is
+    ``--thing-group``. ``value_type`` is ``str``, ``int``, ``float`` or ``bool`` (a flag: given
+    means True, absent means not given); ``multiple`` makes it repeatable, its value a list.
+    ``choices`` and ``default`` document what the backend accepts and assumes when the option
+    is absent; the backend's ``validate_options`` enforces them (with its own messages).
+    """
+
+    name: str
+    help: str
+    value_type: type = str
+    multiple: bool = False
+    choices: tuple[str, ...] | None = None
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        if not _OPTION_NAME_RE.match(self.name):
+            raise ValueError(f"option name {self.name!r}: use lowercase letters, digits and '_'")
+        if self.value_type not in OPTION_VALUE_TYPES:
+            raise ValueError(f"option {self.name!r}: value_type must be str, int, float or bool")
+        if self.value_type is bool and self.multiple:
+            raise ValueError(f"option {self.name!r}: a flag cannot be repeated")
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag, e.g. ``--thing-group``."""
+        return "--" + self.name.replace("_", "-")
+
+
+def refuse_undeclared(
+    type_name: str, declared: Sequence[BackendOption], options: Mapping[str, Any]
+) -> None:
+    """``InvalidInput`` naming the type and each of ``options`` it does not declare."""
+    unknown = sorted(set(options) - {option.name for option in declared})
+    if unknown:
+        shown = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        raise InvalidInput(f"cloud type {type_name!r} does not take {shown}")
+
+
 class CloudBackend(abc.ABC):
     """One cloud platform. Instances are used from several threads at once by the outbox."""
 
@@ -143,6 +198,8 @@ class CloudBackend(abc.ABC):
     default_concurrency: ClassVar[int] = 8
     default_rate_per_second: ClassVar[float] = 10.0  # below the platform's documented quota
     status_batch_size: ClassVar[int] = 100  # ids per fetch_status call (one rate token each)
+    # The options of ``fleet cloud add`` this backend takes (see BackendOption).
+    declared_options: ClassVar[tuple[BackendOption, ...]] = ()
 
     def __init__(
         self, name: str, options: Mapping[str, Any], *, client: httpx.Client | None = None

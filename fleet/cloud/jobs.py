@@ -3,29 +3,44 @@
 Registry changes that a cloud must learn of (a device added with ``--cloud``, a certificate
 revoked, a device decommissioned) write their ``cloud_job`` rows here, in the same
 transaction as the change. This module is SQL only: it never imports httpx or a backend, so
-registry commands stay light; :mod:`fleet.cloud.outbox` pushes the jobs later.
+registry commands stay light; :mod:`fleet.cloud.push` pushes the jobs later. The queries the
+push engine shares (:func:`open_jobs`, :func:`registrations_of`...) live here too.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
+from fleet import clock
 from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.registry import audit
 from fleet.registry.db import write_session
 from fleet.registry.models import Certificate, Device
+from fleet.statuses import (
+    OPEN_JOB_STATES,
+    CertStatus,
+    DeviceStatus,
+    JobAction,
+    JobState,
+    RegistrationStatus,
+)
 
 if TYPE_CHECKING:
     from fleet.workspace import Workspace
 
-OPEN_STATES = ("pending", "retry")
 CHUNK = 500  # ids per IN (...) query
+# Registrations a deregistration applies to: the platform may hold the device.
+DEREGISTRABLE = (
+    RegistrationStatus.PENDING,
+    RegistrationStatus.REGISTERED,
+    RegistrationStatus.FAILED,
+)
 
 
 def get_cloud(session: Session, name: str) -> Cloud:
@@ -36,28 +51,38 @@ def get_cloud(session: Session, name: str) -> Cloud:
     return cloud
 
 
-def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    """``items`` in slices of ``size`` (one ``IN (...)`` query each)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _require_clouds(session: Session, clouds: Iterable[str]) -> list[str]:
+def validate_clouds_exist(session: Session, clouds: Iterable[str]) -> list[str]:
+    """The distinct cloud names, or :class:`NotFound` for the first unknown one."""
     names = list(dict.fromkeys(clouds))
     for name in names:
         get_cloud(session, name)
     return names
 
 
-def validate_clouds_exist(session: Session, clouds: Iterable[str]) -> list[str]:
-    """The distinct cloud names, or :class:`NotFound` for the first unknown one."""
-    return _require_clouds(session, clouds)
+def devices_by_id(session: Session, device_ids: Sequence[str]) -> dict[str, Device]:
+    """The devices among ``device_ids`` that exist, by id."""
+    found: dict[str, Device] = {}
+    for chunk in chunks(device_ids):
+        found.update(
+            {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(chunk)))}
+        )
+    return found
 
 
-def _newest_active(session: Session, device_ids: Sequence[str]) -> dict[str, Certificate]:
+def newest_active_certificates(
+    session: Session, device_ids: Sequence[str]
+) -> dict[str, Certificate]:
+    """Each device's newest active certificate, by device id (devices with none are absent)."""
     result: dict[str, Certificate] = {}
-    for chunk in _chunks(device_ids):
+    for chunk in chunks(device_ids):
         query = select(Certificate).where(
-            col(Certificate.device_id).in_(chunk), Certificate.status == "active"
+            col(Certificate.device_id).in_(chunk), Certificate.status == CertStatus.ACTIVE
         )
         for cert in session.exec(query):
             best = result.get(cert.device_id)
@@ -66,25 +91,25 @@ def _newest_active(session: Session, device_ids: Sequence[str]) -> dict[str, Cer
     return result
 
 
-def _open_jobs(
-    session: Session, device_ids: Sequence[str], clouds: Sequence[str]
-) -> list[CloudJob]:
+def open_jobs(session: Session, device_ids: Sequence[str], clouds: Sequence[str]) -> list[CloudJob]:
+    """The pending or retrying jobs of these devices on these clouds."""
     found: list[CloudJob] = []
-    for chunk in _chunks(device_ids):
+    for chunk in chunks(device_ids):
         query = select(CloudJob).where(
             col(CloudJob.device_id).in_(chunk),
             col(CloudJob.cloud).in_(clouds),
-            col(CloudJob.state).in_(OPEN_STATES),
+            col(CloudJob.state).in_(OPEN_JOB_STATES),
         )
         found.extend(session.exec(query))
     return found
 
 
-def _registrations(
+def registrations_of(
     session: Session, device_ids: Sequence[str], clouds: Sequence[str] | None
 ) -> list[CloudRegistration]:
+    """The registrations of these devices on these clouds (None: on every cloud)."""
     found: list[CloudRegistration] = []
-    for chunk in _chunks(device_ids):
+    for chunk in chunks(device_ids):
         query = select(CloudRegistration).where(col(CloudRegistration.device_id).in_(chunk))
         if clouds is not None:
             query = query.where(col(CloudRegistration.cloud).in_(clouds))
@@ -92,18 +117,31 @@ def _registrations(
     return found
 
 
-def _new_job(device_id: str, cloud: str, action: str, now: datetime) -> CloudJob:
+def _new_job(device_id: str, cloud: str, action: JobAction, now: datetime) -> CloudJob:
     return CloudJob(
         device_id=device_id,
         cloud=cloud,
         action=action,
-        state="pending",
+        state=JobState.PENDING,
         attempts=0,
         next_attempt_at=now,
         idempotency_key=uuid.uuid4().hex,
         created_at=now,
         updated_at=now,
     )
+
+
+def _check_registrable(
+    devices: dict[str, Device], certs: dict[str, Certificate], device_ids: Sequence[str]
+) -> None:
+    for device_id in device_ids:
+        device = devices.get(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r} in the registry")
+        if device.status != DeviceStatus.ACTIVE:
+            raise Conflict(f"device {device_id!r} is decommissioned and cannot be registered")
+        if device_id not in certs:
+            raise Conflict(f"device {device_id!r} has no active certificate to register")
 
 
 def enqueue_register(
@@ -126,30 +164,20 @@ def enqueue_register(
             ...  # add devices + certificates, session.flush()
             enqueue_register(session, ["pump-1", "pump-2"], ["plant"])
     """
-    names = _require_clouds(session, clouds)
+    names = validate_clouds_exist(session, clouds)
     ids = list(dict.fromkeys(device_ids))
     if not names or not ids:
         return 0
-    moment = now or datetime.now(UTC)
+    moment = now or clock.now()
     session.flush()
-    devices: dict[str, Device] = {}
-    for chunk in _chunks(ids):
-        devices.update(
-            {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(chunk)))}
-        )
-    certs = _newest_active(session, ids)
-    for device_id in ids:
-        device = devices.get(device_id)
-        if device is None:
-            raise NotFound(f"no device {device_id!r} in the registry")
-        if device.status != "active":
-            raise Conflict(f"device {device_id!r} is decommissioned and cannot be registered")
-        if device_id not in certs:
-            raise Conflict(f"device {device_id!r} has no active certificate to register")
+    certs = newest_active_certificates(session, ids)
+    _check_registrable(devices_by_id(session, ids), certs, ids)
     queued = {
-        (j.device_id, j.cloud) for j in _open_jobs(session, ids, names) if j.action == "register"
+        (j.device_id, j.cloud)
+        for j in open_jobs(session, ids, names)
+        if j.action == JobAction.REGISTER
     }
-    regs = {(r.device_id, r.cloud): r for r in _registrations(session, ids, names)}
+    regs = {(r.device_id, r.cloud): r for r in registrations_of(session, ids, names)}
     count = 0
     for device_id in ids:
         serial = certs[device_id].serial
@@ -157,34 +185,50 @@ def enqueue_register(
             reg = regs.get((device_id, cloud))
             if (device_id, cloud) in queued:
                 continue
-            if reg is not None and reg.status == "registered" and reg.certificate_serial == serial:
+            if (
+                reg is not None
+                and reg.status == RegistrationStatus.REGISTERED
+                and reg.certificate_serial == serial
+            ):
                 continue
-            session.add(_new_job(device_id, cloud, "register", moment))
-            if reg is None:
-                reg = CloudRegistration(device_id=device_id, cloud=cloud, remote={})
-            elif reg.status == "registered":
-                # Registered with an older certificate: from now on the registry counts the
-                # device as pending there. The audit trail says so, for --as-of exports.
-                audit.append(
-                    session,
-                    "cloud.queue",
-                    device_id,
-                    {
-                        "cloud": cloud,
-                        "certificate_serial": serial,
-                        "previous_certificate_serial": reg.certificate_serial,
-                    },
-                    at=moment,
-                )
-            reg.status = "pending"
-            reg.certificate_serial = serial
-            reg.attempts = 0
-            reg.last_error = None
-            reg.updated_at = moment
-            session.add(reg)
+            session.add(_new_job(device_id, cloud, JobAction.REGISTER, moment))
+            session.add(_pending_registration(session, reg, device_id, cloud, serial, moment))
             count += 1
     session.flush()
     return count
+
+
+def _pending_registration(
+    session: Session,
+    reg: CloudRegistration | None,
+    device_id: str,
+    cloud: str,
+    serial: str,
+    moment: datetime,
+) -> CloudRegistration:
+    """The registration row of a newly queued register job, now counted as pending."""
+    if reg is None:
+        reg = CloudRegistration(device_id=device_id, cloud=cloud, remote={})
+    elif reg.status == RegistrationStatus.REGISTERED:
+        # Registered with an older certificate: from now on the registry counts the
+        # device as pending there. The audit trail says so, for --as-of exports.
+        audit.append(
+            session,
+            "cloud.queue",
+            device_id,
+            {
+                "cloud": cloud,
+                "certificate_serial": serial,
+                "previous_certificate_serial": reg.certificate_serial,
+            },
+            at=moment,
+        )
+    reg.status = RegistrationStatus.PENDING
+    reg.certificate_serial = serial
+    reg.attempts = 0
+    reg.last_error = None
+    reg.updated_at = moment
+    return reg
 
 
 def enqueue_deregister(
@@ -204,26 +248,26 @@ def enqueue_deregister(
     reached the platform. Returns the number of jobs queued.
     """
     ids = list(dict.fromkeys(device_ids))
-    names = None if clouds is None else _require_clouds(session, clouds)
+    names = None if clouds is None else validate_clouds_exist(session, clouds)
     if not ids:
         return 0
-    moment = now or datetime.now(UTC)
+    moment = now or clock.now()
     session.flush()
     regs = [
         r
-        for r in _registrations(session, ids, names)
-        if r.status in ("pending", "registered", "failed")
+        for r in registrations_of(session, ids, names)
+        if r.status in DEREGISTRABLE
         and (certificate_serial is None or r.certificate_serial == certificate_serial)
     ]
     if not regs:
         return 0
     cloud_names = sorted({r.cloud for r in regs})
-    open_jobs = _open_jobs(session, ids, cloud_names)
-    queued = {(j.device_id, j.cloud) for j in open_jobs if j.action == "deregister"}
+    queued_jobs = open_jobs(session, ids, cloud_names)
+    queued = {(j.device_id, j.cloud) for j in queued_jobs if j.action == JobAction.DEREGISTER}
     targets = {(r.device_id, r.cloud) for r in regs}
-    for job in open_jobs:
-        if job.action == "register" and (job.device_id, job.cloud) in targets:
-            job.state = "failed"
+    for job in queued_jobs:
+        if job.action == JobAction.REGISTER and (job.device_id, job.cloud) in targets:
+            job.state = JobState.FAILED
             job.last_error = "superseded by a deregistration"
             job.updated_at = moment
             session.add(job)
@@ -231,7 +275,7 @@ def enqueue_deregister(
     for reg in regs:
         if (reg.device_id, reg.cloud) in queued:
             continue
-        session.add(_new_job(reg.device_id, reg.cloud, "deregister", moment))
+        session.add(_new_job(reg.device_id, reg.cloud, JobAction.DEREGISTER, moment))
         count += 1
     session.flush()
     return count
@@ -247,6 +291,8 @@ def queue_registrations(
         get_cloud(session, name)
         ids = list(device_ids)
         if all_devices:
-            query = select(Device.id).where(Device.status == "active").order_by(Device.id)
+            query = (
+                select(Device.id).where(Device.status == DeviceStatus.ACTIVE).order_by(Device.id)
+            )
             ids = list(session.exec(query))
         return enqueue_register(session, ids, [name])

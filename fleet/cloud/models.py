@@ -16,10 +16,7 @@ from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 from fleet.registry.models import utc_column
-
-JOB_ACTIONS = ("register", "deregister")
-JOB_STATES = ("pending", "retry", "done", "failed")
-REGISTRATION_STATUSES = ("pending", "registered", "failed", "deregistered")
+from fleet.statuses import JobState, RegistrationStatus
 
 
 class Cloud(SQLModel, table=True):
@@ -45,8 +42,8 @@ class CloudJob(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(foreign_key="device.id", max_length=64, index=True)
     cloud: str = Field(foreign_key="cloud.name", max_length=64, index=True)
-    action: str = Field(max_length=16)
-    state: str = Field(default="pending", max_length=16, index=True)
+    action: str = Field(max_length=16)  # a JobAction
+    state: str = Field(default=JobState.PENDING, max_length=16, index=True)  # a JobState
     attempts: int = 0
     next_attempt_at: datetime | None = utc_column(nullable=True)
     last_error: str | None = Field(default=None, max_length=512)
@@ -64,7 +61,7 @@ class CloudRegistration(SQLModel, table=True):
 
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
     cloud: str = Field(foreign_key="cloud.name", primary_key=True, max_length=64, index=True)
-    status: str = Field(default="pending", max_length=16, index=True)
+    status: str = Field(default=RegistrationStatus.PENDING, max_length=16, index=True)
     # What register() returned (remote ids), handed back to deregister().
     remote: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     certificate_serial: str | None = Field(default=None, max_length=40)

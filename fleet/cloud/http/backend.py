@@ -24,7 +24,6 @@ Header values come from environment variables named at ``cloud add`` time
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -44,39 +43,16 @@ from fleet.cloud.base import (
     current_idempotency_key,
     retry_after_seconds,
 )
-from fleet.errors import InvalidInput
+from fleet.cloud.http import options as http_options
 
-METHODS = ("PUT", "POST", "PATCH")
-DEREGISTER_METHODS = ("DELETE", "POST", "PUT", "PATCH")
-_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
-DEFAULT_TIMEOUT = 10.0
-KNOWN_OPTIONS = ("url", "method", "deregister_method", "header", "timeout")
-
-
-def _parse_headers(values: Any) -> dict[str, str]:
-    if isinstance(values, str):
-        values = [values]
-    if isinstance(values, Mapping):
-        values = [f"{k}={v}" for k, v in values.items()]
-    result: dict[str, str] = {}
-    for item in values or []:
-        name, sep, env = str(item).partition("=")
-        name, env = name.strip(), env.strip()
-        if not sep or not _HEADER_NAME_RE.match(name) or not _ENV_NAME_RE.match(env):
-            raise InvalidInput(
-                f"--header must be NAME=ENV_VAR (the value is read from that environment "
-                f"variable at run time), got {str(item).partition('=')[0]!r}=..."
-            )
-        result[name] = env
-    return result
 
 
 class HttpBackend(CloudBackend):
     """Registers devices with a generic HTTP endpoint (see the module docstring)."""
 
-    type_name: ClassVar[str] = "http"
+    type_name: ClassVar[str] = http_options.TYPE_NAME
+    declared_options = http_options.OPTIONS
     default_concurrency: ClassVar[int] = 8
     default_rate_per_second: ClassVar[float] = 50.0
     status_batch_size: ClassVar[int] = 1
@@ -86,10 +62,12 @@ class HttpBackend(CloudBackend):
     ) -> None:
         super().__init__(name, options, client=client)
         self.url_template = str(options["url"])
-        self.method = str(options.get("method", "PUT"))
-        self.deregister_method = str(options.get("deregister_method", "DELETE"))
+        self.method = str(options.get("method", http_options.METHOD.default))
+        self.deregister_method = str(
+            options.get("deregister_method", http_options.DEREGISTER_METHOD.default)
+        )
         self.header_envs: dict[str, str] = dict(options.get("header", {}))
-        self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+        self.timeout = float(options.get("timeout", http_options.TIMEOUT.default))
         if self._client is None:  # built eagerly: worker threads share it
             self._client = httpx.Client(
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0)),
@@ -98,56 +76,20 @@ class HttpBackend(CloudBackend):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``url`` (required, http(s), with ``{id}``), ``method``, ``deregister_method``,
-        ``header`` (list of NAME=ENV_VAR), ``timeout`` (seconds)."""
-        unknown = sorted(set(options) - set(KNOWN_OPTIONS))
-        if unknown:
-            shown = ", ".join("--" + k.replace("_", "-") for k in unknown)
-            raise InvalidInput(f"cloud type 'http' does not take {shown}")
-        url = options.get("url")
-        if not url:
-            raise InvalidInput("cloud type 'http' needs --url (a template with {id})")
-        url = str(url)
-        parts = urlsplit(url.replace("{id}", "x"))
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidInput(f"--url must be an http:// or https:// URL, got {url!r}")
-        if parts.username or parts.password:
-            raise InvalidInput("--url must not contain credentials; use --header NAME=ENV_VAR")
-        if "{id}" not in url:
-            raise InvalidInput("--url must contain {id} (replaced by the device ID)")
-        if any(p not in ("{id}",) for p in re.findall(r"\{[^}]*\}", url)):
-            raise InvalidInput("--url may only use the {id} placeholder")
-        method = str(options.get("method", "PUT")).upper()
-        if method not in METHODS:
-            raise InvalidInput(f"--method must be one of {', '.join(METHODS)}")
-        deregister = str(options.get("deregister_method", "DELETE")).upper()
-        if deregister not in DEREGISTER_METHODS:
-            raise InvalidInput(
-                f"--deregister-method must be one of {', '.join(DEREGISTER_METHODS)}"
-            )
-        stored: dict[str, Any] = {"url": url, "method": method, "deregister_method": deregister}
-        headers = _parse_headers(options.get("header"))
-        if headers:
-            stored["header"] = headers
-        if options.get("timeout") is not None:
-            try:
-                timeout = float(options["timeout"])
-            except (TypeError, ValueError):
-                raise InvalidInput("--timeout must be a number of seconds") from None
-            if not 0 < timeout <= 600:
-                raise InvalidInput("--timeout must be between 0 and 600 seconds")
-            stored["timeout"] = timeout
-        return stored
+        """See :func:`fleet.cloud.http.options.validate_options`."""
+        return http_options.validate_options(options)
 
     # --- plumbing --------------------------------------------------------------------------
 
     @property
     def client(self) -> httpx.Client:
+        """The shared HTTP client (RuntimeError once closed)."""
         if self._client is None:
             raise RuntimeError("backend is closed")
         return self._client
 
     def url_for(self, device_id: str) -> str:
+        """The URL template with ``{id}`` = the URL-encoded device ID."""
         return self.url_template.replace("{id}", quote(device_id, safe=""))
 
     def _headers(self) -> dict[str, str]:

@@ -1,0 +1,119 @@
+"""The options of ``fleet cloud add NAME --type http``: declared as data, and validated.
+
+Light on purpose (no httpx): ``fleet cloud add --help`` reads the declarations through
+``fleet.cloud.http.BACKEND_OPTIONS`` without loading the backend.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from fleet.cloud.base import BackendOption, refuse_undeclared
+from fleet.errors import InvalidInput
+
+TYPE_NAME = "http"
+METHOD = BackendOption(
+    "method",
+    "Register method: PUT (default), POST, PATCH.",
+    choices=("PUT", "POST", "PATCH"),
+    default="PUT",
+)
+DEREGISTER_METHOD = BackendOption(
+    "deregister_method",
+    "Deregister method (default DELETE).",
+    choices=("DELETE", "POST", "PUT", "PATCH"),
+    default="DELETE",
+)
+TIMEOUT = BackendOption(
+    "timeout", "Per-request timeout in seconds (default 10).", value_type=float, default=10.0
+)
+OPTIONS = (
+    BackendOption("url", "URL template with {id}, e.g. https://h/devices/{id}."),
+    METHOD,
+    DEREGISTER_METHOD,
+    BackendOption(
+        "header",
+        "NAME=ENV_VAR: send header NAME with the value of $ENV_VAR (read at run time, never "
+        "stored); repeatable.",
+        multiple=True,
+    ),
+    TIMEOUT,
+)
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_headers(values: Any) -> dict[str, str]:
+    """``--header NAME=ENV_VAR`` values (a list, one string or a mapping) as {NAME: ENV_VAR}."""
+    if isinstance(values, str):
+        values = [values]
+    if isinstance(values, Mapping):
+        values = [f"{k}={v}" for k, v in values.items()]
+    result: dict[str, str] = {}
+    for item in values or []:
+        name, sep, env = str(item).partition("=")
+        name, env = name.strip(), env.strip()
+        if not sep or not _HEADER_NAME_RE.match(name) or not _ENV_NAME_RE.match(env):
+            raise InvalidInput(
+                f"--header must be NAME=ENV_VAR (the value is read from that environment "
+                f"variable at run time), got {str(item).partition('=')[0]!r}=..."
+            )
+        result[name] = env
+    return result
+
+
+def _url(options: Mapping[str, Any]) -> str:
+    url = options.get("url")
+    if not url:
+        raise InvalidInput("cloud type 'http' needs --url (a template with {id})")
+    url = str(url)
+    parts = urlsplit(url.replace("{id}", "x"))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidInput(f"--url must be an http:// or https:// URL, got {url!r}")
+    if parts.username or parts.password:
+        raise InvalidInput("--url must not contain credentials; use --header NAME=ENV_VAR")
+    if "{id}" not in url:
+        raise InvalidInput("--url must contain {id} (replaced by the device ID)")
+    if any(p not in ("{id}",) for p in re.findall(r"\{[^}]*\}", url)):
+        raise InvalidInput("--url may only use the {id} placeholder")
+    return url
+
+
+def _method(options: Mapping[str, Any], option: BackendOption) -> str:
+    allowed = option.choices or ()
+    method = str(options.get(option.name, option.default)).upper()
+    if method not in allowed:
+        raise InvalidInput(f"{option.flag} must be one of {', '.join(allowed)}")
+    return method
+
+
+def _timeout(value: Any) -> float:
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("--timeout must be a number of seconds") from None
+    if not 0 < timeout <= 600:
+        raise InvalidInput("--timeout must be between 0 and 600 seconds")
+    return timeout
+
+
+def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """What gets stored for ``fleet cloud add NAME --type http``: ``url`` (required,
+    http(s), with ``{id}``), ``method``, ``deregister_method``, ``header`` (NAME=ENV_VAR
+    values; only the variables' names are stored), ``timeout`` (seconds)."""
+    refuse_undeclared(TYPE_NAME, OPTIONS, options)
+    url = _url(options)
+    stored: dict[str, Any] = {
+        "url": url,
+        "method": _method(options, METHOD),
+        "deregister_method": _method(options, DEREGISTER_METHOD),
+    }
+    headers = parse_headers(options.get("header"))
+    if headers:
+        stored["header"] = headers
+    if options.get("timeout") is not None:
+        stored["timeout"] = _timeout(options["timeout"])
+    return stored

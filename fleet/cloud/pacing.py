@@ -1,0 +1,108 @@
+"""How fast and how hard the push engine goes: the rate limiter, backoff and the run policy.
+
+Waiting is injectable (:class:`Timer`: a monotonic clock and sleep), so tests run the
+schedules instantly; the wall-clock moments recorded in the registry come from
+:func:`fleet.clock.now`, the one clock.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from fleet.errors import InvalidInput
+
+
+class Timer(Protocol):
+    """How the engine measures intervals and waits (tests inject a fake one)."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemTimer:
+    """The real monotonic clock and sleep."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary start, never going back."""
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` (nothing when not positive)."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+SYSTEM_TIMER = SystemTimer()
+
+
+class RateLimiter:
+    """Spaces request starts at least ``1/rate`` seconds apart, across threads.
+
+    Permits are granted only at the moment they are used, each at least one interval after
+    the previous grant: in ANY window of length T at most ``floor(T * rate) + 1`` requests
+    start, and the rate the platform sees never exceeds the limit. (Handing out future slots
+    in advance would let threads that wake late from a stall, a GC pause or a long commit,
+    fire their slots together: the bench measured 216 requests in one second at 200/s.)
+    Grants are spaced 0.5% wider than ``1/rate`` so that network jitter cannot push the rate
+    the platform sees over its quota. ``rate=None`` means unlimited.
+    """
+
+    SAFETY = 1.005
+
+    def __init__(self, rate: float | None, timer: Timer = SYSTEM_TIMER) -> None:
+        if rate is not None and rate <= 0:
+            raise InvalidInput("rate must be positive")
+        self.interval = 0.0 if rate is None else self.SAFETY / rate
+        self.timer = timer
+        self._lock = threading.Lock()
+        self._last_grant: float | None = None
+
+    def acquire(self) -> float:
+        """Wait for a permit; returns the (monotonic) time it was granted."""
+        if self.interval == 0.0:
+            return self.timer.monotonic()
+        while True:
+            with self._lock:
+                now = self.timer.monotonic()
+                due = now if self._last_grant is None else self._last_grant + self.interval
+                # 1 ns of slack: a sleep of exactly (due - now) may land one float ulp short
+                if now >= due - 1e-9:
+                    self._last_grant = now
+                    return now
+            self.timer.sleep(due - now)
+
+
+def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(attempts-1))] (AWS architecture blog)."""
+    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    return rng.uniform(0.0, ceiling)
+
+
+@dataclass(frozen=True)
+class PushPolicy:
+    """How hard one push run tries.
+
+    ``max_wait``: how long a run keeps waiting for jobs scheduled to retry later (jobs due
+    after that stay queued for the next ``sync``). ``max_attempts``: None retries transient
+    failures forever (across runs); a number marks the job failed after that many attempts.
+    ``retry_after_cap`` bounds a server's ``Retry-After``.
+    """
+
+    base_delay: float = 0.5
+    max_delay: float = 60.0
+    max_wait: float = 30.0
+    max_attempts: int | None = None
+    retry_after_cap: float = 300.0
+    commit_every: int = 100
+
+    def retry_delay(self, attempts: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds before the next attempt: the server's ``Retry-After`` (capped), else
+        backoff with full jitter."""
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_cap)
+        return backoff_delay(attempts, self.base_delay, self.max_delay, rng)

@@ -1,0 +1,208 @@
+"""Where devices stand on clouds: pull status from the platforms, sync, list registrations.
+
+:func:`sync` is a push followed by a status pull; :func:`iter_status` streams the registry's
+view (``fleet cloud status``), with what is still queued for each device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_
+from sqlmodel import col, select
+
+from fleet import clock
+from fleet.cloud.base import CloudBackend, CloudError, RemoteStatus
+from fleet.cloud.clouds import make_backend
+from fleet.cloud.jobs import CHUNK, get_cloud, open_jobs
+from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
+from fleet.cloud.pacing import SYSTEM_TIMER, PushPolicy, RateLimiter, Timer
+from fleet.cloud.push import ProgressFn, PushReport, push
+from fleet.cloud.transitions import short_error
+from fleet.registry.db import read_session, write_session
+from fleet.statuses import RegistrationStatus
+from fleet.views import iso
+
+if TYPE_CHECKING:
+    import httpx
+
+    from fleet.workspace import Passphrase, Workspace
+
+STATUS_ERRORS_MAX = 20  # errors a sync report lists
+
+
+@dataclass
+class SyncReport:
+    """``push`` then status pull, for one cloud."""
+
+    push: PushReport
+    status_updated: int = 0
+    status_errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as ``--json`` shows it."""
+        return {
+            **self.push.to_dict(),
+            "status_updated": self.status_updated,
+            "status_errors": self.status_errors,
+        }
+
+
+def _fetch_all(
+    cloud: Cloud, backend: CloudBackend, ids: list[str], timer: Timer
+) -> tuple[dict[str, RemoteStatus], list[str]]:
+    """Statuses of ``ids`` in batches of ``backend.status_batch_size``, within the cloud's
+    rate and concurrency limits; a failed batch is an error message, the others go on."""
+    state = dict(cloud.state or {})
+    limiter = RateLimiter(cloud.rate_per_second, timer)
+    size = max(1, backend.status_batch_size)
+    batches = [ids[i : i + size] for i in range(0, len(ids), size)]
+
+    def fetch(batch: list[str]) -> dict[str, RemoteStatus]:
+        limiter.acquire()
+        return backend.fetch_status(batch, state)
+
+    errors: list[str] = []
+    results: dict[str, RemoteStatus] = {}
+    with ThreadPoolExecutor(max_workers=cloud.concurrency) as pool:
+        futures = [pool.submit(fetch, b) for b in batches]
+        for future in futures:
+            try:
+                results.update(future.result())
+            except CloudError as exc:
+                errors.append(short_error(str(exc)))
+            except Exception as exc:  # backend bug: report, do not leak its text
+                errors.append(f"unexpected backend error ({type(exc).__name__})")
+    return results, errors
+
+
+def pull_status(
+    ws: Workspace,
+    cloud: Cloud,
+    backend: CloudBackend,
+    *,
+    timer: Timer = SYSTEM_TIMER,
+) -> tuple[int, list[str]]:
+    """Fetch connection state, last activity and firmware for the cloud's registered devices
+    (in batches of ``backend.status_batch_size``, within the cloud's limits) and store them.
+    Returns how many registrations were updated and the first errors."""
+    engine = ws.open_registry()
+    with read_session(engine) as session:
+        query = select(CloudRegistration.device_id).where(
+            CloudRegistration.cloud == cloud.name,
+            CloudRegistration.status == RegistrationStatus.REGISTERED,
+        )
+        ids = sorted(session.exec(query))
+    results, errors = _fetch_all(cloud, backend, ids, timer)
+    now = clock.now()
+    items = sorted(results.items())
+    updated = 0
+    for start in range(0, len(items), CHUNK):
+        with write_session(engine) as session:
+            for device_id, status in items[start : start + CHUNK]:
+                reg = session.get(CloudRegistration, (device_id, cloud.name))
+                if reg is None:
+                    continue
+                reg.connected = status.connected
+                reg.last_activity = status.last_activity
+                reg.firmware_version = (
+                    status.firmware_version[:128] if status.firmware_version else None
+                )
+                reg.status_checked_at = now
+                session.add(reg)
+                updated += 1
+    return updated, errors[:STATUS_ERRORS_MAX]
+
+
+def sync(
+    ws: Workspace,
+    name: str | None = None,
+    *,
+    policy: PushPolicy | None = None,
+    timer: Timer = SYSTEM_TIMER,
+    client: httpx.Client | None = None,
+    progress: ProgressFn | None = None,
+    passphrase: Passphrase | None = None,
+) -> list[SyncReport]:
+    """Push every due job, then pull status, for one cloud or all of them."""
+    reports = []
+    for push_report in push(
+        ws,
+        name,
+        policy=policy,
+        timer=timer,
+        client=client,
+        progress=progress,
+        passphrase=passphrase,
+    ):
+        report = SyncReport(push_report)
+        if push_report.error is None:
+            with read_session(ws.open_registry()) as session:
+                cloud = get_cloud(session, push_report.cloud)
+            backend = make_backend(cloud, client=client)
+            try:
+                report.status_updated, report.status_errors = pull_status(
+                    ws, cloud, backend, timer=timer
+                )
+            finally:
+                backend.close()
+        reports.append(report)
+    return reports
+
+
+def registration_to_dict(reg: CloudRegistration, job: CloudJob | None) -> dict[str, Any]:
+    """One device on one cloud, as ``fleet cloud status --json`` shows it."""
+    return {
+        "device_id": reg.device_id,
+        "cloud": reg.cloud,
+        "status": reg.status,
+        "certificate_serial": reg.certificate_serial,
+        "attempts": reg.attempts,
+        "last_error": reg.last_error,
+        "queued": None if job is None else {"action": job.action, "state": job.state},
+        "connected": reg.connected,
+        "last_activity": iso(reg.last_activity),
+        "firmware_version": reg.firmware_version,
+        "status_checked_at": iso(reg.status_checked_at),
+        "updated_at": iso(reg.updated_at),
+    }
+
+
+def iter_status(
+    ws: Workspace, name: str | None = None, *, batch_size: int = 1000
+) -> Iterator[dict[str, Any]]:
+    """Every registration (of one cloud or all), ordered by cloud then device, streamed."""
+    engine = ws.open_registry()
+    with read_session(engine) as session:
+        if name is not None:
+            get_cloud(session, name)
+    last: tuple[str, str] = ("", "")
+    while True:
+        with read_session(engine) as session:
+            query = select(CloudRegistration).where(
+                or_(
+                    col(CloudRegistration.cloud) > last[0],
+                    (col(CloudRegistration.cloud) == last[0])
+                    & (col(CloudRegistration.device_id) > last[1]),
+                )
+            )
+            if name is not None:
+                query = query.where(CloudRegistration.cloud == name)
+            rows = list(
+                session.exec(
+                    query.order_by(
+                        col(CloudRegistration.cloud), col(CloudRegistration.device_id)
+                    ).limit(batch_size)
+                )
+            )
+            if not rows:
+                return
+            ids = [r.device_id for r in rows]
+            clouds = sorted({r.cloud for r in rows})
+            jobs = {(j.device_id, j.cloud): j for j in open_jobs(session, ids, clouds)}
+            batch = [registration_to_dict(r, jobs.get((r.device_id, r.cloud))) for r in rows]
+        yield from batch
+        last = (rows[-1].cloud, rows[-1].device_id)
