@@ -257,24 +257,3 @@ def cert_summary(cert: x509.Certificate) -> dict[str, str]:
         "not_after": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
         "key_type": key_type_of(cert.public_key()),
     }
-
-
-# --- transitional -------------------------------------------------------------------------
-# provision/ (being split on another branch) still reaches these as ``ca.NAME``; they go when
-# provision signs through fleet.pki.issue (issue_certificate, and Issuer.for_workers() for
-# its pool) instead of rebuilding the issuer from key bytes. Nothing else uses them.
-from fleet.pki.csr import load_csr  # noqa: E402
-from fleet.pki.issue import sign_leaf as issue_device_certificate  # noqa: E402
-from fleet.pki.keys import verify_issued_by  # noqa: E402
-
-Issuer = FileIssuer
-
-# Transitional names: Issuer, PrivateKey, cert_pem, fingerprint_sha256, generate_key,
-# issue_device_certificate, key_type_of, load_csr, private_key_pem, serial_hex, verify_issued_by.
-__all__ = [
-    "CA_KEY_TYPES", "ISSUING_VALIDITY", "ROOT_VALIDITY", "FileIssuer", "FileIssuerFactory",
-    "Issuer", "PrivateKey", "ca_dir", "cert_pem", "cert_summary", "create_ca",
-    "fingerprint_sha256", "generate_key", "is_initialised", "issue_device_certificate",
-    "key_type_of", "load_ca_certificates", "load_csr", "load_issuer", "private_key_pem",
-    "remove_ca", "serial_hex", "verify_issued_by",
-]  # fmt: skip

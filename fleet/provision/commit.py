@@ -16,12 +16,17 @@ from sqlmodel import Session
 
 from fleet.cloud import jobs
 from fleet.errors import RegistryError
+from fleet.pki.issue import (
+    IssuedCertificate,
+    certificate_details,
+    certificate_values,
+    device_details,
+)
 from fleet.provision.faults import Faults
 from fleet.provision.publish import OutDir, Renames
 from fleet.provision.seen import Issued, SeenIds
 from fleet.provision.source import Row
 from fleet.provision.summary import Tally
-from fleet.provision.worker import SignedCertificate, certificate_row
 from fleet.registry import audit
 from fleet.registry.db import write_session
 from fleet.registry.models import Certificate, Device, UTCDateTime
@@ -37,7 +42,7 @@ class SignedRow(NamedTuple):
 
     row: Row
     profile: str
-    certificate: SignedCertificate
+    certificate: IssuedCertificate
 
 
 @dataclass
@@ -53,7 +58,7 @@ class _Records:
         """The device, its certificate and its ``device.add`` event."""
         row = signed.row
         device = _device_row(row, now)
-        cert = certificate_row(signed.certificate, row.device_id, signed.profile, now)
+        cert = certificate_values(row.device_id, signed.certificate, signed.profile, now)
         self.devices.append(device)
         self.certificates.append(cert)
         self.events.append(_device_added(device, cert))
@@ -182,26 +187,12 @@ def _device_row(row: Row, now: datetime) -> dict[str, Any]:
 
 
 def _device_added(device: dict[str, Any], cert: dict[str, Any]) -> audit.PendingEvent:
-    # Exactly what `fleet device add` records (devices.device_details and
-    # devices.certificate_details), so history rebuilt from the trail sees no difference.
+    # The same details `fleet device add` records, so history rebuilt from the trail sees
+    # no difference between the two paths.
     return audit.PendingEvent(
         "device.add",
         device["id"],
-        {
-            "model": device["model"],
-            "serial": device["serial"],
-            "labels": dict(device["labels"]),
-            "status": device["status"],
-            "certificate": {
-                "serial": cert["serial"],
-                "fingerprint_sha256": cert["fingerprint_sha256"],
-                "not_before": cert["not_before"].isoformat(),
-                "not_after": cert["not_after"].isoformat(),
-                "profile": cert["profile"],
-                "key_type": cert["key_type"],
-                "key_origin": cert["key_origin"],
-            },
-        },
+        {**device_details(device), "certificate": certificate_details(cert)},
     )
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from fleet import clock
 from fleet.errors import FleetError
-from fleet.pki import ca
+from fleet.pki.csr import load_csr
 from fleet.pki.profiles import Profile, load_profile
 from fleet.provision.manifest import MANIFEST_NAME
 from fleet.provision.publish import OutDir
@@ -200,7 +200,7 @@ class Planner:
     def _check_csr(self, row: Row) -> str | None:
         try:
             data = self._csr_path(row).read_bytes()
-            ca.load_csr(data, row.device_id, source=f"CSR {self._csr_path(row)}")
+            load_csr(data, row.device_id, source=f"CSR {self._csr_path(row)}")
         except OSError as exc:
             return f"cannot read CSR {self._csr_path(row)}: {exc.strerror}"
         except FleetError as exc:

@@ -20,8 +20,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from fleet.pki import ca
 from fleet.pki.bundles import CERT_FILE
+from fleet.pki.keys import verify_issued_by
 
 LOCK_NAME = ".fleet-provision.lock"
 _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+(?:-old)?$")
@@ -67,7 +67,7 @@ class OutDir:
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if [n.value for n in names] != [device_id]:
             return False
-        return ca.verify_issued_by(cert, self.issuing_cert)
+        return verify_issued_by(cert, self.issuing_cert)
 
     def check_free(self, device_id: str) -> str | None:
         """Why ``OUT/ID`` could not take the bundle, if it could not (for dry runs; a real

@@ -18,6 +18,8 @@ from fleet import clock
 from fleet.cloud import jobs
 from fleet.errors import InvalidInput
 from fleet.pki import ca
+from fleet.pki.issue import IssuedCertificate
+from fleet.pki.issuer import Issuer
 from fleet.pki.profiles import load_profile
 from fleet.provision.commit import BatchCommitter, SignedRow
 from fleet.provision.faults import Faults
@@ -26,7 +28,7 @@ from fleet.provision.plan import Planner, Task
 from fleet.provision.publish import OutDir
 from fleet.provision.source import Source, batches, open_source
 from fleet.provision.summary import Progress, ProvisionSummary, Tally
-from fleet.provision.worker import SignedCertificate, sign_chunk, start_pool
+from fleet.provision.worker import sign_chunk, start_pool
 from fleet.registry.db import read_session
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
@@ -115,7 +117,7 @@ class _Batch:
 
     task: Task
     now: datetime
-    future: Future[list[SignedCertificate | str]]
+    future: Future[list[IssuedCertificate | str]]
 
 
 class _Run:
@@ -139,7 +141,7 @@ class _Run:
             self.tally.would_provision(len(ready))
             self.tally.tick()
 
-    def provision(self, issuer: ca.Issuer, workers: int, clouds: list[str]) -> None:
+    def provision(self, issuer: Issuer, workers: int, clouds: list[str]) -> None:
         """Provision every row: at most ``2 x workers`` batches in flight, committed in order."""
         self.out.path.mkdir(parents=True, exist_ok=True)
         self.out.remove_stale_staging()
