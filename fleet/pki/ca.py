@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from fleet import clock
 from fleet.errors import Conflict, InvalidInput, RegistryError
 from fleet.files import write_private_file
+from fleet.pki.issuer import Issuer
 from fleet.pki.keys import (
     PrivateKey,
     authority_key_identifier,
@@ -217,7 +218,7 @@ def _ca_cert(
     return builder.sign(signing_key, signature_hash(signing_key))
 
 
-def load_issuer(home: Path, passphrase: str | bytes) -> FileIssuer:
+def load_issuer(home: Path, passphrase: str | bytes) -> Issuer:
     """Load the issuing CA, decrypting its key; wrong passphrases raise :class:`AuthError`."""
     folder = ca_dir(home)
     if not is_initialised(home):
