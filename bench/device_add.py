@@ -4,7 +4,8 @@ Runs the real command N times in a fresh workspace (a new process each time, lik
 would) and prints the median and 90th percentile in milliseconds, next to two baselines measured
 in the same run:
 
-- the interpreter floor: `python -c "import fleet.cli"` (start-up plus imports, no work);
+- the interpreter floor: `python -c` importing what `device add` imports (FLOOR_IMPORTS),
+  start-up and imports with no work;
 - the manual way: the `openssl` CLI doing keygen, CSR and signing for one device.
 
 Usage: python bench/device_add.py [-n 25]
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# What `fleet device add` imports before it does any work (commands load their modules on use).
+FLOOR_IMPORTS = "import fleet.cli, fleet.cli.device_cmds, fleet.devices"
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
@@ -67,9 +70,7 @@ def main() -> None:
             [*fleet, "init", "--name", "Bench"], env=env, check=True, capture_output=True
         )
 
-        floor = [
-            timed([sys.executable, "-c", "import fleet.cli"], env, work) for _ in range(args.n)
-        ]
+        floor = [timed([sys.executable, "-c", FLOOR_IMPORTS], env, work) for _ in range(args.n)]
         adds = [
             timed(
                 [*fleet, "device", "add", f"bench-{i:04d}", "--out", str(work / "out")], env, work
@@ -88,7 +89,7 @@ def main() -> None:
         ]
 
     print(f"fleet device add, {args.n} runs each, {os.cpu_count()} cores")
-    print(summary("python -c 'import fleet.cli'", floor))
+    print(summary(f"python -c {FLOOR_IMPORTS!r}", floor))
     print(summary("fleet device add (end to end)", adds))
     print(summary("openssl keygen+req+sign (3 procs)", manual))
     add_ms = statistics.median(adds)
