@@ -53,13 +53,13 @@ _PUBLIC_NAMES: dict[str, str] = {
     "iter_audit_events": "fleet.registry.audit",
     "verify_audit": "fleet.registry.audit",
     "VerifyResult": "fleet.registry.audit",
-    "add_cloud": "fleet.cloud.outbox",
-    "list_clouds": "fleet.cloud.outbox",
-    "remove_cloud": "fleet.cloud.outbox",
-    "push": "fleet.cloud.outbox",
-    "sync": "fleet.cloud.outbox",
-    "PushReport": "fleet.cloud.outbox",
-    "SyncReport": "fleet.cloud.outbox",
+    "add_cloud": "fleet.cloud.clouds",
+    "list_clouds": "fleet.cloud.clouds",
+    "remove_cloud": "fleet.cloud.clouds",
+    "push": "fleet.cloud.push",
+    "sync": "fleet.cloud.status",
+    "PushReport": "fleet.cloud.push",
+    "SyncReport": "fleet.cloud.status",
 }
 
 __all__ = list(_PUBLIC_NAMES)

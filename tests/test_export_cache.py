@@ -19,7 +19,10 @@ from helpers import PASSPHRASE, Cli
 from sqlalchemy import inspect, text
 
 from fleet import certs, devices, export
-from fleet.cloud import jobs, outbox
+from fleet.cloud import jobs
+from fleet.cloud.clouds import add_cloud, remove_cloud
+from fleet.cloud.pacing import PushPolicy
+from fleet.cloud.push import push
 from fleet.export import batches as export_batches
 from fleet.export import cache as export_cache
 from fleet.export.render import line, render
@@ -38,7 +41,7 @@ TRIGGERS = {
     "export_dirty_cloud_registration_update",
     "export_dirty_cloud_registration_delete",
 }
-QUICK = outbox.PushPolicy(base_delay=0.01, max_delay=0.05, max_attempts=3)
+QUICK = PushPolicy(base_delay=0.01, max_delay=0.05, max_attempts=3)
 
 
 def export_text(ws: Workspace, fmt: str, **kwargs: Any) -> str:
@@ -74,7 +77,7 @@ def test_every_write_keeps_the_cache_current(
 ) -> None:
     ws, out = ready_ws, tmp_path / "out"
     assert_paths_agree(ws)  # empty registry
-    outbox.add_cloud(ws, "plant", "http", {"url": server.url, "timeout": 2.0})
+    add_cloud(ws, "plant", "http", {"url": server.url, "timeout": 2.0})
     tricky = {"site": 'Köln "Nord", 2', "z": "=1+2", "a": "back\\slash ✓"}
     devices.add_device(ws, "pump-1", out_dir=out, model="=cmd|calc", serial='a,b"c', labels=tricky)
     devices.add_device(ws, "pump-2", out_dir=out, model="p200", clouds=["plant"])
@@ -82,14 +85,14 @@ def test_every_write_keeps_the_cache_current(
     rows = assert_paths_agree(ws)
     assert rows["pump-1"]["labels"] == tricky and rows["pump-2"]["clouds"] == []  # queued only
 
-    (report,) = outbox.push(ws, "plant", policy=QUICK)
+    (report,) = push(ws, "plant", policy=QUICK)
     assert report.done == 1
     rows = assert_paths_agree(ws)
     assert rows["pump-2"]["clouds"] == ["plant"]
 
-    outbox.add_cloud(ws, "backup", "http", {"url": server.url, "timeout": 2.0})
+    add_cloud(ws, "backup", "http", {"url": server.url, "timeout": 2.0})
     jobs.queue_registrations(ws, "backup", all_devices=True)
-    outbox.push(ws, "backup", policy=QUICK)
+    push(ws, "backup", policy=QUICK)
     rows = assert_paths_agree(ws)
     assert rows["pump-2"]["clouds"] == ["backup", "plant"]
     assert next(csv.DictReader(io.StringIO(export_text(ws, "csv"))))["clouds"] == "backup"
@@ -103,19 +106,19 @@ def test_every_write_keeps_the_cache_current(
     assert rows["pump-2"]["clouds"] == ["backup"]
     # the server holds the old certificate: a new one conflicts (rotation is not supported
     # yet), the job fails, and the device stays off the list
-    (report,) = outbox.push(ws, "plant", policy=QUICK)
+    (report,) = push(ws, "plant", policy=QUICK)
     assert report.failed == 1
     assert assert_paths_agree(ws)["pump-2"]["clouds"] == ["backup"]
 
     serial = rows["pump-3"]["certificate"]["serial"]
     certs.revoke_certificate(ws, serial, reason="keyCompromise")  # queues a deregistration
-    outbox.push(ws, "backup", policy=QUICK)
+    push(ws, "backup", policy=QUICK)
     rows = assert_paths_agree(ws)
     assert rows["pump-3"]["certificate"]["status"] == "revoked"
     assert rows["pump-3"]["clouds"] == []
 
     devices.decommission_device(ws, "pump-1", reason="=retired")
-    outbox.remove_cloud(ws, "backup", force=True)
+    remove_cloud(ws, "backup", force=True)
     rows = assert_paths_agree(ws)
     assert rows["pump-1"]["status"] == "decommissioned"
     assert [r["clouds"] for r in rows.values()] == [[], [], []]
@@ -124,7 +127,7 @@ def test_every_write_keeps_the_cache_current(
 def test_bulk_provisioning_keeps_the_cache_current(
     ready_ws: Workspace, server: RegistryServer, tmp_path: Path
 ) -> None:
-    outbox.add_cloud(ready_ws, "plant", "http", {"url": server.url, "timeout": 2.0})
+    add_cloud(ready_ws, "plant", "http", {"url": server.url, "timeout": 2.0})
     source = tmp_path / "batch.csv"
     source.write_text(
         "id,model,serial,labels\n"
@@ -135,7 +138,7 @@ def test_bulk_provisioning_keeps_the_cache_current(
         clouds=["plant"],
     )  # fmt: skip
     assert summary.provisioned == 40
-    outbox.push(ready_ws, "plant", policy=QUICK)
+    push(ready_ws, "plant", policy=QUICK)
     rows = assert_paths_agree(ready_ws)
     assert len(rows) == 40 and all(r["clouds"] == ["plant"] for r in rows.values())
 

@@ -1,4 +1,4 @@
-"""The interface every cloud backend implements (see CLOUD_INTERFACE.md).
+"""The interface every cloud backend implements (see docs/cloud.md, "Writing a backend").
 
 Changes after the first commit stay backward compatible and are listed here:
   - ``current_idempotency_key()``: the outbox sets a key per job (stable across the job's

@@ -1,4 +1,4 @@
-"""The contract every cloud backend passes (CLOUD_INTERFACE.md), for backends' own tests.
+"""The contract every cloud backend passes (docs/cloud.md), for backends' own tests.
 
 Shipped in the package so a third-party backend's test suite can run it too; it needs pytest,
 imported only by whoever imports this module (fleet itself never does). Subclass

@@ -2,7 +2,7 @@
 
 ``export_dirty`` receives the ID of every device whose device, certificate or cloud
 registration rows change, in the writing transaction; fleet re-renders those rows before
-it commits (see fleet/export_rows.py). Every existing device starts dirty, and
+it commits (see fleet/export/cache.py). Every existing device starts dirty, and
 ``fleet db upgrade`` renders them.
 
 Revision ID: 0003
