@@ -77,7 +77,7 @@ def test_serials_are_random_positive_and_at_most_20_octets(
         device = devices.add_device(
             ready_sqlite_ws, f"d{n}", out_dir=out_dir, passphrase=PASSPHRASE
         )
-        serial = int(device["certificates"][0]["serial"], 16)
+        serial = int(device.certificates[0].serial, 16)
         assert 0 < serial < 2**159
         serials.add(serial)
     assert len(serials) == 20
@@ -121,7 +121,7 @@ def test_invalid_ids_name_the_rule(
 def test_id_edge_cases_accepted(ready_sqlite_ws: Workspace, out_dir: Path) -> None:
     for device_id in ("a", "0", "A" * 64, "plant-1:line_2.cell-3"):
         devices.add_device(ready_sqlite_ws, device_id, out_dir=out_dir, passphrase=PASSPHRASE)
-    assert {d["id"] for d in devices.list_devices(ready_sqlite_ws)} == {
+    assert {d.id for d in devices.list_devices(ready_sqlite_ws)} == {
         "a", "0", "A" * 64, "plant-1:line_2.cell-3",
     }  # fmt: skip
 
@@ -224,7 +224,7 @@ def test_csr_without_cn_is_accepted(ready_sqlite_ws: Workspace, tmp_path: Path) 
     device = devices.add_device(
         ready_sqlite_ws, "no-cn-1", csr=tmp_path / "x.csr", out_dir=tmp_path, passphrase=PASSPHRASE
     )
-    assert device["certificates"][0]["key_origin"] == "csr"
+    assert device.certificates[0].key_origin == "csr"
 
 
 def test_unreadable_csr_file(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:
