@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
@@ -30,7 +29,7 @@ from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate
 from fleet.statuses import CertStatus, DeviceStatus, KeyOrigin
-from fleet.views import certificate_to_dict
+from fleet.views import CertificateView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 CERT_STATUSES = tuple(CertStatus)
@@ -42,7 +41,7 @@ def list_certificates(
     device_id: str | None = None,
     status: str | None = None,
     expiring_within_days: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[CertificateView]:
     """Certificates matching every filter, newest first.
 
     ``expiring_within_days`` keeps unrevoked, unexpired certificates whose ``not_after`` falls
@@ -78,12 +77,12 @@ def list_certificates(
         if device_id is not None:
             get_device_row(session, device_id)
         rows = session.exec(query).all()
-        return [certificate_to_dict(c, now) for c in rows]
+        return [CertificateView.from_row(c, now) for c in rows]
 
 
 def revoke_certificate(
     ws: Workspace, serial: str, *, reason: str = "unspecified"
-) -> dict[str, Any]:
+) -> CertificateView:
     """Revoke the certificate with ``serial`` (hex); ``reason`` is an RFC 5280 reason name.
 
     Revocation needs no CA passphrase: it is a registry fact, published by the next CRL.
@@ -108,7 +107,7 @@ def revoke_certificate(
             at=now,
         )
         session.flush()
-        return certificate_to_dict(row, now)
+        return CertificateView.from_row(row, now)
 
 
 def renew_certificate(
@@ -121,7 +120,7 @@ def renew_certificate(
     profile: str | None = None,
     key_type: str | None = None,
     passphrase: Passphrase | None = None,
-) -> dict[str, Any]:
+) -> CertificateView:
     """Issue a new certificate for an active device and replace its bundle in ``out_dir``.
 
     The profile defaults to the one of the device's newest certificate. The old certificates
@@ -151,7 +150,7 @@ def renew_certificate(
     except BaseException:
         staged.rollback()
         raise
-    return certificate_to_dict(new_row, now)
+    return CertificateView.from_row(new_row, now)
 
 
 def _record_renewal(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
@@ -38,7 +37,7 @@ from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate, Device
 from fleet.statuses import CertStatus, DeviceStatus
-from fleet.views import device_to_dict
+from fleet.views import DeviceView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 DEVICE_STATUSES = tuple(DeviceStatus)
@@ -77,8 +76,8 @@ def add_device(
     out_dir: Path | None = None,
     passphrase: Passphrase | None = None,
     clouds: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Register a device and issue its identity in one transaction; return its JSON view.
+) -> DeviceView:
+    """Register a device and issue its identity in one transaction; return its view.
 
     ``clouds``: queue its registration on these clouds in the same transaction (pushed by
     ``fleet cloud sync``); unknown names are refused before anything is written.
@@ -128,7 +127,7 @@ def add_device(
     except BaseException:
         staged.rollback()
         raise
-    return device_to_dict(device, [cert_row], now)
+    return DeviceView.from_rows(device, [cert_row], now)
 
 
 def _validate_attributes(
@@ -181,11 +180,11 @@ def device_certificates(session: Session, device_id: str) -> list[Certificate]:
     return list(session.exec(query).all())
 
 
-def show_device(ws: Workspace, device_id: str) -> dict[str, Any]:
-    """A device with all its certificates, as JSON-ready data."""
+def show_device(ws: Workspace, device_id: str) -> DeviceView:
+    """A device with all its certificates."""
     with read_session(ws.open_registry()) as session:
         device = get_device_row(session, device_id)
-        return device_to_dict(device, device_certificates(session, device_id))
+        return DeviceView.from_rows(device, device_certificates(session, device_id), clock.now())
 
 
 def iter_devices(
@@ -195,7 +194,7 @@ def iter_devices(
     labels: dict[str, str] | None = None,
     status: str | None = None,
     batch_size: int = 1000,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[DeviceView]:
     """Devices matching every filter, ordered by ID, streamed in batches with certificates."""
     if status is not None and status not in DEVICE_STATUSES:
         raise InvalidInput(f"device status must be one of {', '.join(DEVICE_STATUSES)}")
@@ -222,7 +221,7 @@ def iter_devices(
             by_device: dict[str, list[Certificate]] = {i: [] for i in ids}
             for cert in session.exec(cert_query):
                 by_device[cert.device_id].append(cert)
-            batch = [device_to_dict(d, by_device[d.id], now) for d in rows]
+            batch = [DeviceView.from_rows(d, by_device[d.id], now) for d in rows]
         yield from batch
         last_id = rows[-1].id
 
@@ -233,7 +232,7 @@ def list_devices(
     model: str | None = None,
     labels: dict[str, str] | None = None,
     status: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[DeviceView]:
     """All devices matching the filters (see :func:`iter_devices` to stream)."""
     return list(iter_devices(ws, model=model, labels=labels, status=status))
 
@@ -246,7 +245,7 @@ def update_device(
     serial: str | None = None,
     set_labels: dict[str, str] | None = None,
     remove_labels: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> DeviceView:
     """Change a device's model, serial or labels; the audit event records old and new."""
     _validate_attributes(model, serial, set_labels)
     now = clock.now()
@@ -276,12 +275,10 @@ def update_device(
         changes = {k: {"from": before[k], "to": after[k]} for k in after if after[k] != before[k]}
         audit.append(session, "device.update", device_id, {**after, "changes": changes}, at=now)
         session.flush()
-        return device_to_dict(device, device_certificates(session, device_id), now)
+        return DeviceView.from_rows(device, device_certificates(session, device_id), now)
 
 
-def decommission_device(
-    ws: Workspace, device_id: str, *, reason: str | None = None
-) -> dict[str, Any]:
+def decommission_device(ws: Workspace, device_id: str, *, reason: str | None = None) -> DeviceView:
     """Retire a device: revoke its active certificates (cessationOfOperation), keep its row."""
     validate_text_field("reason", reason, limit=256)
     now = clock.now()
@@ -306,4 +303,4 @@ def decommission_device(
             at=now,
         )
         session.flush()
-        return device_to_dict(device, certificates, now)
+        return DeviceView.from_rows(device, certificates, now)

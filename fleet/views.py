@@ -1,13 +1,18 @@
-"""The stable JSON shapes of devices and certificates (documented in README.md)."""
+"""What the library's public functions return: typed, immutable views of devices,
+certificates and the CA. Each view's ``to_dict()`` is its stable JSON shape (documented in
+README.md), exactly what ``--json`` prints.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from fleet import clock
 from fleet.registry.models import Certificate, Device
-from fleet.statuses import CertStatus
+from fleet.statuses import CertStatus, DeviceStatus, KeyOrigin
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -17,47 +22,178 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def certificate_status(cert: Certificate, now: datetime | None = None) -> CertStatus:
-    """``active``, ``revoked`` or ``expired`` (an unrevoked certificate past ``not_after``)."""
+def certificate_status(cert: Certificate, now: datetime) -> CertStatus:
+    """``active``, ``revoked`` or ``expired`` (unrevoked and past ``not_after`` at ``now``)."""
     if cert.status == CertStatus.REVOKED:
         return CertStatus.REVOKED
-    if cert.not_after < (now or clock.now()):
+    if cert.not_after < now:
         return CertStatus.EXPIRED
     return CertStatus.ACTIVE
 
 
-def certificate_to_dict(cert: Certificate, now: datetime | None = None) -> dict[str, Any]:
-    """A certificate as fleet's JSON shows it (no private material)."""
-    return {
-        "serial": cert.serial,
-        "device_id": cert.device_id,
-        "fingerprint_sha256": cert.fingerprint_sha256,
-        "subject": cert.subject,
-        "not_before": iso(cert.not_before),
-        "not_after": iso(cert.not_after),
-        "status": certificate_status(cert, now),
-        "revoked_at": iso(cert.revoked_at),
-        "revocation_reason": cert.revocation_reason,
-        "profile": cert.profile,
-        "key_type": cert.key_type,
-        "key_origin": cert.key_origin,
-    }
+@dataclass(frozen=True, slots=True)
+class CertificateView:
+    """A device certificate as the registry knows it (no private material).
+
+    ``status`` is as of the moment the view was made: ``expired`` is derived, never stored.
+    """
+
+    serial: str
+    device_id: str
+    fingerprint_sha256: str
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    status: CertStatus
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    profile: str
+    key_type: str
+    key_origin: KeyOrigin
+
+    @classmethod
+    def from_row(cls, cert: Certificate, now: datetime) -> CertificateView:
+        """The view of a registry row, its status judged at ``now``."""
+        return cls(
+            serial=cert.serial,
+            device_id=cert.device_id,
+            fingerprint_sha256=cert.fingerprint_sha256,
+            subject=cert.subject,
+            not_before=cert.not_before,
+            not_after=cert.not_after,
+            status=certificate_status(cert, now),
+            revoked_at=cert.revoked_at,
+            revocation_reason=cert.revocation_reason,
+            profile=cert.profile,
+            key_type=cert.key_type,
+            key_origin=KeyOrigin(cert.key_origin),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The certificate as fleet's JSON shows it."""
+        return {
+            "serial": self.serial,
+            "device_id": self.device_id,
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "subject": self.subject,
+            "not_before": iso(self.not_before),
+            "not_after": iso(self.not_after),
+            "status": self.status,
+            "revoked_at": iso(self.revoked_at),
+            "revocation_reason": self.revocation_reason,
+            "profile": self.profile,
+            "key_type": self.key_type,
+            "key_origin": self.key_origin,
+        }
 
 
-def device_to_dict(
-    device: Device, certificates: list[Certificate], now: datetime | None = None
-) -> dict[str, Any]:
-    """A device with its certificates (newest first) as fleet's JSON shows it."""
-    ordered = sorted(certificates, key=lambda c: (c.issued_at, c.serial), reverse=True)
-    return {
-        "id": device.id,
-        "model": device.model,
-        "serial": device.serial,
-        "labels": dict(device.labels),
-        "status": device.status,
-        "created_at": iso(device.created_at),
-        "updated_at": iso(device.updated_at),
-        "decommissioned_at": iso(device.decommissioned_at),
-        "decommission_reason": device.decommission_reason,
-        "certificates": [certificate_to_dict(c, now) for c in ordered],
-    }
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device with every certificate it was ever issued, newest first."""
+
+    id: str
+    model: str | None
+    serial: str | None
+    labels: Mapping[str, str]
+    status: DeviceStatus
+    created_at: datetime
+    updated_at: datetime
+    decommissioned_at: datetime | None
+    decommission_reason: str | None
+    certificates: tuple[CertificateView, ...]
+
+    @classmethod
+    def from_rows(
+        cls, device: Device, certificates: Iterable[Certificate], now: datetime
+    ) -> DeviceView:
+        """The view of a device row and its certificate rows, statuses judged at ``now``."""
+        newest_first = sorted(certificates, key=lambda c: (c.issued_at, c.serial), reverse=True)
+        return cls(
+            id=device.id,
+            model=device.model,
+            serial=device.serial,
+            labels=dict(device.labels),
+            status=DeviceStatus(device.status),
+            created_at=device.created_at,
+            updated_at=device.updated_at,
+            decommissioned_at=device.decommissioned_at,
+            decommission_reason=device.decommission_reason,
+            certificates=tuple(CertificateView.from_row(c, now) for c in newest_first),
+        )
+
+    def certificates_in(self, status: CertStatus) -> tuple[CertificateView, ...]:
+        """This device's certificates in ``status``, newest first."""
+        return tuple(c for c in self.certificates if c.status == status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The device as fleet's JSON shows it."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "serial": self.serial,
+            "labels": dict(self.labels),
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "decommissioned_at": iso(self.decommissioned_at),
+            "decommission_reason": self.decommission_reason,
+            "certificates": [c.to_dict() for c in self.certificates],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CaCertificateSummary:
+    """Who a CA certificate names, its fingerprint, validity and key type."""
+
+    subject: str
+    issuer: str
+    serial: str
+    fingerprint_sha256: str
+    not_before: datetime
+    not_after: datetime
+    key_type: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The summary as fleet's JSON (and the ``ca.init`` audit event) shows it."""
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "serial": self.serial,
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "not_before": iso(self.not_before),
+            "not_after": iso(self.not_after),
+            "key_type": self.key_type,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CaInfo:
+    """The workspace's two CA certificates: the root and the issuing CA it signed."""
+
+    root: CaCertificateSummary
+    issuing: CaCertificateSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"root": ..., "issuing": ...}``, as ``fleet ca show --json`` prints it."""
+        return {"root": self.root.to_dict(), "issuing": self.issuing.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    """A new workspace: where it lives, its registry (password redacted) and its CA."""
+
+    home: Path
+    registry: str
+    name: str
+    key_type: str
+    ca: CaInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON ``fleet init --json`` prints (the CA's certificates at top level)."""
+        return {
+            "home": str(self.home),
+            "registry": self.registry,
+            "name": self.name,
+            "key_type": self.key_type,
+            **self.ca.to_dict(),
+        }

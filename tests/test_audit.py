@@ -25,7 +25,7 @@ def busy_ws(ready_ws: Workspace, tmp_path: Path) -> Workspace:
     devices.add_device(ready_ws, "a2", out_dir=out, passphrase=PASSPHRASE)
     devices.update_device(ready_ws, "a1", model="m2")
     certs.renew_certificate(ready_ws, "a1", out_dir=out, revoke_old=True, passphrase=PASSPHRASE)
-    serial = devices.show_device(ready_ws, "a2")["certificates"][0]["serial"]
+    serial = devices.show_device(ready_ws, "a2").certificates[0].serial
     certs.revoke_certificate(ready_ws, serial, reason="keyCompromise")
     devices.decommission_device(ready_ws, "a2")
     crl.publish_crl(ready_ws, passphrase=PASSPHRASE)

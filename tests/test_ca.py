@@ -138,10 +138,10 @@ def test_crl_lists_revoked_serials_and_is_clean(
     out = tmp_path / "out"
     for device_id in ("c1", "c2", "c3"):
         devices.add_device(ready_ws, device_id, out_dir=out, passphrase=PASSPHRASE)
-    c1 = devices.show_device(ready_ws, "c1")["certificates"][0]["serial"]
+    c1 = devices.show_device(ready_ws, "c1").certificates[0].serial
     assert cli("cert", "revoke", c1, "--reason", "key-compromise").exit_code == 0
     assert cli("device", "decommission", "c2").exit_code == 0
-    c2 = devices.show_device(ready_ws, "c2")["certificates"][0]["serial"]
+    c2 = devices.show_device(ready_ws, "c2").certificates[0].serial
 
     crl_path = tmp_path / "fleet.crl.pem"
     result = cli("ca", "crl", "--out", str(crl_path))
@@ -225,7 +225,7 @@ def test_key_type_override(ready_sqlite_ws: Workspace, tmp_path: Path) -> None:
     device = devices.add_device(
         ready_sqlite_ws, "k-1", key_type="ec-p384", out_dir=tmp_path, passphrase=PASSPHRASE
     )
-    assert device["certificates"][0]["key_type"] == "ec-p384"
+    assert device.certificates[0].key_type == "ec-p384"
     key = serialization.load_pem_private_key((tmp_path / "k-1" / "key.pem").read_bytes(), None)
     assert key.key_size == 384  # type: ignore[union-attr]
 

@@ -22,7 +22,7 @@ def test_renew_replaces_bundle_and_optionally_revokes_old(
 ) -> None:
     devices.add_device(ready_ws, "r1", out_dir=out_dir, passphrase=PASSPHRASE)
     old_cert = (out_dir / "r1" / "cert.pem").read_bytes()
-    old_serial = devices.show_device(ready_ws, "r1")["certificates"][0]["serial"]
+    old_serial = devices.show_device(ready_ws, "r1").certificates[0].serial
 
     result = cli("cert", "renew", "r1", "--out", str(out_dir), "--json")
     assert result.exit_code == 0, result.stderr
@@ -33,24 +33,20 @@ def test_renew_replaces_bundle_and_optionally_revokes_old(
     key = serialization.load_pem_private_key((out_dir / "r1" / "key.pem").read_bytes(), None)
     assert x509.load_pem_x509_certificate(new_cert).public_key() == key.public_key()
     assert [p.name for p in out_dir.iterdir()] == ["r1"]  # no staging or backup left behind
-    statuses = {
-        c["serial"]: c["status"] for c in devices.show_device(ready_ws, "r1")["certificates"]
-    }
+    statuses = {c.serial: c.status for c in devices.show_device(ready_ws, "r1").certificates}
     assert statuses == {old_serial: "active", renewed["serial"]: "active"}  # rollover window
 
     third = json.loads(
         cli("cert", "renew", "r1", "--out", str(out_dir), "--revoke-old", "--json").stdout
     )
-    statuses = {
-        c["serial"]: c["status"] for c in devices.show_device(ready_ws, "r1")["certificates"]
-    }
+    statuses = {c.serial: c.status for c in devices.show_device(ready_ws, "r1").certificates}
     assert statuses == {
         old_serial: "revoked",
         renewed["serial"]: "revoked",
         third["serial"]: "active",
     }
     superseded = certs.list_certificates(ready_ws, status="revoked")
-    assert {c["revocation_reason"] for c in superseded} == {"superseded"}
+    assert {c.revocation_reason for c in superseded} == {"superseded"}
 
 
 def test_renew_failure_keeps_old_bundle(
@@ -77,7 +73,7 @@ def test_renew_decommissioned_device_is_refused(ready_sqlite_ws: Workspace, out_
 
 def test_revoke_errors(ready_ws: Workspace, cli: Cli, out_dir: Path) -> None:
     devices.add_device(ready_ws, "v1", out_dir=out_dir, passphrase=PASSPHRASE)
-    serial = devices.show_device(ready_ws, "v1")["certificates"][0]["serial"]
+    serial = devices.show_device(ready_ws, "v1").certificates[0].serial
     unknown = cli("cert", "revoke", "abcdef")
     assert unknown.exit_code == NotFound.exit_code
     assert "no certificate with serial abcdef" in unknown.stderr
@@ -100,7 +96,7 @@ def test_list_filters(ready_ws: Workspace, cli: Cli, out_dir: Path) -> None:
     for device_id in ("l1", "l2", "l3"):
         devices.add_device(ready_ws, device_id, out_dir=out_dir, passphrase=PASSPHRASE)
     serial = {
-        d: devices.show_device(ready_ws, d)["certificates"][0]["serial"] for d in ("l1", "l2", "l3")
+        d: devices.show_device(ready_ws, d).certificates[0].serial for d in ("l1", "l2", "l3")
     }
     certs.revoke_certificate(ready_ws, serial["l2"])
     # l3's certificate: make it expire in 5 days; l1's: already expired

@@ -29,4 +29,4 @@ def test_upgrade_from_0001_keeps_devices(ready_ws: Workspace, tmp_path: Path) ->
     assert "cloud" not in inspect(engine).get_table_names()
     assert upgrade(engine) == ("0001", SCHEMA_HEAD)
     check_schema(engine)
-    assert devices.show_device(ready_ws, "old-1")["id"] == "old-1"
+    assert devices.show_device(ready_ws, "old-1").id == "old-1"

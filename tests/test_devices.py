@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from fleet import devices
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.pki.issue import device_details
 from fleet.registry.models import Device
+from fleet.statuses import CertStatus, DeviceStatus, KeyOrigin
+from fleet.views import DeviceView
 from fleet.workspace import Workspace
 
 
@@ -77,7 +80,7 @@ def test_serials_are_random_positive_and_at_most_20_octets(
         device = devices.add_device(
             ready_sqlite_ws, f"d{n}", out_dir=out_dir, passphrase=PASSPHRASE
         )
-        serial = int(device["certificates"][0]["serial"], 16)
+        serial = int(device.certificates[0].serial, 16)
         assert 0 < serial < 2**159
         serials.add(serial)
     assert len(serials) == 20
@@ -121,7 +124,7 @@ def test_invalid_ids_name_the_rule(
 def test_id_edge_cases_accepted(ready_sqlite_ws: Workspace, out_dir: Path) -> None:
     for device_id in ("a", "0", "A" * 64, "plant-1:line_2.cell-3"):
         devices.add_device(ready_sqlite_ws, device_id, out_dir=out_dir, passphrase=PASSPHRASE)
-    assert {d["id"] for d in devices.list_devices(ready_sqlite_ws)} == {
+    assert {d.id for d in devices.list_devices(ready_sqlite_ws)} == {
         "a", "0", "A" * 64, "plant-1:line_2.cell-3",
     }  # fmt: skip
 
@@ -224,7 +227,24 @@ def test_csr_without_cn_is_accepted(ready_sqlite_ws: Workspace, tmp_path: Path) 
     device = devices.add_device(
         ready_sqlite_ws, "no-cn-1", csr=tmp_path / "x.csr", out_dir=tmp_path, passphrase=PASSPHRASE
     )
-    assert device["certificates"][0]["key_origin"] == "csr"
+    assert device.certificates[0].key_origin == "csr"
+
+
+def test_library_returns_frozen_views_whose_dicts_are_the_json(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, out_dir: Path
+) -> None:
+    device = devices.add_device(
+        ready_sqlite_ws, "v-1", labels={"k": "v"}, out_dir=out_dir, passphrase=PASSPHRASE
+    )
+    assert isinstance(device, DeviceView)
+    assert device.status is DeviceStatus.ACTIVE
+    [cert] = device.certificates
+    assert (cert.status, cert.key_origin) == (CertStatus.ACTIVE, KeyOrigin.GENERATED)
+    assert cert.not_after.tzinfo is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        device.model = "changed"  # type: ignore[misc]
+    shown = json.loads(sqlite_cli("device", "show", "v-1", "--json").stdout)
+    assert devices.show_device(ready_sqlite_ws, "v-1").to_dict() == device.to_dict() == shown
 
 
 def test_unreadable_csr_file(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:

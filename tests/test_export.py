@@ -30,12 +30,13 @@ from fleet.export import device_export, replay
 from fleet.pki import cms, keys, signers
 from fleet.pki.authority import init_workspace
 from fleet.registry.audit import iter_audit_events
+from fleet.views import DeviceView
 from fleet.workspace import Workspace
 
 OPENSSL = shutil.which("openssl")
 
 
-def add(ws: Workspace, device_id: str, out: Path, **kwargs: Any) -> dict[str, Any]:
+def add(ws: Workspace, device_id: str, out: Path, **kwargs: Any) -> DeviceView:
     return devices.add_device(ws, device_id, out_dir=out, passphrase=PASSPHRASE, **kwargs)
 
 
@@ -130,7 +131,7 @@ def test_filters(ready_ws: Workspace, cli: Cli, out_dir: Path) -> None:
     add(ready_ws, "a-3", out_dir, model="p2", labels={"site": "hh"})
     add(ready_ws, "a-4", out_dir, model="p2")
     devices.decommission_device(ready_ws, "a-4")
-    serial = devices.show_device(ready_ws, "a-3")["certificates"][0]["serial"]
+    serial = devices.show_device(ready_ws, "a-3").certificates[0].serial
     certs.revoke_certificate(ready_ws, serial)
 
     def ids(*args: str) -> list[str]:
@@ -225,7 +226,7 @@ def test_as_of_equals_what_a_plain_export_printed_then(
     certs.renew_certificate(
         ready_ws, "m-1", out_dir=out_dir, revoke_old=True, passphrase=PASSPHRASE
     )
-    serial = devices.show_device(ready_ws, "m-2")["certificates"][0]["serial"]
+    serial = devices.show_device(ready_ws, "m-2").certificates[0].serial
     certs.revoke_certificate(ready_ws, serial, reason="key-compromise")
     devices.update_device(ready_ws, "m-3", remove_labels=[], serial="X")
     record()
@@ -387,7 +388,7 @@ def test_export_signing_certificate(
     device = add(ready_sqlite_ws, "k-2", out_dir)
     leaf = x509.load_pem_x509_certificate((out_dir / "k-2" / "cert.pem").read_bytes())
     assert leaf.issuer == x509.load_pem_x509_certificate(issuing.read_bytes()).subject
-    assert device["certificates"][0]["serial"] == format(leaf.serial_number, "x")
+    assert device.certificates[0].serial == format(leaf.serial_number, "x")
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku  # the device profile, not the signer's
     # a wrong passphrase cannot use the signer

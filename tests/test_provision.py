@@ -38,6 +38,7 @@ from fleet.provision.commit import bind_converter
 from fleet.registry import audit
 from fleet.registry.db import read_session
 from fleet.registry.models import AuditEvent, Certificate, Device, UTCDateTime
+from fleet.views import DeviceView
 from fleet.workspace import Workspace
 
 
@@ -108,7 +109,7 @@ def assert_complete(ws: Workspace, out: Path, ids: list[str]) -> None:
     assert set(ids) <= set(adds)
 
 
-def add_reference(ws: Workspace, tmp_path: Path) -> dict[str, Any]:
+def add_reference(ws: Workspace, tmp_path: Path) -> DeviceView:
     """``ref-1`` added by `fleet device add`, with the attributes of ``numbered``'s first row."""
     return devices.add_device(
         ws,
@@ -135,8 +136,8 @@ def test_csv_devices_look_like_device_add(ready_ws: Workspace, cli: Cli, tmp_pat
     ids = ["dev-00000", "dev-00001", "dev-00002"]
     assert_complete(ready_ws, out, ids)
 
-    reference = add_reference(ready_ws, tmp_path)
-    shown = devices.show_device(ready_ws, "dev-00000")
+    reference = add_reference(ready_ws, tmp_path).to_dict()
+    shown = devices.show_device(ready_ws, "dev-00000").to_dict()
     assert shown["labels"] == {"site": "hh", "n": "0"}
     strip = {"id", "serial", "fingerprint_sha256", "subject", "device_id"}
     for key in ("model", "serial", "labels", "status", "decommissioned_at"):
@@ -241,11 +242,11 @@ def test_jsonl_with_csr_and_profile_columns(ready_sqlite_ws: Workspace, tmp_path
     leaf = x509.load_pem_x509_certificate((out / "sensor-1" / "cert.pem").read_bytes())
     assert leaf.public_key() == key.public_key()  # type: ignore[attr-defined]
     shown = {d: devices.show_device(ready_sqlite_ws, d) for d in ("sensor-1", "big-1", "plain-1")}
-    assert shown["sensor-1"]["certificates"][0]["key_origin"] == "csr"
-    assert shown["sensor-1"]["labels"] == {"site": "b"}
-    assert shown["big-1"]["certificates"][0]["key_type"] == "rsa-3072"
-    assert shown["big-1"]["certificates"][0]["profile"] == "rsa"
-    assert shown["plain-1"]["certificates"][0]["profile"] == "default"
+    assert shown["sensor-1"].certificates[0].key_origin == "csr"
+    assert shown["sensor-1"].labels == {"site": "b"}
+    assert shown["big-1"].certificates[0].key_type == "rsa-3072"
+    assert shown["big-1"].certificates[0].profile == "rsa"
+    assert shown["plain-1"].certificates[0].profile == "default"
     manifest = (out / "manifest.csv").read_text().splitlines()
     assert manifest[0] == "id,serial,fingerprint_sha256,not_after"
     assert [m.split(",")[0] for m in manifest[1:]] == ["sensor-1", "big-1", "plain-1"]

@@ -12,6 +12,7 @@ from fleet.cli._common import ask_passphrase, message, print_json, render, table
 from fleet.files import atomic_write
 from fleet.pki import authority
 from fleet.pki.crl import publish_crl
+from fleet.views import iso
 
 app = typer.Typer(help="Inspect the CA, export its chain, publish CRLs.", no_args_is_help=True)
 
@@ -29,17 +30,12 @@ def show(
     """
     info = authority.ca_info(workspace(ctx))
     if json_out:
-        print_json(info)
+        print_json(info.to_dict())
         return
     view = table("CA", "Subject", "Not before", "Not after", "SHA-256 fingerprint")
-    for role in ("root", "issuing"):
-        cert = info[role]
+    for role, cert in (("root", info.root), ("issuing", info.issuing)):
         view.add_row(
-            role,
-            cert["subject"],
-            cert["not_before"],
-            cert["not_after"],
-            cert["fingerprint_sha256"],
+            role, cert.subject, iso(cert.not_before), iso(cert.not_after), cert.fingerprint_sha256
         )
     render(view)
 

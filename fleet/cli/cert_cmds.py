@@ -10,6 +10,7 @@ import typer
 from fleet import certs
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.statuses import CertStatus
+from fleet.views import iso
 
 app = typer.Typer(help="List, renew and revoke device certificates.", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -44,17 +45,17 @@ def list_(
         workspace(ctx), device_id=device, status=status, expiring_within_days=expiring_within
     )
     if json_out:
-        print_json(rows)
+        print_json([cert.to_dict() for cert in rows])
         return
     view = table("Serial", "Device", "Status", "Not before", "Not after", "Profile")
     for cert in rows:
         view.add_row(
-            cert["serial"],
-            cert["device_id"],
-            cert["status"],
-            cert["not_before"],
-            cert["not_after"],
-            cert["profile"],
+            cert.serial,
+            cert.device_id,
+            cert.status,
+            iso(cert.not_before),
+            iso(cert.not_after),
+            cert.profile,
         )
     render(view)
     message(f"{len(rows)} certificate(s)")
@@ -95,9 +96,9 @@ def renew(
         passphrase=ask_passphrase,
     )
     if json_out:
-        print_json(cert)
+        print_json(cert.to_dict())
         return
-    message(f"Renewed {device_id}: certificate {cert['serial']}, valid until {cert['not_after']}")
+    message(f"Renewed {device_id}: certificate {cert.serial}, valid until {iso(cert.not_after)}")
 
 
 @app.command("revoke")
@@ -118,8 +119,6 @@ def revoke(
     """
     cert = certs.revoke_certificate(workspace(ctx), serial, reason=reason)
     if json_out:
-        print_json(cert)
+        print_json(cert.to_dict())
         return
-    message(
-        f"Revoked certificate {cert['serial']} of {cert['device_id']} ({cert['revocation_reason']})"
-    )
+    message(f"Revoked certificate {cert.serial} of {cert.device_id} ({cert.revocation_reason})")

@@ -21,10 +21,10 @@ def upgrade(ctx: typer.Context) -> None:
         fleet --db postgresql+psycopg://fleet@db/fleet db upgrade
     """
     result = migrations.upgrade_registry(workspace(ctx))
-    if result["from"] == result["to"]:
-        message(f"registry already at revision {result['to']}")
+    if result.changed:
+        message(f"registry upgraded from {result.before or 'empty'} to {result.after}")
     else:
-        message(f"registry upgraded from {result['from'] or 'empty'} to {result['to']}")
+        message(f"registry already at revision {result.after}")
 
 
 @app.command("current")
@@ -40,7 +40,7 @@ def current(
     """
     result = migrations.current_schema(workspace(ctx))
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
         return
-    state = "up to date" if result["current"] == result["head"] else "run `fleet db upgrade`"
-    print(f"current {result['current'] or 'empty'}, head {result['head']} ({state})")
+    state = "up to date" if result.up_to_date else "run `fleet db upgrade`"
+    print(f"current {result.current or 'empty'}, head {result.head} ({state})")

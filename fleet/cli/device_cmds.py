@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,10 @@ from fleet.cli._common import (
 )
 from fleet.identifiers import parse_labels
 from fleet.statuses import CertStatus, DeviceStatus
+from fleet.views import iso
+
+if TYPE_CHECKING:
+    from fleet.views import DeviceView
 
 app = typer.Typer(help="Add, list, show, update and decommission devices.", no_args_is_help=True)
 
@@ -85,12 +89,12 @@ def add(
         clouds=cloud or (),
     )
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
         return
-    cert = result["certificates"][0]
+    cert = result.certificates[0]
     bundle = (out or Path.cwd()) / device_id
     message(
-        f"Added device {device_id}: certificate {cert['serial']}, valid until {cert['not_after']}"
+        f"Added device {device_id}: certificate {cert.serial}, valid until {iso(cert.not_after)}"
     )
     message(f"  identity bundle: {bundle}/")
     if cloud:
@@ -118,20 +122,20 @@ def list_(
         workspace(ctx), model=model, labels=parse_labels(label or []), status=status
     )
     if json_out:
-        print_json_array(rows)
+        print_json_array(device.to_dict() for device in rows)
         return
     view = table("ID", "Model", "Serial", "Status", "Labels", "Certificate expires")
     count = 0
     for device in rows:
         count += 1
-        active = [c for c in device["certificates"] if c["status"] == CertStatus.ACTIVE]
-        expires = active[0]["not_after"] if active else "-"
+        active = device.certificates_in(CertStatus.ACTIVE)
+        expires = iso(active[0].not_after) if active else "-"
         view.add_row(
-            device["id"],
-            device["model"] or "",
-            device["serial"] or "",
-            device["status"],
-            short_labels(device["labels"]),
+            device.id,
+            device.model or "",
+            device.serial or "",
+            device.status,
+            short_labels(dict(device.labels)),
             expires,
         )
     render(view)
@@ -152,29 +156,29 @@ def show(
     """
     device = devices.show_device(workspace(ctx), device_id)
     if json_out:
-        print_json(device)
+        print_json(device.to_dict())
         return
     render_device(device)
 
 
-def render_device(device: dict[str, Any]) -> None:
+def render_device(device: DeviceView) -> None:
     """A device as a field table plus its certificates."""
-    fields = table("Field", "Value", title=f"Device {device['id']}")
-    for key in ("id", "model", "serial", "status", "created_at", "updated_at"):
-        fields.add_row(key, str(device[key] or ""))
-    fields.add_row("labels", short_labels(device["labels"]))
-    if device["decommissioned_at"]:
-        fields.add_row("decommissioned_at", device["decommissioned_at"])
-        fields.add_row("decommission_reason", device["decommission_reason"] or "")
+    fields = table("Field", "Value", title=f"Device {device.id}")
+    fields.add_row("id", device.id)
+    fields.add_row("model", device.model or "")
+    fields.add_row("serial", device.serial or "")
+    fields.add_row("status", device.status)
+    fields.add_row("created_at", iso(device.created_at))
+    fields.add_row("updated_at", iso(device.updated_at))
+    fields.add_row("labels", short_labels(dict(device.labels)))
+    if device.decommissioned_at:
+        fields.add_row("decommissioned_at", iso(device.decommissioned_at))
+        fields.add_row("decommission_reason", device.decommission_reason or "")
     render(fields)
     certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
-    for cert in device["certificates"]:
+    for cert in device.certificates:
         certs.add_row(
-            cert["serial"],
-            cert["status"],
-            cert["not_after"],
-            cert["profile"],
-            cert["fingerprint_sha256"],
+            cert.serial, cert.status, iso(cert.not_after), cert.profile, cert.fingerprint_sha256
         )
     render(certs)
 
@@ -206,7 +210,7 @@ def update(
         remove_labels=remove_label or [],
     )
     if json_out:
-        print_json(device)
+        print_json(device.to_dict())
         return
     message(f"Updated device {device_id}")
 
@@ -226,8 +230,8 @@ def decommission(
     """
     device = devices.decommission_device(workspace(ctx), device_id, reason=reason)
     if json_out:
-        print_json(device)
+        print_json(device.to_dict())
         return
-    revoked = [c["serial"] for c in device["certificates"] if c["status"] == CertStatus.REVOKED]
+    revoked = [c.serial for c in device.certificates_in(CertStatus.REVOKED)]
     message(f"Decommissioned {device_id}; revoked certificates: {', '.join(revoked) or 'none'}")
     message("Publish a new CRL with `fleet ca crl` so relying parties learn of it.")

@@ -32,14 +32,10 @@ def init(
         ws, name=name, key_type=key_type, passphrase=lambda: ask_passphrase(confirm=True)
     )
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
         return
-    message(f"Initialised fleet workspace at {result['home']}")
-    message(f"  registry    {result['registry']}")
-    message(
-        f"  root CA     {result['root']['subject']}  sha256 {result['root']['fingerprint_sha256']}"
-    )
-    message(
-        f"  issuing CA  {result['issuing']['subject']}  "
-        f"sha256 {result['issuing']['fingerprint_sha256']}"
-    )
+    message(f"Initialised fleet workspace at {result.home}")
+    message(f"  registry    {result.registry}")
+    root, issuing = result.ca.root, result.ca.issuing
+    message(f"  root CA     {root.subject}  sha256 {root.fingerprint_sha256}")
+    message(f"  issuing CA  {issuing.subject}  sha256 {issuing.fingerprint_sha256}")

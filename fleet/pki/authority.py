@@ -3,18 +3,18 @@ and the CRLs it publishes."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from cryptography import x509
 from sqlalchemy import func
 from sqlmodel import select
 
 from fleet import clock
 from fleet.errors import Conflict
 from fleet.pki import ca
-from fleet.pki.keys import cert_pem
+from fleet.pki.keys import cert_pem, fingerprint_sha256, key_type_of, serial_hex
 from fleet.registry import audit, db, migrations
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import AuditEvent
+from fleet.views import CaCertificateSummary, CaInfo, InitResult
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 
@@ -24,7 +24,7 @@ def init_workspace(
     name: str = "fleet",
     key_type: str = "ec-p256",
     passphrase: Passphrase | None = None,
-) -> dict[str, Any]:
+) -> InitResult:
     """Create the registry (migrated to the current schema) and the root and issuing CA.
 
     Refuses, changing nothing, when the workspace already has a CA or the registry already
@@ -49,24 +49,44 @@ def init_workspace(
     now = clock.now()
     issuer = ca.create_ca(ws.home, name, key_type, secret, now=now)
     try:
-        info = {
-            "name": name,
-            "key_type": key_type,
-            "root": ca.cert_summary(issuer.root),
-            "issuing": ca.cert_summary(issuer.cert),
-        }
+        authority = describe_ca(issuer.root, issuer.cert)
+        details = {"name": name, "key_type": key_type, **authority.to_dict()}
         with write_session(ws.engine) as session:
-            audit.append(session, "ca.init", name, info, at=now)
+            audit.append(session, "ca.init", name, details, at=now)
     except BaseException:
         ca.remove_ca(ws.home)
         raise
-    return {"home": str(ws.home), "registry": db.redact_url(ws.registry_url), **info}
+    return InitResult(
+        home=ws.home,
+        registry=db.redact_url(ws.registry_url),
+        name=name,
+        key_type=key_type,
+        ca=authority,
+    )
 
 
-def ca_info(ws: Workspace) -> dict[str, Any]:
+def describe_ca(root: x509.Certificate, issuing: x509.Certificate) -> CaInfo:
+    """The summaries of the root and the issuing CA certificate."""
+    return CaInfo(root=summarize_ca_certificate(root), issuing=summarize_ca_certificate(issuing))
+
+
+def summarize_ca_certificate(cert: x509.Certificate) -> CaCertificateSummary:
+    """Subject, issuer, serial, SHA-256 fingerprint, validity and key type of a CA certificate."""
+    return CaCertificateSummary(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=serial_hex(cert.serial_number),
+        fingerprint_sha256=fingerprint_sha256(cert),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        key_type=key_type_of(cert.public_key()),
+    )
+
+
+def ca_info(ws: Workspace) -> CaInfo:
     """Subjects, fingerprints and validity of the root and issuing CA (no passphrase needed)."""
     issuing, root = ca.load_ca_certificates(ws.home)
-    return {"root": ca.cert_summary(root), "issuing": ca.cert_summary(issuing)}
+    return describe_ca(root, issuing)
 
 
 def ca_chain_pem(ws: Workspace) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
@@ -111,13 +112,52 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     return before, after
 
 
-def upgrade_registry(ws: Workspace) -> dict[str, str | None]:
+# The two views below live here, not in fleet.views: the registry layer imports no higher one.
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeResult:
+    """What ``fleet db upgrade`` did: the revision before (``None``: an empty database),
+    after, and this fleet's head."""
+
+    before: str | None
+    after: str | None
+    head: str
+
+    @property
+    def changed(self) -> bool:
+        """Whether any migration ran."""
+        return self.before != self.after
+
+    def to_dict(self) -> dict[str, str | None]:
+        """``{"from": ..., "to": ..., "head": ...}``."""
+        return {"from": self.before, "to": self.after, "head": self.head}
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaRevision:
+    """The registry's schema revision (``None``: an empty database) and this fleet's head."""
+
+    current: str | None
+    head: str
+
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the registry is at the revision this fleet needs."""
+        return self.current == self.head
+
+    def to_dict(self) -> dict[str, str | None]:
+        """``{"current": ..., "head": ...}``, as ``fleet db current --json`` prints it."""
+        return {"current": self.current, "head": self.head}
+
+
+def upgrade_registry(ws: Workspace) -> UpgradeResult:
     """Migrate the registry to this fleet's schema; returns the revisions before and after."""
     ws.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     before, after = upgrade(ws.engine)
-    return {"from": before, "to": after, "head": SCHEMA_HEAD}
+    return UpgradeResult(before=before, after=after, head=SCHEMA_HEAD)
 
 
-def current_schema(ws: Workspace) -> dict[str, str | None]:
+def current_schema(ws: Workspace) -> SchemaRevision:
     """The registry's schema revision and the one this fleet expects."""
-    return {"current": current_revision(ws.engine), "head": SCHEMA_HEAD}
+    return SchemaRevision(current=current_revision(ws.engine), head=SCHEMA_HEAD)
