@@ -31,14 +31,11 @@ from fleet.pki.keys import (
     PrivateKey,
     authority_key_identifier,
     cert_pem,
-    fingerprint_sha256,
     generate_key,
-    key_type_of,
     key_usage,
     load_private_key_pem,
     passphrase_bytes,
     private_key_pem,
-    serial_hex,
     signature_hash,
 )
 
@@ -245,16 +242,3 @@ def load_ca_certificates(home: Path) -> tuple[x509.Certificate, x509.Certificate
     issuing = x509.load_pem_x509_certificate((folder / "issuing.cert.pem").read_bytes())
     root = x509.load_pem_x509_certificate((folder / "root.cert.pem").read_bytes())
     return issuing, root
-
-
-def cert_summary(cert: x509.Certificate) -> dict[str, str]:
-    """Subject, serial, SHA-256 fingerprint and validity of a CA certificate, for display."""
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": serial_hex(cert.serial_number),
-        "fingerprint_sha256": fingerprint_sha256(cert),
-        "not_before": cert.not_valid_before_utc.isoformat().replace("+00:00", "Z"),
-        "not_after": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
-        "key_type": key_type_of(cert.public_key()),
-    }

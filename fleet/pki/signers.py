@@ -22,6 +22,7 @@ from fleet import clock
 from fleet.errors import RegistryError
 from fleet.files import write_private_file
 from fleet.pki import ca
+from fleet.pki.authority import summarize_ca_certificate
 from fleet.pki.cms import Signer
 from fleet.pki.issue import issue_certificate
 from fleet.pki.keys import (
@@ -90,7 +91,11 @@ def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
         cert_tmp.write_bytes(issued.cert_pem.encode("ascii"))
         with write_session(ws.open_registry()) as session:
             audit.append(
-                session, "ca.export_signer", "export-signing", ca.cert_summary(cert), at=now
+                session,
+                "ca.export_signer",
+                "export-signing",
+                summarize_ca_certificate(cert).to_dict(),
+                at=now,
             )
             # Renamed inside the transaction: if the commit fails, the files are removed below
             # and the audit trail never mentions a signer that does not exist (or vice versa).
