@@ -67,6 +67,12 @@ _PUBLIC_NAMES: dict[str, str] = {
     "sync": "fleet.cloud.status",
     "PushReport": "fleet.cloud.push",
     "SyncReport": "fleet.cloud.status",
+    "CloudView": "fleet.cloud.views",
+    "CloudDetail": "fleet.cloud.views",
+    "RemovedCloud": "fleet.cloud.views",
+    "RegisterResult": "fleet.cloud.views",
+    "RegistrationView": "fleet.cloud.views",
+    "QueuedJob": "fleet.cloud.views",
 }
 
 __all__ = list(_PUBLIC_NAMES)

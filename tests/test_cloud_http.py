@@ -5,6 +5,7 @@ connections."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -239,10 +240,10 @@ def test_conflict_fails_that_job_only(
     errors = {f["device_id"]: f["error"] for f in report.failures}
     assert "different certificate" in errors[ids[1]]
     assert "HTTP 400" in errors[ids[2]]
-    status = {r["device_id"]: r for r in iter_status(ready_ws, "reg")}
-    assert status[ids[1]]["status"] == "failed" and status[ids[1]]["attempts"] == 1
-    assert "different certificate" in status[ids[1]]["last_error"]
-    assert status[ids[0]]["status"] == status[ids[3]]["status"] == "registered"
+    status = {r.device_id: r for r in iter_status(ready_ws, "reg")}
+    assert status[ids[1]].status == "failed" and status[ids[1]].attempts == 1
+    assert "different certificate" in (status[ids[1]].last_error or "")
+    assert status[ids[0]].status == status[ids[3]].status == "registered"
 
 
 def test_missing_header_variable_keeps_jobs_queued(
@@ -260,8 +261,8 @@ def test_missing_header_variable_keeps_jobs_queued(
     (report,) = push(sqlite_ws, "reg", policy=policy)
     assert (report.done, report.failed, report.left) == (0, 0, 2)
     rows = list(iter_status(sqlite_ws, "reg"))
-    assert {r["status"] for r in rows} == {"pending"}
-    assert all("REG_TOKEN" in (r["last_error"] or "") for r in rows)
+    assert {r.status for r in rows} == {"pending"}
+    assert all("REG_TOKEN" in (r.last_error or "") for r in rows)
     assert server.state.requests == []
 
 
@@ -278,11 +279,12 @@ def test_sync_pulls_status(
     }
     (report,) = sync(ws, "reg", policy=FAST)
     assert report.push.done == 2 and report.status_updated == 2
-    rows = {r["device_id"]: r for r in iter_status(ws, "reg")}
-    assert rows[ids[0]]["connected"] is True
-    assert rows[ids[0]]["firmware_version"] == "1.4.2"
-    assert rows[ids[0]]["last_activity"] == "2026-11-24T10:00:00Z"
-    assert rows[ids[1]]["connected"] is None and rows[ids[1]]["status_checked_at"]
+    rows = {r.device_id: r for r in iter_status(ws, "reg")}
+    assert rows[ids[0]].connected is True
+    assert rows[ids[0]].firmware_version == "1.4.2"
+    assert rows[ids[0]].last_activity == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    assert rows[ids[0]].to_dict()["last_activity"] == "2026-11-24T10:00:00Z"
+    assert rows[ids[1]].connected is None and rows[ids[1]].status_checked_at is not None
 
 
 def test_decommission_deregisters(
@@ -297,5 +299,5 @@ def test_decommission_deregisters(
     assert set(server.state.devices) == {ids[1]}
     deletes = [r for r in server.state.requests if r[0] == "DELETE"]
     assert [d for _, d, _, _ in deletes] == [ids[0]]
-    status = {r["device_id"]: r["status"] for r in iter_status(ready_ws, "reg")}
+    status = {r.device_id: r.status for r in iter_status(ready_ws, "reg")}
     assert status == {ids[0]: "deregistered", ids[1]: "registered"}

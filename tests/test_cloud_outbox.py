@@ -10,6 +10,7 @@ import random
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,18 @@ from sqlmodel import select
 from fleet import certs, clock, devices
 from fleet.cloud import jobs as cloud_jobs
 from fleet.cloud.base import retry_after_seconds
-from fleet.cloud.clouds import add_cloud, list_clouds, remove_cloud
+from fleet.cloud.clouds import add_cloud, list_clouds, remove_cloud, show_cloud
 from fleet.cloud.models import CloudJob, CloudRegistration
 from fleet.cloud.pacing import PushPolicy, RateLimiter, backoff_delay
 from fleet.cloud.push import push, register
 from fleet.cloud.status import sync
+from fleet.cloud.views import RegisterResult, RemovedCloud
 from fleet.errors import Conflict, NotFound
 from fleet.pki import bundles
 from fleet.pki.authority import init_workspace
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
+from fleet.statuses import JobState, RegistrationStatus
 from fleet.workspace import Workspace
 
 FAST = PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
@@ -161,7 +164,8 @@ def test_queue_only_then_sync(ready_ws: Workspace, server: RegistryServer, tmp_p
     add_http_cloud(ready_ws, server)
     ids = add_devices(ready_ws, tmp_path, 3)
     result = register(ready_ws, "reg", ids, queue_only=True)
-    assert result == {"queued": 3, "push": None}
+    assert result == RegisterResult(queued=3, push=None)
+    assert result.to_dict() == {"queued": 3, "push": None}
     assert server.state.requests == []
     assert {r.status for r in registrations(ready_ws).values()} == {"pending"}
     seen: list[tuple[int, int]] = []
@@ -170,7 +174,7 @@ def test_queue_only_then_sync(ready_ws: Workspace, server: RegistryServer, tmp_p
     assert set(server.state.devices) == set(ids)
     assert seen[0] == (0, 3) and seen[-1] == (3, 3)  # what the CLI's progress bar shows
     # Registering again changes nothing: already registered with this certificate.
-    assert register(ready_ws, "reg", ids)["queued"] == 0
+    assert register(ready_ws, "reg", ids).queued == 0
 
 
 def test_unreachable_server_leaves_jobs_for_a_later_sync(
@@ -369,8 +373,30 @@ def test_remove_cloud_refuses_with_queued_jobs(
     with pytest.raises(Conflict, match="2 queued job"):
         remove_cloud(ready_ws, "reg")
     result = remove_cloud(ready_ws, "reg", force=True)
-    assert result == {"name": "reg", "dropped_jobs": 2, "dropped_registrations": 2}
+    assert result == RemovedCloud(name="reg", dropped_jobs=2, dropped_registrations=2)
     assert list_clouds(ready_ws) == [] and jobs(ready_ws) == []
+
+
+def test_clouds_are_typed_views(
+    ready_ws: Workspace, server: RegistryServer, tmp_path: Path
+) -> None:
+    added = add_cloud(ready_ws, "reg", "http", {"url": server.url}, concurrency=3)
+    assert (added.name, added.type, added.prepared, added.concurrency) == ("reg", "http", False, 3)
+    assert added.options["url"] == server.url and added.rate_per_second is not None
+    assert list_clouds(ready_ws) == [added]
+    ids = add_devices(ready_ws, tmp_path, 2, clouds=("reg",))
+    server.state.faults[ids[1]] = ["400"]
+    push(ready_ws, "reg", policy=FAST)
+    shown = show_cloud(ready_ws, "reg")
+    assert shown.cloud == replace(added, prepared=True)
+    assert shown.jobs == {JobState.DONE: 1, JobState.FAILED: 1}
+    assert shown.registrations == {
+        RegistrationStatus.REGISTERED: 1,
+        RegistrationStatus.FAILED: 1,
+    }
+    flat = shown.to_dict()
+    assert list(flat) == [*added.to_dict(), "jobs", "registrations"]
+    assert flat["jobs"] == {"done": 1, "failed": 1} and flat["prepared"] is True
 
 
 def test_audit_trail_records_cloud_events(

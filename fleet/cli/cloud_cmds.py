@@ -30,10 +30,13 @@ from fleet.cli._common import (
     table,
     workspace,
 )
+from fleet.views import iso
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fleet.cloud.base import BackendOption
-    from fleet.cloud.push import ProgressFn
+    from fleet.cloud.push import ProgressFn, PushReport
 
 app = typer.Typer(
     help="Register devices with cloud IoT platforms (queued, concurrent, rate-limited).",
@@ -195,14 +198,12 @@ def add(
         unlimited_rate=no_rate_limit,
     )
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
         return
     rate_text = (
-        "no rate limit"
-        if result["rate_per_second"] is None
-        else (f"{result['rate_per_second']:g}/s")
+        "no rate limit" if result.rate_per_second is None else f"{result.rate_per_second:g}/s"
     )
-    message(f"Added cloud {name} ({type_name}): concurrency {result['concurrency']}, {rate_text}")
+    message(f"Added cloud {name} ({type_name}): concurrency {result.concurrency}, {rate_text}")
 
 
 @app.command("list")
@@ -217,23 +218,23 @@ def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
 
     clouds = list_clouds(workspace(ctx))
     if json_out:
-        print_json_array(clouds)
+        print_json_array(c.to_dict() for c in clouds)
         return
     view = table("Name", "Type", "Prepared", "Concurrency", "Rate/s", "Options")
     for cloud in clouds:
         view.add_row(
-            cloud["name"],
-            cloud["type"],
-            "yes" if cloud["prepared"] else "no",
-            str(cloud["concurrency"]),
-            "-" if cloud["rate_per_second"] is None else f"{cloud['rate_per_second']:g}",
-            _options_text(cloud["options"]),
+            cloud.name,
+            cloud.type,
+            "yes" if cloud.prepared else "no",
+            str(cloud.concurrency),
+            "-" if cloud.rate_per_second is None else f"{cloud.rate_per_second:g}",
+            _options_text(cloud.options),
         )
     render(view)
     message(f"{len(clouds)} cloud(s)")
 
 
-def _options_text(options: dict[str, Any]) -> str:
+def _options_text(options: Mapping[Any, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
 
 
@@ -247,16 +248,21 @@ def show(ctx: typer.Context, name: NameArg, json_out: JsonOption = False) -> Non
     """
     from fleet.cloud.clouds import show_cloud
 
-    cloud = show_cloud(workspace(ctx), name)
+    detail = show_cloud(workspace(ctx), name)
     if json_out:
-        print_json(cloud)
+        print_json(detail.to_dict())
         return
+    cloud = detail.cloud
     view = table("Field", "Value", title=f"Cloud {name}")
-    for key in ("name", "type", "prepared", "concurrency", "rate_per_second", "created_at"):
-        view.add_row(key, str(cloud[key]))
-    view.add_row("options", _options_text(cloud["options"]))
-    view.add_row("jobs", _options_text(cloud["jobs"]) or "none")
-    view.add_row("registrations", _options_text(cloud["registrations"]) or "none")
+    view.add_row("name", cloud.name)
+    view.add_row("type", cloud.type)
+    view.add_row("prepared", str(cloud.prepared))
+    view.add_row("concurrency", str(cloud.concurrency))
+    view.add_row("rate_per_second", str(cloud.rate_per_second))
+    view.add_row("created_at", str(iso(cloud.created_at)))
+    view.add_row("options", _options_text(cloud.options))
+    view.add_row("jobs", _options_text(detail.jobs) or "none")
+    view.add_row("registrations", _options_text(detail.registrations) or "none")
     render(view)
 
 
@@ -280,8 +286,8 @@ def remove(
 
     result = remove_cloud(workspace(ctx), name, force=force)
     message(
-        f"Removed cloud {name} (dropped {result['dropped_jobs']} job(s), "
-        f"{result['dropped_registrations']} registration record(s))"
+        f"Removed cloud {name} (dropped {result.dropped_jobs} job(s), "
+        f"{result.dropped_registrations} registration record(s))"
     )
 
 
@@ -303,23 +309,22 @@ def check(ctx: typer.Context, name: NameArg) -> None:
     raise typer.Exit(1)
 
 
-def _render_push(report: dict[str, Any]) -> None:
-    if report["error"]:
-        message(f"{report['cloud']}: {report['error']}")
+def _render_push(report: PushReport) -> None:
+    if report.error:
+        message(f"{report.cloud}: {report.error}")
     message(
-        f"{report['cloud']}: {report['done']} done, {report['failed']} failed, "
-        f"{report['left']} still queued"
+        f"{report.cloud}: {report.done} done, {report.failed} failed, {report.left} still queued"
     )
-    for failure in report["failures"][:20]:
+    for failure in report.failures[:20]:
         message(f"  failed {failure['action']} {failure['device_id']}: {failure['error']}")
-    if len(report["failures"]) > 20:
-        message(f"  ... and {len(report['failures']) - 20} more (see `fleet cloud status`)")
-    if report["left"]:
+    if len(report.failures) > 20:
+        message(f"  ... and {len(report.failures) - 20} more (see `fleet cloud status`)")
+    if report.left:
         message("  queued jobs are retried by `fleet cloud sync`")
 
 
-def _exit_code(reports: list[dict[str, Any]]) -> int:
-    return 1 if any(r["failed"] or r["error"] for r in reports) else 0
+def _exit_code(reports: list[PushReport]) -> int:
+    return 1 if any(r.failed or r.error for r in reports) else 0
 
 
 @app.command("register")
@@ -359,12 +364,12 @@ def register(
             passphrase=ask_passphrase,
         )
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
     else:
-        message(f"{name}: queued {result['queued']} registration(s)")
-        if result["push"] is not None:
-            _render_push(result["push"])
-    if result["push"] is not None and _exit_code([result["push"]]):
+        message(f"{name}: queued {result.queued} registration(s)")
+        if result.push is not None:
+            _render_push(result.push)
+    if result.push is not None and _exit_code([result.push]):
         raise typer.Exit(1)
 
 
@@ -389,18 +394,17 @@ def sync(
     ws = workspace(ctx)
     with progress_bar(f"sync {name or 'all clouds'}") as progress:
         results = sync_clouds(ws, name, progress=progress, passphrase=ask_passphrase)
-    data = [r.to_dict() for r in results]
     if json_out:
-        print_json(data)
+        print_json([r.to_dict() for r in results])
     else:
-        for item in data:
-            _render_push(item)
-            message(f"{item['cloud']}: status updated for {item['status_updated']} device(s)")
-            for error in item["status_errors"]:
+        for report in results:
+            _render_push(report.push)
+            message(f"{report.push.cloud}: status updated for {report.status_updated} device(s)")
+            for error in report.status_errors:
                 message(f"  status: {error}")
-        if not data:
+        if not results:
             message("no clouds configured")
-    if _exit_code(data):
+    if _exit_code([r.push for r in results]):
         raise typer.Exit(1)
 
 
@@ -423,7 +427,7 @@ def status(
 
     rows = iter_status(workspace(ctx), name)
     if json_out:
-        print_json_array(rows)
+        print_json_array(row.to_dict() for row in rows)
         return
     view = table(
         "Cloud", "Device", "Status", "Queued", "Attempts", "Connected", "Firmware", "Last error"
@@ -431,16 +435,16 @@ def status(
     count = 0
     for row in rows:
         count += 1
-        queued = row["queued"]
+        queued = row.queued
         view.add_row(
-            row["cloud"],
-            row["device_id"],
-            row["status"],
-            f"{queued['action']} ({queued['state']})" if queued else "",
-            str(row["attempts"]),
-            "" if row["connected"] is None else ("yes" if row["connected"] else "no"),
-            row["firmware_version"] or "",
-            row["last_error"] or "",
+            row.cloud,
+            row.device_id,
+            row.status,
+            f"{queued.action} ({queued.state})" if queued else "",
+            str(row.attempts),
+            "" if row.connected is None else ("yes" if row.connected else "no"),
+            row.firmware_version or "",
+            row.last_error or "",
         )
     render(view)
     message(f"{count} registration(s)")

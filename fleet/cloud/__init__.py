@@ -4,7 +4,8 @@ Backends implement :class:`fleet.cloud.base.CloudBackend` and are found through 
 ``fleet.backends`` entry-point group (see :mod:`fleet.cloud.plugins`). The modules, bottom up:
 
 * ``models``, ``jobs``: the tables, and queueing jobs in the caller's transaction (SQL only);
-* ``clouds``: configuring clouds; ``pacing``: rate limit, backoff, push policy;
+* ``views``: what the cloud API returns; ``clouds``: configuring clouds; ``pacing``: rate
+  limit, backoff, push policy;
 * ``transitions``: what an outcome makes of a job and a registration (pure);
 * ``work``, ``push``: loading and calling jobs, the push engine; ``status``: sync, status;
 * ``http/``, ``aws/``: the built-in backends; ``testing``: the contract every backend passes.

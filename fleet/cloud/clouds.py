@@ -19,11 +19,11 @@ from fleet.cloud.base import CheckResult, CloudBackend, CloudError, refuse_undec
 from fleet.cloud.jobs import get_cloud
 from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
 from fleet.cloud.plugins import load_backend_class
+from fleet.cloud.views import CloudDetail, CloudView, RemovedCloud
 from fleet.errors import Conflict, InvalidInput
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
-from fleet.statuses import OPEN_JOB_STATES, RegistrationStatus
-from fleet.views import iso
+from fleet.statuses import OPEN_JOB_STATES, JobState, RegistrationStatus
 
 if TYPE_CHECKING:
     import httpx
@@ -41,19 +41,6 @@ def validate_cloud_name(name: str) -> str:
             "starting with a letter or digit)"
         )
     return name
-
-
-def cloud_to_dict(cloud: Cloud) -> dict[str, Any]:
-    """A cloud as ``fleet cloud list/show --json`` shows it (options hold no secrets)."""
-    return {
-        "name": cloud.name,
-        "type": cloud.type,
-        "options": dict(cloud.options),
-        "prepared": cloud.state is not None,
-        "concurrency": cloud.concurrency,
-        "rate_per_second": cloud.rate_per_second,
-        "created_at": iso(cloud.created_at),
-    }
 
 
 def validate_backend_options(
@@ -77,7 +64,7 @@ def add_cloud(
     concurrency: int | None = None,
     rate_per_second: float | None = None,
     unlimited_rate: bool = False,
-) -> dict[str, Any]:
+) -> CloudView:
     """Configure a cloud. Options are checked by the backend; nothing touches the network
     (one-time setup runs at the first push, so a cloud can be added offline).
 
@@ -120,17 +107,20 @@ def add_cloud(
             },
             at=now,
         )
-    return cloud_to_dict(cloud)
+    return CloudView.from_row(cloud)
 
 
-def list_clouds(ws: Workspace) -> list[dict[str, Any]]:
+def list_clouds(ws: Workspace) -> list[CloudView]:
     """Every configured cloud, by name."""
     with read_session(ws.open_registry()) as session:
         rows = session.exec(select(Cloud).order_by(Cloud.name)).all()
-        return [cloud_to_dict(c) for c in rows]
+        return [CloudView.from_row(c) for c in rows]
 
 
-def _counts(session: Session, name: str) -> tuple[dict[str, int], dict[str, int]]:
+def _counts(
+    session: Session, name: str
+) -> tuple[dict[JobState, int], dict[RegistrationStatus, int]]:
+    """How many of the cloud's jobs are in each state, and registrations in each status."""
     jobs = session.exec(
         select(CloudJob.state, func.count()).where(CloudJob.cloud == name).group_by(CloudJob.state)
     ).all()
@@ -139,18 +129,21 @@ def _counts(session: Session, name: str) -> tuple[dict[str, int], dict[str, int]
         .where(CloudRegistration.cloud == name)
         .group_by(CloudRegistration.status)
     ).all()
-    return {str(k): int(v) for k, v in jobs}, {str(k): int(v) for k, v in regs}
+    return (
+        {JobState(k): int(v) for k, v in jobs},
+        {RegistrationStatus(k): int(v) for k, v in regs},
+    )
 
 
-def show_cloud(ws: Workspace, name: str) -> dict[str, Any]:
+def show_cloud(ws: Workspace, name: str) -> CloudDetail:
     """A cloud with counts of its jobs (by state) and registrations (by status)."""
     with read_session(ws.open_registry()) as session:
         cloud = get_cloud(session, name)
         jobs, regs = _counts(session, name)
-        return {**cloud_to_dict(cloud), "jobs": jobs, "registrations": regs}
+        return CloudDetail(CloudView.from_row(cloud), jobs, regs)
 
 
-def remove_cloud(ws: Workspace, name: str, *, force: bool = False) -> dict[str, Any]:
+def remove_cloud(ws: Workspace, name: str, *, force: bool = False) -> RemovedCloud:
     """Forget a cloud (nothing is changed on the platform itself).
 
     Refused while it has open jobs or registered devices, unless ``force``: then its jobs and
@@ -184,7 +177,7 @@ def remove_cloud(ws: Workspace, name: str, *, force: bool = False) -> dict[str, 
             },
             at=now,
         )
-    return {"name": name, "dropped_jobs": dropped_jobs, "dropped_registrations": dropped_regs}
+    return RemovedCloud(name, dropped_jobs, dropped_regs)
 
 
 def make_backend(cloud: Cloud, *, client: httpx.Client | None = None) -> CloudBackend:

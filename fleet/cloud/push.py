@@ -37,6 +37,7 @@ from fleet.cloud.jobs import get_cloud, queue_registrations
 from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
 from fleet.cloud.pacing import SYSTEM_TIMER, PushPolicy, RateLimiter, Timer
 from fleet.cloud.transitions import Attempt, JobRow, Outcome, Transition, short_error, transition
+from fleet.cloud.views import RegisterResult
 from fleet.cloud.work import Work, load_work, perform
 from fleet.pki import ca
 from fleet.pki.issue import verification_certificate
@@ -417,12 +418,12 @@ def register(
     client: httpx.Client | None = None,
     progress: ProgressFn | None = None,
     passphrase: Passphrase | None = None,
-) -> dict[str, Any]:
+) -> RegisterResult:
     """Queue registration of devices on a cloud and, unless ``queue_only``, push the cloud's
-    queue now. Returns ``{"queued": n, "push": report-or-None}``."""
+    queue now. Returns how many were queued and the push's report (``None``: queue only)."""
     queued = queue_registrations(ws, name, device_ids, all_devices=all_devices)
     if queue_only:
-        return {"queued": queued, "push": None}
+        return RegisterResult(queued, None)
     reports = push(
         ws,
         name,
@@ -432,4 +433,4 @@ def register(
         progress=progress,
         passphrase=passphrase,
     )
-    return {"queued": queued, "push": reports[0].to_dict()}
+    return RegisterResult(queued, reports[0])

@@ -18,13 +18,13 @@ from fleet import clock
 from fleet.cloud.base import CloudBackend, CloudError, RemoteStatus
 from fleet.cloud.clouds import make_backend
 from fleet.cloud.jobs import CHUNK, get_cloud, open_jobs
-from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
+from fleet.cloud.models import Cloud, CloudRegistration
 from fleet.cloud.pacing import SYSTEM_TIMER, PushPolicy, RateLimiter, Timer
 from fleet.cloud.push import ProgressFn, PushReport, push
 from fleet.cloud.transitions import short_error
+from fleet.cloud.views import RegistrationView
 from fleet.registry.db import read_session, write_session
 from fleet.statuses import RegistrationStatus
-from fleet.views import iso
 
 if TYPE_CHECKING:
     import httpx
@@ -153,27 +153,9 @@ def sync(
     return reports
 
 
-def registration_to_dict(reg: CloudRegistration, job: CloudJob | None) -> dict[str, Any]:
-    """One device on one cloud, as ``fleet cloud status --json`` shows it."""
-    return {
-        "device_id": reg.device_id,
-        "cloud": reg.cloud,
-        "status": reg.status,
-        "certificate_serial": reg.certificate_serial,
-        "attempts": reg.attempts,
-        "last_error": reg.last_error,
-        "queued": None if job is None else {"action": job.action, "state": job.state},
-        "connected": reg.connected,
-        "last_activity": iso(reg.last_activity),
-        "firmware_version": reg.firmware_version,
-        "status_checked_at": iso(reg.status_checked_at),
-        "updated_at": iso(reg.updated_at),
-    }
-
-
 def iter_status(
     ws: Workspace, name: str | None = None, *, batch_size: int = 1000
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[RegistrationView]:
     """Every registration (of one cloud or all), ordered by cloud then device, streamed."""
     engine = ws.open_registry()
     with read_session(engine) as session:
@@ -203,6 +185,6 @@ def iter_status(
             ids = [r.device_id for r in rows]
             clouds = sorted({r.cloud for r in rows})
             jobs = {(j.device_id, j.cloud): j for j in open_jobs(session, ids, clouds)}
-            batch = [registration_to_dict(r, jobs.get((r.device_id, r.cloud))) for r in rows]
+            batch = [RegistrationView.from_rows(r, jobs.get((r.device_id, r.cloud))) for r in rows]
         yield from batch
         last = (rows[-1].cloud, rows[-1].device_id)
