@@ -63,6 +63,7 @@ _PUBLIC_NAMES: dict[str, str] = {
     "add_cloud": "fleet.cloud.clouds",
     "list_clouds": "fleet.cloud.clouds",
     "remove_cloud": "fleet.cloud.clouds",
+    "show_cloud": "fleet.cloud.clouds",
     "push": "fleet.cloud.push",
     "sync": "fleet.cloud.status",
     "PushReport": "fleet.cloud.push",
