@@ -123,14 +123,18 @@ def issue_certificate(
 
     With ``csr`` (already checked, see :mod:`fleet.pki.csr`) its public key is certified and
     no private key is returned; without, a key of ``key_type`` (default: the profile's) is
-    generated and returned in ``key_pem``.
+    generated and returned in ``key_pem``. A key that cannot have the profile's key usages,
+    or a device ID that makes no DNS name in the profile's ``san_dns``, is refused
+    (:class:`~fleet.errors.InvalidInput`) before anything is signed.
     """
     key_pem: bytes | None = None
     if csr is not None:
         public_key = csr.public_key()
         chosen, origin = key_type_of(public_key), KeyOrigin.CSR
+        profile.check_key_type(chosen)
     else:
         chosen, origin = key_type or profile.key_type, KeyOrigin.GENERATED
+        profile.check_key_type(chosen)
         key = generate_key(chosen)
         public_key, key_pem = key.public_key(), private_key_pem(key)
     cert = sign_leaf(issuer, common_name, public_key, profile, now=now)
@@ -158,8 +162,9 @@ def sign_leaf(
     """Sign an end-entity certificate for ``public_key`` following ``profile``.
 
     Subject: the profile's fields then CN = ``common_name``; ``{id}`` in the profile's DNS
-    names becomes ``common_name`` too.
+    names becomes ``common_name`` too (:meth:`~fleet.pki.profiles.Profile.dns_names`).
     """
+    dns_names = profile.dns_names(common_name)
     now = now or clock.now()
     not_before = now - timedelta(seconds=profile.backdate_seconds)
     # A leaf must not outlive the CA that vouches for it.
@@ -188,8 +193,8 @@ def sign_leaf(
             x509.ExtendedKeyUsage([_EKU_OIDS[u] for u in profile.extended_key_usage]),
             critical=False,
         )
-    if profile.san_dns:
-        names = [x509.DNSName(t.replace("{id}", common_name)) for t in profile.san_dns]
+    if dns_names:
+        names = [x509.DNSName(name) for name in dns_names]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return issuer.sign_certificate(builder)
 
