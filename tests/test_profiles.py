@@ -4,6 +4,7 @@ certificate is issued. Loading profiles and CSRs raises nothing but InvalidInput
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,12 @@ from fleet.errors import InvalidInput
 from fleet.pki import issue
 from fleet.pki.csr import load_csr
 from fleet.pki.issuer import Issuer
-from fleet.pki.profiles import PROFILE_FILE_MAX, available_profiles, load_profile
+from fleet.pki.profiles import (
+    PROFILE_FILE_MAX,
+    available_profiles,
+    find_profile,
+    load_profile,
+)
 from fleet.workspace import Workspace
 
 SETTINGS = settings(
@@ -318,3 +324,43 @@ def test_mutated_csr(csr_samples: CsrSamples, which: int, seed: int, edits: int)
 @given(seed=st.integers(0, 2**32), edits=st.integers(1, 3))
 def test_mutated_and_resigned_csr(csr_samples: CsrSamples, seed: int, edits: int) -> None:
     check_csr_bytes(csr_samples.resigned(mutate(csr_samples.info, seed, edits)))
+
+
+# --- fleet profile list | show ----------------------------------------------------------
+
+
+def test_profile_list_and_show(sqlite_ws: Workspace, sqlite_cli: Cli) -> None:
+    write_profile(sqlite_ws.home, 'key_type = "ec-p384"\ndescription = "Gateways"\n', "gw")
+    write_profile(sqlite_ws.home, "validity_days = true\n", name="broken")
+    listed = sqlite_cli("profile", "list", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    entries = {e["name"]: e for e in json.loads(listed.stdout)}
+    assert {"default", "rsa", "gw", "broken"} <= set(entries)
+    assert entries["gw"] == {
+        "name": "gw",
+        "path": str(sqlite_ws.home / "profiles" / "gw.toml"),
+        "valid": True,
+        "description": "Gateways",
+        "key_type": "ec-p384",
+        "error": None,
+    }
+    assert not entries["broken"]["valid"]
+    assert "validity_days" in entries["broken"]["error"]
+    assert "(got true)" in entries["broken"]["error"]
+    human = sqlite_cli("profile", "list")
+    assert human.exit_code == 0 and "Gateways" in human.stdout and "invalid" in human.stdout
+
+    shown = sqlite_cli("profile", "show", "rsa", "--json")
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout) == {
+        **load_profile("rsa").to_dict(),
+        "path": str(find_profile("rsa")),
+    }
+    assert json.loads(shown.stdout)["key_usage"] == ["digital_signature", "key_encipherment"]
+    assert "digital_signature" in sqlite_cli("profile", "show", "default").stdout
+
+    broken = sqlite_cli("profile", "show", "broken")
+    assert broken.exit_code == 2 and "validity_days" in broken.stderr
+    assert len(broken.stderr.strip().splitlines()) == 1
+    missing = sqlite_cli("profile", "show", "nope")
+    assert missing.exit_code == 3 and "gw" in missing.stderr

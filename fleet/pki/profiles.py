@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import InvalidInput, NotFound
+from fleet.errors import FleetError, InvalidInput, NotFound
 from fleet.pki.names import SUBJECT_UPPER_BOUNDS, dns_name_problem, subject_value_problem
 from fleet.resources import data_dir
 
@@ -74,6 +74,20 @@ class Profile:
     extended_key_usage: tuple[str, ...] = ("client_auth",)
     san_dns: tuple[str, ...] = ()
 
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as JSON (what ``fleet profile show --json`` prints)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "key_type": self.key_type,
+            "validity_days": self.validity_days,
+            "backdate_seconds": self.backdate_seconds,
+            "subject": dict(self.subject),
+            "key_usage": list(self.key_usage),
+            "extended_key_usage": list(self.extended_key_usage),
+            "san_dns": list(self.san_dns),
+        }
+
     def dns_names(self, device_id: str) -> list[str]:
         """The subjectAltName DNS names of ``device_id``'s certificate: ``{id}`` in each
         template becomes the device ID; a result that is no DNS name is refused."""
@@ -116,29 +130,77 @@ def available_profiles(home: Path | None = None) -> list[str]:
 
 def load_profile(name: str, home: Path | None = None) -> Profile:
     """Find, parse and validate profile ``name``; unknown names and bad files are refused."""
+    return read_profile(name, find_profile(name, home))
+
+
+def find_profile(name: str, home: Path | None = None) -> Path:
+    """The file profile ``name`` is read from (the workspace's first, then fleet's own)."""
     if not _NAME_RE.fullmatch(name):
         raise InvalidInput(f"invalid profile name {name!r}")
     for folder in profile_dirs(home):
         path = folder / f"{name}.toml"
         try:
-            if not path.is_file():
-                continue
-            with path.open("rb") as handle:
-                data = handle.read(PROFILE_FILE_MAX + 1)
+            if path.is_file():
+                return path
         except OSError as exc:
             raise InvalidInput(f"profile {path}: cannot read it ({exc.strerror})") from exc
-        if len(data) > PROFILE_FILE_MAX:
-            raise InvalidInput(f"profile {path}: larger than {PROFILE_FILE_MAX} bytes")
-        try:
-            raw = tomllib.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"profile {path}: not UTF-8 text") from exc
-        except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError
-            message = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
-            raise InvalidInput(f"profile {path}: not valid TOML ({message})") from exc
-        return parse_profile(name, raw, source=str(path))
     choices = ", ".join(available_profiles(home)) or "none"
     raise NotFound(f"no certificate profile named {name!r} (available: {choices})")
+
+
+def read_profile(name: str, path: Path) -> Profile:
+    """Read, parse and validate the profile file ``path`` as profile ``name``."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(PROFILE_FILE_MAX + 1)
+    except OSError as exc:
+        raise InvalidInput(f"profile {path}: cannot read it ({exc.strerror})") from exc
+    if len(data) > PROFILE_FILE_MAX:
+        raise InvalidInput(f"profile {path}: larger than {PROFILE_FILE_MAX} bytes")
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"profile {path}: not UTF-8 text") from exc
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError
+        message = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
+        raise InvalidInput(f"profile {path}: not valid TOML ({message})") from exc
+    return parse_profile(name, raw, source=str(path))
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """One profile :func:`list_profiles` found: where, and the profile or why it is refused."""
+
+    name: str
+    path: Path
+    profile: Profile | None
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as JSON (one item of ``fleet profile list --json``)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "valid": self.profile is not None,
+            "description": self.profile.description if self.profile else None,
+            "key_type": self.profile.key_type if self.profile else None,
+            "error": self.error,
+        }
+
+
+def list_profiles(home: Path | None = None) -> list[ProfileEntry]:
+    """Every profile :func:`load_profile` can find, by name, each loaded or its error."""
+    entries = []
+    for name in available_profiles(home):
+        try:
+            path = find_profile(name, home)
+        except FleetError:  # a name that is no profile name: not loadable, not listed
+            continue
+        try:
+            entries.append(ProfileEntry(name, path, read_profile(name, path), None))
+        except FleetError as exc:
+            entries.append(ProfileEntry(name, path, None, str(exc)))
+    return entries
 
 
 def parse_profile(name: str, raw: dict[str, Any], *, source: str = "<profile>") -> Profile:
@@ -207,9 +269,16 @@ def _integer(raw: dict[str, Any], key: str, default: int, low: int, high: int) -
     value = raw.get(key, default)
     # TOML's true is a Python bool, which is an int: refuse it explicitly.
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        got = value if type(value) is int else f"a {type(value).__name__}"
+        got = _toml_kind(value) if type(value) is not int else value
         raise _Refused(f"{key} must be a whole number from {low} to {high} (got {got})")
     return value
+
+
+def _toml_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    kinds = {str: "a string", float: "a float", list: "an array", dict: "a table"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _subject(subject: Any) -> dict[str, str]:
