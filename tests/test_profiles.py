@@ -243,6 +243,27 @@ def test_device_add_with_a_bad_profile_changes_nothing(
     assert snapshot(ready_sqlite_ws, home / "profiles") == before
 
 
+def test_profile_problem_is_reported_before_the_passphrase_is_needed(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a passphrase (no terminal), a request that cannot be issued is still exit 2."""
+    write_profile(ready_sqlite_ws.home, '[extensions]\nsan_dns = ["{id}.gw.example"]\n', "gw")
+    out = tmp_path / "ids"
+    assert sqlite_cli("device", "add", "dev_1", "--out", str(out)).exit_code == 0
+    monkeypatch.delenv("FLEET_CA_PASSPHRASE")
+    before = snapshot(ready_sqlite_ws, out)
+    for args in (
+        ["device", "add", "dev_2", "--profile", "gw"],
+        ["device", "add", "dev-2", "--profile", "rsa", "--key-type", "ec-p384"],
+        ["cert", "renew", "dev_1", "--profile", "gw"],
+        ["cert", "renew", "dev_1", "--profile", "rsa", "--key-type", "ec-p256"],
+    ):
+        result = sqlite_cli(*args, "--out", str(out))
+        assert result.exit_code == 2, (args, result.stderr)
+        assert "profile" in result.stderr and "passphrase" not in result.stderr
+    assert snapshot(ready_sqlite_ws, out) == before
+
+
 # --- properties ---------------------------------------------------------------------------
 
 

@@ -127,14 +127,13 @@ def issue_certificate(
     or a device ID that makes no DNS name in the profile's ``san_dns``, is refused
     (:class:`~fleet.errors.InvalidInput`) before anything is signed.
     """
+    check_issuable(profile, common_name, key_type=key_type, csr=csr)
     key_pem: bytes | None = None
     if csr is not None:
         public_key = csr.public_key()
         chosen, origin = key_type_of(public_key), KeyOrigin.CSR
-        profile.check_key_type(chosen)
     else:
         chosen, origin = key_type or profile.key_type, KeyOrigin.GENERATED
-        profile.check_key_type(chosen)
         key = generate_key(chosen)
         public_key, key_pem = key.public_key(), private_key_pem(key)
     cert = sign_leaf(issuer, common_name, public_key, profile, now=now)
@@ -149,6 +148,22 @@ def issue_certificate(
         key_origin=origin,
         key_pem=key_pem,
     )
+
+
+def check_issuable(
+    profile: Profile,
+    common_name: str,
+    *,
+    key_type: str | None = None,
+    csr: x509.CertificateSigningRequest | None = None,
+) -> None:
+    """Refuse (:class:`~fleet.errors.InvalidInput`) what :func:`issue_certificate` would
+    refuse for these arguments: a key that cannot have the profile's key usages, a device ID
+    that makes no DNS name in its ``san_dns``. Callers that ask for the CA passphrase call it
+    first, so nobody is asked for a request that cannot succeed."""
+    chosen = key_type_of(csr.public_key()) if csr is not None else key_type or profile.key_type
+    profile.check_key_type(chosen)
+    profile.dns_names(common_name)
 
 
 def sign_leaf(
