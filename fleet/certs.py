@@ -23,7 +23,12 @@ from fleet.pki import ca
 from fleet.pki.bundles import StagedBundle
 from fleet.pki.crl import normalize_reason, revoke_rows
 from fleet.pki.csr import request_for
-from fleet.pki.issue import certificate_details, certificate_row, issue_certificate
+from fleet.pki.issue import (
+    certificate_details,
+    certificate_row,
+    check_issuable,
+    issue_certificate,
+)
 from fleet.pki.profiles import load_profile
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
@@ -140,6 +145,7 @@ def renew_certificate(
     chosen = load_profile(profile or (latest.profile if latest else "default"), ws.home)
     if key_type is None and request is None and latest is not None and profile is None:
         key_type = latest.key_type if latest.key_origin == KeyOrigin.GENERATED else None
+    check_issuable(chosen, device_id, key_type=key_type, csr=request)
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
     now = clock.now()
     issued = issue_certificate(issuer, device_id, chosen, key_type=key_type, csr=request, now=now)

@@ -28,6 +28,7 @@ from fleet.pki.issue import (
     IssuedCertificate,
     certificate_details,
     certificate_row,
+    check_issuable,
     device_details,
     issue_certificate,
 )
@@ -93,6 +94,7 @@ def add_device(
     validate_key_type(key_type)
     chosen_profile = load_profile(profile, ws.home)
     request = request_for(csr, device_id)
+    check_issuable(chosen_profile, device_id, key_type=key_type, csr=request)
     out = (out_dir or Path.cwd()) / device_id
     engine = ws.open_registry()
     with read_session(engine) as session:

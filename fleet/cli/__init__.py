@@ -31,6 +31,7 @@ COMMANDS = {
     "init": "fleet.cli.init_cmd:init",
     "device": "fleet.cli.device_cmds:app",
     "cert": "fleet.cli.cert_cmds:app",
+    "profile": "fleet.cli.profile_cmds:app",
     "ca": "fleet.cli.ca_cmds:app",
     "audit": "fleet.cli.audit_cmds:app",
     "export": "fleet.cli.export_cmds:app",

@@ -37,7 +37,7 @@ def load_csr(data: bytes, device_id: str, *, source: str = "CSR") -> x509.Certif
             csr = x509.load_pem_x509_csr(data)
         else:
             csr = x509.load_der_x509_csr(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise InvalidInput(f"{source} is not a valid certificate signing request") from exc
     return check_csr(csr, device_id, source=source)
 
@@ -60,7 +60,12 @@ def check_csr(
         raise InvalidInput(f"{source}: unsupported signature algorithm") from exc
     if not signature_ok:
         raise InvalidInput(f"{source}: signature does not verify (corrupt or tampered CSR)")
-    common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    try:
+        common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (ValueError, KeyError, TypeError) as exc:
+        # cryptography parses the subject on first use; a malformed one (a bad encoding, an
+        # unknown string type, a misplaced BIT STRING) raises any of these.
+        raise InvalidInput(f"{source}: malformed subject name") from exc
     for attribute in common_names:
         if attribute.value != device_id:
             raise InvalidInput(

@@ -123,8 +123,11 @@ def issue_certificate(
 
     With ``csr`` (already checked, see :mod:`fleet.pki.csr`) its public key is certified and
     no private key is returned; without, a key of ``key_type`` (default: the profile's) is
-    generated and returned in ``key_pem``.
+    generated and returned in ``key_pem``. A key that cannot have the profile's key usages,
+    or a device ID that makes no DNS name in the profile's ``san_dns``, is refused
+    (:class:`~fleet.errors.InvalidInput`) before anything is signed.
     """
+    check_issuable(profile, common_name, key_type=key_type, csr=csr)
     key_pem: bytes | None = None
     if csr is not None:
         public_key = csr.public_key()
@@ -147,6 +150,22 @@ def issue_certificate(
     )
 
 
+def check_issuable(
+    profile: Profile,
+    common_name: str,
+    *,
+    key_type: str | None = None,
+    csr: x509.CertificateSigningRequest | None = None,
+) -> None:
+    """Refuse (:class:`~fleet.errors.InvalidInput`) what :func:`issue_certificate` would
+    refuse for these arguments: a key that cannot have the profile's key usages, a device ID
+    that makes no DNS name in its ``san_dns``. Callers that ask for the CA passphrase call it
+    first, so nobody is asked for a request that cannot succeed."""
+    chosen = key_type_of(csr.public_key()) if csr is not None else key_type or profile.key_type
+    profile.check_key_type(chosen)
+    profile.dns_names(common_name)
+
+
 def sign_leaf(
     issuer: Issuer,
     common_name: str,
@@ -158,8 +177,9 @@ def sign_leaf(
     """Sign an end-entity certificate for ``public_key`` following ``profile``.
 
     Subject: the profile's fields then CN = ``common_name``; ``{id}`` in the profile's DNS
-    names becomes ``common_name`` too.
+    names becomes ``common_name`` too (:meth:`~fleet.pki.profiles.Profile.dns_names`).
     """
+    dns_names = profile.dns_names(common_name)
     now = now or clock.now()
     not_before = now - timedelta(seconds=profile.backdate_seconds)
     # A leaf must not outlive the CA that vouches for it.
@@ -188,8 +208,8 @@ def sign_leaf(
             x509.ExtendedKeyUsage([_EKU_OIDS[u] for u in profile.extended_key_usage]),
             critical=False,
         )
-    if profile.san_dns:
-        names = [x509.DNSName(t.replace("{id}", common_name)) for t in profile.san_dns]
+    if dns_names:
+        names = [x509.DNSName(name) for name in dns_names]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return issuer.sign_certificate(builder)
 
