@@ -54,8 +54,14 @@ def publish_identity(
     """After the commit: write the certificate and chain, rename the bundle into place
     (``replace``: setting aside, then removing, the one there -- a renewal)."""
     faults.hit("after-commit")
-    staged.complete(issued.cert_pem.encode("ascii"), issuer.chain_pem)
-    staged.publish(replace=replace)
+    try:
+        staged.complete(issued.cert_pem.encode("ascii"), issuer.chain_pem)
+        staged.publish(replace=replace)
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot publish the bundle in {staged.final.parent}: {exc.strerror}; the "
+            f"certificate is recorded: run the command again to finish"
+        ) from exc
 
 
 def validate_key_type(key_type: str | None) -> str | None:

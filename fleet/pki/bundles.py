@@ -177,9 +177,11 @@ def find_leftovers(out_dir: Path, lookup: Lookup, device_id: str | None = None) 
     given), staging folders first, each with what :func:`recover` does with it."""
     staged: list[Leftover] = []
     aside: list[Leftover] = []
-    if not out_dir.is_dir():
+    try:
+        entries = sorted(os.scandir(out_dir), key=lambda e: e.name)
+    except OSError:  # no folder (yet), or not one fleet can read: nothing to recover
         return []
-    for entry in sorted(os.scandir(out_dir), key=lambda e: e.name):
+    for entry in entries:
         match = STAGING_RE.match(entry.name) or ASIDE_RE.match(entry.name)
         if match is None or (device_id is not None and match["name"] != device_id):
             continue
