@@ -9,18 +9,19 @@ from cryptography import x509
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from fleet import clock
+from fleet import clock, faults
 from fleet.cloud import jobs
 from fleet.devices import (
     device_certificates,
     get_device_row,
+    publish_identity,
     stage_identity,
     validate_key_type,
 )
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import normalize_serial
 from fleet.pki import ca
-from fleet.pki.bundles import StagedBundle
+from fleet.pki.bundles import recover_in
 from fleet.pki.crl import normalize_reason, revoke_rows
 from fleet.pki.csr import request_for
 from fleet.pki.issue import (
@@ -130,10 +131,20 @@ def renew_certificate(
 
     The profile defaults to the one of the device's newest certificate. The old certificates
     stay valid (for a rollover window) unless ``revoke_old`` revokes them as ``superseded``.
+    The new certificate is recorded before its bundle replaces the old one; a renewal killed
+    in between is finished (and returned) by the next ``renew_certificate`` of the device.
     """
     validate_key_type(key_type)
     request = request_for(csr, device_id)
     engine = ws.open_registry()
+    out = out_dir or Path.cwd()
+    for item in recover_in(ws.home, engine, out, device_id):
+        if item.action == "publish" and item.serial is not None:
+            # A killed renewal had recorded this one: its bundle is now in place.
+            with read_session(engine) as session:
+                row = session.get(Certificate, item.serial)
+                if row is not None:
+                    return CertificateView.from_row(row, clock.now())
     with read_session(engine) as session:
         device = get_device_row(session, device_id)
         if device.status != DeviceStatus.ACTIVE:
@@ -150,20 +161,19 @@ def renew_certificate(
     now = clock.now()
     issued = issue_certificate(issuer, device_id, chosen, key_type=key_type, csr=request, now=now)
     new_row = certificate_row(device_id, issued, chosen.name, now)
-    staged = stage_identity(out_dir or Path.cwd(), device_id, issued, issuer)
+    staged = stage_identity(out, device_id, issued)
     try:
-        _record_renewal(engine, new_row, staged, revoke_old, now)
+        _record_renewal(engine, new_row, revoke_old, now)
     except BaseException:
-        staged.rollback()
+        staged.discard()
         raise
+    publish_identity(staged, issued, issuer, replace=True)
     return CertificateView.from_row(new_row, now)
 
 
-def _record_renewal(
-    engine: Engine, new_row: Certificate, staged: StagedBundle, revoke_old: bool, now: datetime
-) -> None:
-    """One transaction: the new row, the old ones revoked if asked, the audit event, and the
-    bundle swapped in just before the commit (the caller rolls it back if anything fails)."""
+def _record_renewal(engine: Engine, new_row: Certificate, revoke_old: bool, now: datetime) -> None:
+    """One transaction: the new row, the old ones revoked if asked, the audit event (the
+    caller publishes the new bundle once this commits)."""
     device_id = new_row.device_id
     with write_session(engine) as session:
         device = get_device_row(session, device_id)
@@ -185,5 +195,4 @@ def _record_renewal(
             at=now,
         )
         session.flush()
-        staged.publish(replace=True)
-    staged.commit()
+        faults.hit("before-commit")

@@ -1,8 +1,8 @@
 """Devices: add (with an identity), update, list, show, decommission.
 
-Each mutation writes the registry rows, its audit events and (for ``add``) the identity
-bundle as one unit: the bundle is renamed into place inside the transaction and removed
-again if the commit fails.
+``add`` records before it publishes: the new key is staged, the registry rows and audit
+event commit, and only then is the certificate written and the bundle renamed into place
+(:mod:`fleet.pki.bundles`); a re-run finishes what a killed run left.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet import clock
+from fleet import clock, faults
 from fleet.cloud import jobs
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
 from fleet.pki import ca
-from fleet.pki.bundles import StagedBundle, stage_bundle
+from fleet.pki.bundles import StagedBundle, recover_in, stage_bundle
 from fleet.pki.crl import revoke_rows
 from fleet.pki.csr import request_for
 from fleet.pki.issue import (
@@ -44,17 +44,25 @@ from fleet.workspace import Passphrase, Workspace, require_passphrase
 DEVICE_STATUSES = tuple(DeviceStatus)
 
 
-def stage_identity(
-    out_dir: Path, device_id: str, issued: IssuedCertificate, issuer: Issuer
-) -> StagedBundle:
-    """Write an identity's bundle (key if generated, cert, chain) to a staging folder."""
-    return stage_bundle(
-        out_dir,
-        device_id,
-        key_pem=issued.key_pem,
-        cert_pem=issued.cert_pem.encode("ascii"),
-        chain_pem=issuer.chain_pem,
-    )
+def stage_identity(out_dir: Path, device_id: str, issued: IssuedCertificate) -> StagedBundle:
+    """Stage an identity's key (if generated) and pending serial; no certificate yet."""
+    return stage_bundle(out_dir, device_id, key_pem=issued.key_pem, serial=issued.serial)
+
+
+def publish_identity(
+    staged: StagedBundle, issued: IssuedCertificate, issuer: Issuer, *, replace: bool
+) -> None:
+    """After the commit: write the certificate and chain, rename the bundle into place
+    (``replace``: setting aside, then removing, the one there -- a renewal)."""
+    faults.hit("after-commit")
+    try:
+        staged.complete(issued.cert_pem.encode("ascii"), issuer.chain_pem)
+        staged.publish(replace=replace)
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot publish the bundle in {staged.final.parent}: {exc.strerror}; the "
+            f"certificate is recorded: run the command again to finish"
+        ) from exc
 
 
 def validate_key_type(key_type: str | None) -> str | None:
@@ -80,6 +88,10 @@ def add_device(
 ) -> DeviceView:
     """Register a device and issue its identity in one transaction; return its view.
 
+    The registry records the certificate before its bundle is published; a run killed in
+    between is finished by the next ``add_device`` of the same ID and folder, which then
+    returns the recorded device.
+
     ``clouds``: queue its registration on these clouds in the same transaction (pushed by
     ``fleet cloud sync``); unknown names are refused before anything is written.
 
@@ -97,6 +109,9 @@ def add_device(
     check_issuable(chosen_profile, device_id, key_type=key_type, csr=request)
     out = (out_dir or Path.cwd()) / device_id
     engine = ws.open_registry()
+    finished = _finish_interrupted_add(ws, engine, out)
+    if finished is not None:
+        return finished
     with read_session(engine) as session:
         if session.get(Device, device_id) is not None:
             raise Conflict(f"device {device_id!r} already exists")
@@ -120,16 +135,30 @@ def add_device(
         updated_at=now,
     )
     cert_row = certificate_row(device_id, issued, chosen_profile.name, now)
-    staged = stage_identity(out.parent, device_id, issued, issuer)
+    staged = stage_identity(out.parent, device_id, issued)
     try:
-        _record_new_device(engine, device, cert_row, staged, clouds, now)
+        _record_new_device(engine, device, cert_row, clouds, now)
     except IntegrityError as exc:
-        staged.rollback()
+        staged.discard()
         raise Conflict(f"device {device_id!r} already exists") from exc
     except BaseException:
-        staged.rollback()
+        staged.discard()
         raise
+    publish_identity(staged, issued, issuer, replace=False)
     return DeviceView.from_rows(device, [cert_row], now)
+
+
+def _finish_interrupted_add(ws: Workspace, engine: Engine, out: Path) -> DeviceView | None:
+    """Clear what killed runs left for this device in ``out``'s folder; if one had recorded
+    it, its bundle is now published: return the device."""
+    finished = recover_in(ws.home, engine, out.parent, out.name)
+    if not any(item.action == "publish" for item in finished):
+        return None
+    with read_session(engine) as session:
+        device = session.get(Device, out.name)
+        if device is None:
+            return None
+        return DeviceView.from_rows(device, device_certificates(session, out.name), clock.now())
 
 
 def _validate_attributes(
@@ -145,12 +174,11 @@ def _record_new_device(
     engine: Engine,
     device: Device,
     cert_row: Certificate,
-    staged: StagedBundle,
     clouds: Sequence[str],
     now: datetime,
 ) -> None:
-    """One transaction: the rows, the audit event, cloud jobs, and the bundle renamed into
-    place just before the commit (the caller rolls the bundle back if anything fails)."""
+    """One transaction: the rows, the audit event, cloud jobs (the bundle is published by
+    the caller once this commits)."""
     with write_session(engine) as session:
         session.add(device)
         session.flush()
@@ -164,8 +192,8 @@ def _record_new_device(
         )
         if clouds:
             jobs.enqueue_register(session, [device.id], clouds, now=now)
-        staged.publish()
-    staged.commit()
+        session.flush()
+        faults.hit("before-commit")
 
 
 def get_device_row(session: Session, device_id: str) -> Device:

@@ -26,9 +26,17 @@ KERNEL = (
     "fleet.clock",
     "fleet.statuses",
     "fleet.resources",
+    "fleet.faults",
 )
 REGISTRY = ("fleet.registry",)
-FEATURES = ("fleet.devices", "fleet.certs", "fleet.provision", "fleet.export", "fleet.cloud")
+FEATURES = (
+    "fleet.devices",
+    "fleet.certs",
+    "fleet.provision",
+    "fleet.export",
+    "fleet.cloud",
+    "fleet.doctor",
+)
 CLI = ("fleet.cli", "fleet.__main__")
 
 

@@ -30,7 +30,6 @@ from fleet.cloud.push import push, register
 from fleet.cloud.status import sync
 from fleet.cloud.views import RegisterResult, RemovedCloud
 from fleet.errors import Conflict, NotFound
-from fleet.pki import bundles
 from fleet.pki.authority import init_workspace
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
@@ -114,11 +113,11 @@ def test_failed_device_add_leaves_no_job(
         devices.add_device(ready_ws, "d1", out_dir=tmp_path / "out", clouds=["reg", "nope"])
     assert snapshot(ready_ws, tmp_path / "out") == before
 
-    def broken_publish(self: Any) -> None:
+    def broken_append(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    # A failure after the job row was written (publishing the bundle) rolls it back too.
-    monkeypatch.setattr(bundles.StagedBundle, "publish", broken_publish)
+    # A failure after the job row was written (the audit event) rolls it back too.
+    monkeypatch.setattr(devices.audit, "append", broken_append)
     with pytest.raises(OSError, match="disk full"):
         devices.add_device(ready_ws, "d1", out_dir=tmp_path / "out", clouds=["reg"])
     assert snapshot(ready_ws, tmp_path / "out") == before

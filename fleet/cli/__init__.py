@@ -37,6 +37,7 @@ COMMANDS = {
     "export": "fleet.cli.export_cmds:app",
     "db": "fleet.cli.db_cmds:app",
     "cloud": "fleet.cli.cloud_cmds:app",
+    "doctor": "fleet.cli.doctor_cmds:doctor",
 }
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from fleet import clock
+from fleet import clock, faults
 from fleet.errors import RegistryError
 from fleet.files import write_private_file
 from fleet.pki import ca
@@ -68,7 +68,8 @@ def load_signer(ws: Workspace, passphrase: Passphrase | None = None) -> Signer:
             raise RegistryError(f"cannot read the export signer in {folder}: {exc}") from exc
         key = load_private_key_pem(key_pem, secret, what="the export-signing key")
         fresh = cert.not_valid_after_utc - SIGNER_RENEW_BEFORE > now
-        if fresh and verify_issued_by(cert, issuing):
+        # (a key without its certificate is a run killed between the two renames below)
+        if fresh and verify_issued_by(cert, issuing) and key.public_key() == cert.public_key():
             return Signer(key, cert, issuing, root)
     return _issue_signer(ws, secret, now)
 
@@ -86,9 +87,12 @@ def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
     key_path, cert_path = folder / SIGNER_KEY_FILE, folder / SIGNER_CERT_FILE
     key_tmp, cert_tmp = folder / f".{SIGNER_KEY_FILE}.tmp", folder / f".{SIGNER_CERT_FILE}.tmp"
     try:
-        key_tmp.unlink(missing_ok=True)
+        for path in (key_tmp, cert_tmp):
+            path.unlink(missing_ok=True)  # left by a killed run: never recorded, or superseded
         write_private_file(key_tmp, private_key_pem(key, secret))
-        cert_tmp.write_bytes(issued.cert_pem.encode("ascii"))
+        faults.hit("after-stage")
+        # Recorded first: the certificate reaches the disk only once the audit trail holds it
+        # (a run killed before the files are renamed leaves a recorded signer nobody has).
         with write_session(ws.open_registry()) as session:
             audit.append(
                 session,
@@ -97,10 +101,12 @@ def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
                 summarize_ca_certificate(cert).to_dict(),
                 at=now,
             )
-            # Renamed inside the transaction: if the commit fails, the files are removed below
-            # and the audit trail never mentions a signer that does not exist (or vice versa).
-            os.replace(key_tmp, key_path)
-            os.replace(cert_tmp, cert_path)
+            session.flush()
+            faults.hit("before-commit")
+        faults.hit("after-commit")
+        cert_tmp.write_bytes(issued.cert_pem.encode("ascii"))
+        os.replace(key_tmp, key_path)
+        os.replace(cert_tmp, cert_path)
     except BaseException:
         for path in (key_tmp, cert_tmp):
             path.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""Making a batch durable: bundles into place, device and certificate rows, ``device.add``
-audit events and queued cloud registrations, in ONE registry transaction (or not at all)."""
+"""Making a batch durable: device and certificate rows, ``device.add`` audit events and
+queued cloud registrations in ONE registry transaction (or not at all); then, once it has
+committed, the bundles completed and renamed into place."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from sqlmodel import Session
 
 from fleet.cloud import jobs
 from fleet.errors import RegistryError
+from fleet.faults import Faults
 from fleet.pki.issue import (
     IssuedCertificate,
     certificate_details,
     certificate_values,
     device_details,
 )
-from fleet.provision.faults import Faults
-from fleet.provision.publish import OutDir, Renames
+from fleet.provision.publish import OutDir
 from fleet.provision.seen import Issued, SeenIds
 from fleet.provision.source import Row
 from fleet.provision.summary import Tally
@@ -83,6 +84,7 @@ class _Outcome:
     records: _Records = field(default_factory=_Records)
     failed: list[tuple[Row, str]] = field(default_factory=list)  # OUT/ID is something else
     present: list[Row] = field(default_factory=list)  # registered meanwhile by another run
+    recorded: list[SignedRow] = field(default_factory=list)  # to publish after the commit
 
 
 class BatchCommitter:
@@ -105,8 +107,8 @@ class BatchCommitter:
         self.clouds = clouds
 
     def commit(self, batch: list[SignedRow], now: datetime) -> None:
-        """Make one batch durable: bundles into place, registry rows and audit events, in
-        one transaction. (Anything else that must happen atomically with provisioning, e.g.
+        """Make one batch durable: registry rows and audit events in one transaction, then
+        the bundles into place. (Anything else that must happen atomically with provisioning, e.g.
         queueing cloud registrations, belongs inside this transaction too.)"""
         with self.out.lock():
             for attempt in range(ATTEMPTS):
@@ -131,28 +133,25 @@ class BatchCommitter:
                     raise
 
     def _attempt(self, batch: list[SignedRow], now: datetime) -> None:
-        renames = Renames(self.out)
         outcome = _Outcome()
-        committed = False
-        try:
-            with write_session(self.engine) as session:
-                taken = _registered(session, [s.row.device_id for s in batch])
-                for signed in batch:
-                    if signed.row.device_id in taken:
-                        outcome.present.append(signed.row)
-                    elif (error := renames.publish(signed.row.device_id)) is not None:
-                        outcome.failed.append((signed.row, error))
-                    else:
-                        outcome.records.add(signed, now)
-                self.faults.hit("after-rename")
-                outcome.records.write(session, now, self.clouds)
-                self.faults.hit("before-commit")
-            committed = True
-        finally:
-            if not committed:
-                renames.undo()
+        with write_session(self.engine) as session:
+            taken = _registered(session, [s.row.device_id for s in batch])
+            for signed in batch:
+                if signed.row.device_id in taken:
+                    outcome.present.append(signed.row)
+                elif (error := self.out.check_free(signed.row.device_id)) is not None:
+                    outcome.failed.append((signed.row, error))
+                else:
+                    outcome.records.add(signed, now)
+                    outcome.recorded.append(signed)
+            self.faults.hit("after-rename")
+            outcome.records.write(session, now, self.clouds)
+            self.faults.hit("before-commit")
         self.faults.hit("after-commit")
-        renames.drop_set_aside()
+        # Recorded: now the certificates reach the disk (a re-run publishes what a kill
+        # leaves staged, see fleet.pki.bundles.recover).
+        for signed in outcome.recorded:
+            self.out.publish(signed.row.device_id, signed.certificate.cert_pem)
         self._settle(outcome)
 
     def _settle(self, outcome: _Outcome) -> None:

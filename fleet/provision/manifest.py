@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from fleet.errors import InvalidInput
-from fleet.provision.faults import Faults
+from fleet.faults import Faults
 from fleet.provision.seen import ManifestRow, SeenIds
 from fleet.provision.source import RowError
 from fleet.registry.db import read_session

@@ -1,18 +1,18 @@
-"""The output folder: staging names, renames into place, orphans, clean-up, the lock.
+"""The output folder: staging names, publishing, orphans, clean-up, the lock.
 
-Workers write each bundle under a hidden staging name (``OUT/.ID.tmp-PID-XXXXXX``); a batch's
-bundles are renamed to ``OUT/ID`` inside its registry transaction and renamed back if that
-transaction does not commit. A bundle left in place by a run killed between rename and
-commit is an *orphan*: recognised (this CA signed it for that ID) and replaced.
+Workers stage each bundle's key and pending serial under a hidden name
+(``OUT/.ID.tmp-PID-XXXXXX``, :mod:`fleet.pki.bundles`); once a batch's registry transaction
+commits, each certificate is written into its staging folder and the folder renamed to
+``OUT/ID``. A bundle in place whose device the registry does not hold (left by an older
+fleet, killed between rename and commit) is an *orphan*: recognised (this CA signed it for
+that ID) and replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,18 +20,18 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from fleet.pki.bundles import CERT_FILE
+from fleet.pki.bundles import (
+    CERT_FILE,
+    STAGING_RE,
+    Lookup,
+    StagedBundle,
+    pid_alive,
+    staged_serial,
+    staging_name,
+)
 from fleet.pki.keys import verify_issued_by
 
 LOCK_NAME = ".fleet-provision.lock"
-_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+(?:-old)?$")
-# What rename() says when the target is a folder (or file) already there.
-_TARGET_EXISTS = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
-
-
-def staging_name(device_id: str, token: str) -> str:
-    """The hidden name a bundle is written under until its batch commits."""
-    return f".{device_id}.tmp-{token}"
 
 
 def _folder_taken(final: str | Path) -> str:
@@ -42,11 +42,14 @@ class OutDir:
     """One run's view of the output folder. ``token`` (``PID-XXXXXX``) marks its staging
     names, so a later run can tell whose process is gone."""
 
-    def __init__(self, path: Path, token: str, issuing_cert: x509.Certificate) -> None:
+    def __init__(
+        self, path: Path, token: str, issuing_cert: x509.Certificate, chain_pem: bytes
+    ) -> None:
         self.path = path
         self.text = str(path)  # str joins: pathlib showed in profiles of the hot path
         self.token = token
         self.issuing_cert = issuing_cert
+        self.chain_pem = chain_pem
         self._lock_fd: int | None = None
 
     def staging(self, device_id: str) -> str:
@@ -70,8 +73,8 @@ class OutDir:
         return verify_issued_by(cert, self.issuing_cert)
 
     def check_free(self, device_id: str) -> str | None:
-        """Why ``OUT/ID`` could not take the bundle, if it could not (for dry runs; a real
-        run finds out when it renames the bundle into place)."""
+        """Why ``OUT/ID`` could not take the bundle, if it could not (something other than
+        an orphan is there)."""
         final = self.path / device_id
         if not os.path.lexists(final) or self.is_orphan(final, device_id):
             return None
@@ -107,66 +110,35 @@ class OutDir:
             shutil.rmtree(self.staging(device_id), ignore_errors=True)
 
     def remove_stale_staging(self) -> None:
-        """Delete staging folders (and half-written manifests) of processes that are gone."""
+        """Delete half-written files (manifests, reports) of processes that are gone; staged
+        bundles are :func:`fleet.pki.bundles.recover`'s."""
         with os.scandir(self.path) as entries:
             for entry in entries:
-                if not entry.name.startswith("."):
+                if not entry.name.startswith(".") or entry.is_dir(follow_symlinks=False):
                     continue
-                match = _STAGING_RE.match(entry.name)
-                if match is None or _pid_alive(int(match.group("pid"))):
+                match = STAGING_RE.match(entry.name)
+                if match is None or pid_alive(int(match.group("pid"))):
                     continue
                 _remove(entry)
 
-    def remove_own_staging(self) -> None:
-        """After an error: delete whatever this run staged but did not commit."""
+    def remove_own_staging(self, lookup: Lookup) -> None:
+        """After an error: delete whatever this run staged whose certificate is not recorded
+        (a recorded one stays for the next run to publish)."""
         suffix = f".tmp-{self.token}"
         with contextlib.suppress(OSError), os.scandir(self.path) as entries:
             for entry in entries:
-                if entry.name.startswith(".") and (
-                    entry.name.endswith(suffix) or entry.name.endswith(suffix + "-old")
-                ):
+                if not (entry.name.startswith(".") and entry.name.endswith(suffix)):
+                    continue
+                serial = staged_serial(Path(entry.path))
+                if serial is None or lookup(serial) is None:
                     _remove(entry)
 
-
-class Renames:
-    """The bundles one attempt at a batch renamed into place, to undo if it does not commit."""
-
-    def __init__(self, out: OutDir) -> None:
-        self.out = out
-        # (staging, final, set-aside orphan or None) for every bundle renamed into place
-        self.done: list[tuple[str, str, str | None]] = []
-
-    def publish(self, device_id: str) -> str | None:
-        """Rename ``device_id``'s staged bundle to ``OUT/ID``, setting an orphan there aside;
-        or say why not (``OUT/ID`` is something else)."""
-        staging, final = self.out.staging(device_id), self.out.final(device_id)
-        try:
-            os.rename(staging, final)
-        except OSError as exc:
-            if exc.errno not in _TARGET_EXISTS:
-                raise
-            if not self.out.is_orphan(Path(final), device_id):
-                return _folder_taken(final)
-            aside = staging + "-old"
-            os.rename(final, aside)
-            os.rename(staging, final)
-            self.done.append((staging, final, aside))
-            return None
-        self.done.append((staging, final, None))
-        return None
-
-    def undo(self) -> None:
-        """Put everything back as it was before :meth:`publish` (newest first)."""
-        for staging, final, aside in reversed(self.done):
-            os.rename(final, staging)
-            if aside is not None:
-                os.rename(aside, final)
-
-    def drop_set_aside(self) -> None:
-        """After the commit: delete the orphans the new bundles replaced."""
-        for _staging, _final, aside in self.done:
-            if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
+    def publish(self, device_id: str, cert_pem: str) -> None:
+        """After the commit: complete ``device_id``'s staged bundle and rename it into place
+        (replacing the orphan the caller found there, under the lock)."""
+        staged = StagedBundle(Path(self.staging(device_id)), self.path / device_id, False)
+        staged.complete(cert_pem.encode("ascii"), self.chain_pem)
+        staged.publish(replace=True)
 
 
 def _remove(entry: os.DirEntry[str]) -> None:
@@ -175,13 +147,3 @@ def _remove(entry: os.DirEntry[str]) -> None:
     else:
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -17,12 +16,14 @@ from sqlalchemy.engine import Engine
 from fleet import clock
 from fleet.cloud import jobs
 from fleet.errors import InvalidInput
+from fleet.faults import Faults
 from fleet.pki import ca
+from fleet.pki.bundles import process_token, recover, registry_lookup
 from fleet.pki.issue import IssuedCertificate
 from fleet.pki.issuer import Issuer
+from fleet.pki.keys import cert_pem
 from fleet.pki.profiles import load_profile
 from fleet.provision.commit import BatchCommitter, SignedRow
-from fleet.provision.faults import Faults
 from fleet.provision.manifest import Report, write_manifest
 from fleet.provision.plan import Planner, Task
 from fleet.provision.publish import OutDir
@@ -76,7 +77,7 @@ def provision(
     if clouds:
         with read_session(engine) as session:
             clouds = jobs.validate_clouds_exist(session, clouds)
-    issuing_cert, _root = ca.load_ca_certificates(ws.home)
+    issuing_cert, root = ca.load_ca_certificates(ws.home)
     issuer = None if dry_run else ca.load_issuer(ws.home, require_passphrase(passphrase))
     summary = ProvisionSummary(
         dry_run=dry_run,
@@ -86,7 +87,7 @@ def provision(
     )
     sink = Report(report)
     tally = Tally(summary, sink, progress, source.total)
-    out = OutDir(out_dir, _token(), issuing_cert)
+    out = OutDir(out_dir, process_token(), issuing_cert, cert_pem(issuing_cert) + cert_pem(root))
     planner = Planner(ws.home, engine, source.path, out, default_profile, tally)
     run = _Run(engine, source, out, planner, tally)
     try:
@@ -103,12 +104,6 @@ def provision(
     summary.errors = list(sink.kept)
     summary.elapsed_seconds = time.monotonic() - started
     return summary
-
-
-def _token() -> str:
-    """What marks this run's staging names: its process ID (so a later run can tell
-    whether it is gone) and a few random bytes."""
-    return f"{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass
@@ -144,6 +139,8 @@ class _Run:
     def provision(self, issuer: Issuer, workers: int, clouds: list[str]) -> None:
         """Provision every row: at most ``2 x workers`` batches in flight, committed in order."""
         self.out.path.mkdir(parents=True, exist_ok=True)
+        lookup = registry_lookup(self.engine)
+        recover(self.out.path, lookup, self.out.chain_pem)  # what killed runs left
         self.out.remove_stale_staging()
         planner = self.planner
         committer = BatchCommitter(
@@ -172,7 +169,7 @@ class _Run:
             for batch in inflight:
                 batch.future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
-            self.out.remove_own_staging()
+            self.out.remove_own_staging(lookup)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

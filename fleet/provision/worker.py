@@ -19,12 +19,11 @@ from datetime import datetime
 from typing import NamedTuple
 
 from fleet.errors import FleetError
-from fleet.pki.bundles import CERT_FILE, CHAIN_FILE, KEY_FILE
+from fleet.pki.bundles import staging_name, write_staging
 from fleet.pki.csr import load_csr
 from fleet.pki.issue import IssuedCertificate, issue_certificate
 from fleet.pki.issuer import Issuer, IssuerFactory
 from fleet.pki.profiles import Profile
-from fleet.provision.publish import staging_name
 
 _worker_issuer: Issuer | None = None
 _umask = 0o022
@@ -76,9 +75,9 @@ def sign_chunk(
     token: str,
 ) -> list[IssuedCertificate | str]:
     """Worker task: issue identities for ``rows`` (:func:`fleet.pki.issue.issue_certificate`)
-    and stage their bundles in ``out_dir`` (under
-    :func:`~fleet.provision.publish.staging_name`). Private keys stay in the bundles: what
-    returns to the parent carries none. A row that fails is its error message instead."""
+    and stage their keys in ``out_dir`` (under :func:`~fleet.pki.bundles.staging_name`; the
+    certificate follows once recorded). Private keys stay there: what returns to the parent
+    carries none. A row that fails is its error message instead."""
     issuer = _worker_issuer
     assert issuer is not None, "worker not initialised"
     results: list[IssuedCertificate | str] = []
@@ -93,7 +92,7 @@ def sign_chunk(
                 issuer, task.device_id, profiles[task.profile], csr=csr, now=now
             )
             folder = os.path.join(out_dir, staging_name(task.device_id, token))
-            _write_bundle(folder, issued.key_pem, issued.cert_pem.encode("ascii"), issuer.chain_pem)
+            _stage(folder, issued.key_pem, issued.serial)
         except FleetError as exc:
             results.append(str(exc))
             continue
@@ -104,23 +103,10 @@ def sign_chunk(
     return results
 
 
-def _write_bundle(folder: str, key_pem: bytes | None, cert_pem: bytes, chain_pem: bytes) -> None:
-    """Write a bundle into a new folder (a staging name, renamed into place later).
-
-    Plain ``os`` calls: at thousands of bundles a second, file objects' overhead shows.
-    """
+def _stage(folder: str, key_pem: bytes | None, serial: str) -> None:
+    """Stage a bundle's key and pending serial in a new folder; its certificate is written
+    by the parent once the registry records it."""
     os.mkdir(folder, 0o755)
     if _umask & 0o755:
         os.chmod(folder, 0o755)  # same mode as `fleet device add`, whatever the umask
-    for name, data, mode in (
-        (KEY_FILE, key_pem, 0o600),
-        (CERT_FILE, cert_pem, 0o666),
-        (CHAIN_FILE, chain_pem, 0o666),
-    ):
-        if data is None:
-            continue
-        fd = os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+    write_staging(folder, key_pem, serial)
