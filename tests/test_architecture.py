@@ -28,7 +28,14 @@ KERNEL = (
     "fleet.resources",
 )
 REGISTRY = ("fleet.registry",)
-FEATURES = ("fleet.devices", "fleet.certs", "fleet.provision", "fleet.export", "fleet.cloud")
+FEATURES = (
+    "fleet.devices",
+    "fleet.certs",
+    "fleet.provision",
+    "fleet.export",
+    "fleet.cloud",
+    "fleet.audit_anchor",
+)
 CLI = ("fleet.cli", "fleet.__main__")
 
 
