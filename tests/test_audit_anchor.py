@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import PASSPHRASE, Cli
+from helpers import PASSPHRASE, Cli, FrozenClock
 from sqlalchemy import text
 
 from fleet import certs, devices
@@ -97,11 +97,11 @@ def test_every_commit_leaves_a_signed_checkpoint(
 
 
 def test_truncating_the_trail_and_its_head_is_detected(busy_ws: Workspace, cli: Cli) -> None:
-    seventh = next(e for e in audit.iter_audit_events(busy_ws) if e["seq"] == 6)
+    sixth = next(e for e in audit.iter_audit_events(busy_ws) if e["seq"] == 6)
     _sql(
         busy_ws,
         "DELETE FROM audit_event WHERE seq > 6",
-        f"UPDATE audit_head SET seq = 6, hash = '{seventh['hash']}' WHERE id = 1",
+        f"UPDATE audit_head SET seq = 6, hash = '{sixth['hash']}' WHERE id = 1",
     )
     error = _fails(cli, "audit", "verify")
     assert "broken at event 7" in error
@@ -247,3 +247,40 @@ def test_checkpoint_command(busy_ws: Workspace, cli: Cli) -> None:
     assert made["seq"] == 8
     last = checkpoints.checkpoint_path(busy_ws.home).read_text().splitlines()[-1]
     assert json.loads(last)["hash"] == made["hash"]
+
+
+def test_an_expired_certificate_may_leave_the_crl(
+    ready_ws: Workspace, cli: Cli, tmp_path: Path, fleet_clock: FrozenClock
+) -> None:
+    devices.add_device(ready_ws, "old", out_dir=tmp_path / "out", passphrase=PASSPHRASE)
+    serial = devices.show_device(ready_ws, "old").certificates[0].serial
+    certs.revoke_certificate(ready_ws, serial, reason="keyCompromise")
+    _sql(
+        ready_ws,
+        "UPDATE certificate SET status = 'active', revoked_at = NULL, "
+        f"revocation_reason = NULL WHERE serial = '{serial}'",
+    )
+    assert "refusing to publish CRL 1" in _fails(cli, "ca", "crl")
+    fleet_clock.advance(days=400)  # past the certificate's not_after: no longer trusted anyway
+    assert cli("ca", "crl").exit_code == 0
+
+
+def test_a_signed_device_export_is_an_anchor_too(
+    busy_ws: Workspace, cli: Cli, tmp_path: Path
+) -> None:
+    kept = tmp_path / "devices.csv"
+    assert cli("export", "--format", "csv", "--out", str(kept)).exit_code == 0
+    sixth = next(e for e in audit.iter_audit_events(busy_ws) if e["seq"] == 6)
+    _sql(
+        busy_ws,
+        "DELETE FROM audit_event WHERE seq > 6",
+        f"UPDATE audit_head SET seq = 6, hash = '{sixth['hash']}' WHERE id = 1",
+    )
+    checkpoints.checkpoint_path(busy_ws.home).unlink()
+    key = audit_key.load_audit_key(busy_ws.home)
+    assert key is not None
+    checkpoints.append_checkpoint(busy_ws.home, key, 6, sixth["hash"])
+    assert cli("audit", "verify").exit_code == 0
+    manifest = tmp_path / "devices.csv.manifest.json"
+    error = _fails(cli, "audit", "verify", "--against", str(manifest))
+    assert "devices.csv (exported" in error and "events removed from the end" in error

@@ -14,6 +14,7 @@ What this protects, and what it does not, is in docs/security.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from datetime import datetime, timedelta
@@ -105,6 +106,8 @@ def remove_audit_key(home: Path) -> None:
     """Delete the audit key files (used to undo a failed ``init``)."""
     for name in (AUDIT_KEY_FILE, AUDIT_CERT_FILE):
         (audit_dir(home) / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty (checkpoints), or already gone
+        audit_dir(home).rmdir()
 
 
 _cache: dict[tuple[str, int, int], AuditKey] = {}
