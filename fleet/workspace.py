@@ -59,7 +59,10 @@ class Workspace:
         if self._engine is None:
             from fleet.registry.db import create_registry_engine
 
-            self._engine = create_registry_engine(self.registry_url)
+            engine = create_registry_engine(self.registry_url)
+            # where after-commit hooks (audit checkpoints) find this workspace's files
+            engine.update_execution_options(fleet_home=str(self.home))
+            self._engine = engine
         return self._engine
 
     def open_registry(self) -> Engine:

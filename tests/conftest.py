@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cloudserver import RegistryServer
-from helpers import PASSPHRASE, Cli, FrozenClock, require_service
+from helpers import PASSPHRASE, REPO, Cli, FrozenClock, require_service
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -31,6 +31,26 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FLEET_CA_PASSPHRASE", PASSPHRASE)
     monkeypatch.setenv("FLEET_ACTOR", "tester")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hooks_of_this_checkout() -> None:
+    """The commit hooks this checkout's pyproject.toml declares, even when the installed
+    package metadata (entry points) predates them."""
+    import tomllib
+    from importlib import import_module
+
+    from fleet.registry import db
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    adders = {
+        db.HOOK_GROUP: db.add_before_commit_hook,
+        db.AFTER_HOOK_GROUP: db.add_after_commit_hook,
+    }
+    for group, add in adders.items():
+        for target in declared.get(group, {}).values():
+            module, _, name = target.partition(":")
+            add(getattr(import_module(module), name))
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ FEATURES = (
     "fleet.export",
     "fleet.cloud",
     "fleet.doctor",
+    "fleet.audit_anchor",
 )
 CLI = ("fleet.cli", "fleet.__main__")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from fleet.cli._common import (
     ask_passphrase,
     fail,
     message,
+    print_json,
     print_json_array,
     render,
     table,
@@ -53,20 +55,83 @@ def log(
 
 
 @app.command("verify")
-def verify(ctx: typer.Context) -> None:
-    """Recompute the hash chain; fail and name the first bad event if history was altered.
+def verify(
+    ctx: typer.Context,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--against",
+            help="Also check the head an earlier signed export, audit export or checkpoint "
+            "file recorded (repeatable).",
+        ),
+    ] = None,
+    state: Annotated[
+        bool,
+        typer.Option(
+            "--state", help="Also compare the device and certificate tables with the trail."
+        ),
+    ] = False,
+) -> None:
+    """Recompute the hash chain and check it against its signed checkpoints; fail (exit 7)
+    and name the first bad event if history was altered, cut off or rewritten.
 
     Example:
 
-        fleet audit verify
+        fleet audit verify --against audit-2026q3.jsonl --state
     """
-    result = audit.verify_audit(workspace(ctx))
+    from fleet.audit_anchor.anchored import verify_anchored
+
+    ws = workspace(ctx)
+    anchored = verify_anchored(ws, against or [])
+    result = anchored.result
     if not result.ok:
         fail(
             f"audit trail broken at event {result.bad_seq}: {result.reason}",
             IntegrityError.exit_code,
         )
+    if state:
+        from fleet.audit_anchor.state import state_differences
+
+        differences = state_differences(ws)
+        for difference in differences[1:]:
+            message(f"differs: {difference.describe()}")
+        if differences:
+            fail(
+                f"registry differs from its audit trail ({len(differences)} values): "
+                f"{differences[0].describe()}",
+                IntegrityError.exit_code,
+            )
     message(f"audit trail OK: {result.events} events, head {result.head_hash}")
+    if anchored.newest is not None:
+        message(
+            f"checked against {anchored.checkpoints} checkpoints (newest: event "
+            f"{anchored.newest.seq} at {anchored.newest.ts})"
+            + (f" and {anchored.files} files" if anchored.files else "")
+        )
+
+
+@app.command("checkpoint")
+def checkpoint(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Sign a checkpoint of the audit trail's head now (every write makes one by itself).
+
+    A workspace made before checkpoints existed gets its audit key here (the CA passphrase
+    is asked for once). Copy <home>/audit/checkpoints.jsonl elsewhere to bound what anyone
+    with access to the registry and the workspace can rewrite (docs/security.md).
+
+    Example:
+
+        fleet audit checkpoint --json
+    """
+    from fleet.audit_anchor.anchored import checkpoint_now
+
+    result = checkpoint_now(workspace(ctx), passphrase=ask_passphrase)
+    if json_out:
+        print_json(result)
+        return
+    message(f"checkpoint of event {result['seq']} ({result['hash']}) written to {result['file']}")
 
 
 @app.command("export")

@@ -79,6 +79,21 @@ def replayed_cells(
     cutoff = audit.format_ts(as_of)
     seq_limit = max_seq if max_seq is not None else _LAST_SEQ
     ctx = _replay_context(conn, cutoff, seq_limit)
+    for state in replayed_devices(conn, as_of, targets=targets, max_seq=max_seq):
+        yield _replayed(state, ctx)
+
+
+def replayed_devices(
+    conn: Connection,
+    as_of: datetime,
+    *,
+    targets: Targets | None = None,
+    max_seq: int | None = None,
+) -> Iterator[ReplayedDevice]:
+    """Each device's replayed state at ``as_of`` (its fields, and every section's own state:
+    all its certificates by serial...), in ``target`` order; see :func:`replayed_cells`."""
+    cutoff = audit.format_ts(as_of)
+    seq_limit = max_seq if max_seq is not None else _LAST_SEQ
     query = _events_query(conn.dialect.name, cutoff, seq_limit, targets)
     handlers = {
         action: [s.replay[action] for s in SECTIONS if action in s.replay]
@@ -93,14 +108,14 @@ def replayed_cells(
                 continue
             if state is None or state.id != target:
                 if state is not None and "created_at" in state.fields:
-                    yield _replayed(state, ctx)
+                    yield state
                 state = ReplayedDevice(target)
             state.seq = seq
             parsed = loads(details)
             for handler in todo:
                 handler(state, parsed, ts)
     if state is not None and "created_at" in state.fields:
-        yield _replayed(state, ctx)
+        yield state
 
 
 def _replay_context(conn: Connection, cutoff: str, seq_limit: int) -> ReplayContext:

@@ -3,13 +3,15 @@ and the CRLs it publishes."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from cryptography import x509
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from fleet import clock
 from fleet.errors import Conflict
-from fleet.pki import ca
+from fleet.pki import audit_key, ca
 from fleet.pki.keys import cert_pem, fingerprint_sha256, key_type_of, serial_hex
 from fleet.registry import audit, db, migrations
 from fleet.registry.db import read_session, write_session
@@ -50,10 +52,17 @@ def init_workspace(
     issuer = ca.create_ca(ws.home, name, key_type, secret, now=now)
     try:
         authority = describe_ca(issuer.root, issuer.cert)
-        details = {"name": name, "key_type": key_type, **authority.to_dict()}
+        key, _new = audit_key.create_audit_key(ws.home, issuer, now)
+        details = {
+            "name": name,
+            "key_type": key_type,
+            **authority.to_dict(),
+            "audit_key": summarize_ca_certificate(key.cert).to_dict(),
+        }
         with write_session(ws.engine) as session:
             audit.append(session, "ca.init", name, details, at=now)
     except BaseException:
+        audit_key.remove_audit_key(ws.home)
         ca.remove_ca(ws.home)
         raise
     return InitResult(
@@ -63,6 +72,15 @@ def init_workspace(
         key_type=key_type,
         ca=authority,
     )
+
+
+def record_audit_key(session: Session, key: audit_key.AuditKey, now: datetime) -> None:
+    """The ``audit.key`` event: the issuing CA certified this audit (checkpoint) key (a new
+    workspace records it in its ``ca.init`` event instead, as ``audit_key``)."""
+    audit.append(
+        session, "audit.key", "audit-checkpoints", summarize_ca_certificate(key.cert).to_dict(),
+        at=now,
+    )  # fmt: skip
 
 
 def describe_ca(root: x509.Certificate, issuing: x509.Certificate) -> CaInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,13 +13,13 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from fleet import clock
-from fleet.errors import InvalidInput
+from fleet.errors import IntegrityError, InvalidInput
 from fleet.pki import ca
 from fleet.pki.issuer import Issuer
 from fleet.pki.keys import authority_key_identifier
 from fleet.registry import audit
 from fleet.registry.db import write_session
-from fleet.registry.models import Certificate, CrlRecord
+from fleet.registry.models import AuditEvent, Certificate, CrlRecord
 from fleet.statuses import CertStatus
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
@@ -95,6 +96,43 @@ def build_crl(
     return issuer.sign_crl(builder)
 
 
+# The events that revoke certificates, and where their details name the serials.
+_REVOKING_ACTIONS = ("cert.revoke", "cert.renew", "device.decommission")
+
+
+def recorded_revocations(session: Session) -> dict[str, int]:
+    """Serial -> the audit event that revoked it, for every revocation the trail records."""
+    events = session.exec(
+        select(AuditEvent.seq, AuditEvent.details)
+        .where(col(AuditEvent.action).in_(_REVOKING_ACTIONS))
+        .order_by(col(AuditEvent.seq))
+    ).all()
+    revoked: dict[str, int] = {}
+    for seq, details_text in events:
+        details = json.loads(details_text)
+        serials = [details["serial"]] if "serial" in details else details.get("revoked") or []
+        for serial in serials:
+            revoked.setdefault(str(serial), seq)
+    return revoked
+
+
+def check_revocations_kept(session: Session, listed: set[str], number: int, now: datetime) -> None:
+    """Refuse (:class:`IntegrityError`) a CRL that leaves out a certificate the audit trail
+    records as revoked, unless that certificate has expired: revocations only ever grow, so
+    a row un-revoked behind fleet's back cannot make a revoked device trusted again."""
+    for serial, seq in recorded_revocations(session).items():
+        if serial in listed:
+            continue
+        row = session.get(Certificate, serial)
+        if row is not None and row.not_after <= now:
+            continue
+        state = "is missing from the registry" if row is None else f"is {row.status} there"
+        raise IntegrityError(
+            f"refusing to publish CRL {number}: certificate {serial} was revoked (audit event "
+            f"{seq}) but {state}; run `fleet audit verify --state`"
+        )
+
+
 def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
     """PEM encoding of a CRL."""
     return crl.public_bytes(serialization.Encoding.PEM)
@@ -117,6 +155,7 @@ def publish_crl(ws: Workspace, *, passphrase: Passphrase | None = None) -> bytes
             for serial, revoked_at, reason in session.exec(revoked_query).all()
             if revoked_at is not None
         ]
+        check_revocations_kept(session, {entry.serial for entry in entries}, number, now)
         crl = build_crl(issuer, entries, number, now=now)
         session.add(
             CrlRecord(

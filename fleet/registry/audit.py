@@ -190,6 +190,17 @@ def iter_events(
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A head the chain once had, recorded outside the registry (a signed checkpoint, an
+    export's manifest): event ``seq`` must still exist and still hash to ``hash``.
+    ``source`` names the record in messages."""
+
+    seq: int
+    hash: str
+    source: str
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     """Outcome of :func:`verify`. ``bad_seq`` names the first event that fails, if any."""
 
@@ -200,39 +211,67 @@ class VerifyResult:
     reason: str | None = None
 
 
-def verify(session: Session) -> VerifyResult:
-    """Re-hash the whole chain; report the first event that was edited, removed or moved."""
+def verify(session: Session, anchors: Sequence[Anchor] = ()) -> VerifyResult:
+    """Re-hash the whole chain; report the first event that was edited, removed or moved.
+
+    Each of ``anchors`` must still be in the chain: an event missing or hashing differently
+    means the history before it was rewritten (even if consistently re-hashed) or cut off.
+    A broken link is reported first: it names the first edited event more precisely.
+    """
+    pinned: dict[int, list[Anchor]] = {}
+    for anchor in anchors:
+        pinned.setdefault(anchor.seq, []).append(anchor)
     expected_seq, prev = 1, GENESIS_HASH
     count = 0
+    rewritten: VerifyResult | None = None
     for event in iter_events(session):
         count += 1
-        if event.seq != expected_seq:
-            return VerifyResult(
-                False,
-                count,
-                prev,
-                event.seq,
-                f"event {expected_seq} is missing (next event is {event.seq})",
-            )
-        if event.prev_hash != prev:
-            return VerifyResult(
-                False,
-                count,
-                prev,
-                event.seq,
-                "prev_hash does not match the previous event's hash (reordered or removed)",
-            )
-        recomputed = event_hash(event.model_dump())
-        if recomputed != event.hash:
-            return VerifyResult(
-                False,
-                count,
-                prev,
-                event.seq,
-                "content does not match its hash (edited)",
-            )
+        problem = _link_problem(event, expected_seq, prev)
+        if problem is not None:
+            return VerifyResult(False, count, prev, event.seq, problem)
+        for anchor in pinned.get(event.seq, ()):
+            if anchor.hash != event.hash and rewritten is None:
+                rewritten = VerifyResult(
+                    False,
+                    count,
+                    prev,
+                    event.seq,
+                    f"{anchor.source} recorded event {event.seq} as {anchor.hash[:12]}…, "
+                    f"the registry holds {event.hash[:12]}… (history rewritten)",
+                )
         prev = event.hash
         expected_seq += 1
+    if rewritten is not None:
+        return rewritten
+    return _check_end(session, anchors, count, prev)
+
+
+def _link_problem(event: AuditEvent, expected_seq: int, prev: str) -> str | None:
+    """Why ``event`` does not continue a chain ending in event ``expected_seq - 1`` (hash
+    ``prev``), or ``None``."""
+    if event.seq != expected_seq:
+        return f"event {expected_seq} is missing (next event is {event.seq})"
+    if event.prev_hash != prev:
+        return "prev_hash does not match the previous event's hash (reordered or removed)"
+    if event_hash(event.model_dump()) != event.hash:
+        return "content does not match its hash (edited)"
+    return None
+
+
+def _check_end(session: Session, anchors: Sequence[Anchor], count: int, prev: str) -> VerifyResult:
+    """The chain of ``count`` events ending in ``prev`` against the anchors beyond it and
+    the head row."""
+    beyond = [a for a in anchors if a.seq > count]
+    if beyond:
+        last = max(beyond, key=lambda a: a.seq)
+        return VerifyResult(
+            False,
+            count,
+            prev,
+            count + 1,
+            f"the chain ends at event {count} but {last.source} recorded event {last.seq} "
+            "(events removed from the end)",
+        )
     head = session.get(AuditHead, 1)
     head_seq, head_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
     if (head_seq, head_hash) != (count, prev):
@@ -256,7 +295,7 @@ def iter_audit_events(
             yield event_to_dict(event)
 
 
-def verify_audit(ws: Workspace) -> VerifyResult:
-    """Re-hash the audit trail; see :func:`verify`."""
+def verify_audit(ws: Workspace, anchors: Sequence[Anchor] = ()) -> VerifyResult:
+    """Re-hash the audit trail (and check it still holds ``anchors``); see :func:`verify`."""
     with read_session(ws.open_registry()) as session:
-        return verify(session)
+        return verify(session, anchors)

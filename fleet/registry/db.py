@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlmodel import Session, create_engine
 
 from fleet.errors import RegistryError
+from fleet.registry.models import AuditHead
 
 SQLITE_BUSY_TIMEOUT_S = 60
 # The PostgreSQL advisory lock every fleet write transaction holds ("fleet" in ASCII).
@@ -72,8 +73,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 BeforeCommitHook = Callable[[Connection], object]
+# (engine, audit head seq, audit head hash) as the transaction committed them
+AfterCommitHook = Callable[[Engine, int, str], object]
 HOOK_GROUP = "fleet.before_commit"
+AFTER_HOOK_GROUP = "fleet.after_commit"
 _hooks: list[BeforeCommitHook] | None = None
+_after_hooks: list[AfterCommitHook] | None = None
 
 
 def before_commit_hooks() -> list[BeforeCommitHook]:
@@ -102,6 +107,35 @@ def add_before_commit_hook(hook: BeforeCommitHook) -> None:
         hooks.append(hook)
 
 
+def after_commit_hooks() -> list[AfterCommitHook]:
+    """What runs after every write transaction has committed, with the audit head it left.
+
+    Declared in the ``fleet.after_commit`` entry-point group (fleet's audit checkpoints do)
+    or added with :func:`add_after_commit_hook`. A hook runs once the change is durable, so
+    it must not fail the command: it reports its own problems. Loaded once per process.
+    """
+    global _after_hooks
+    if _after_hooks is None:
+        from importlib.metadata import entry_points
+
+        found = sorted(entry_points(group=AFTER_HOOK_GROUP), key=_ep_name)
+        _after_hooks = [ep.load() for ep in found]
+    return _after_hooks
+
+
+def add_after_commit_hook(hook: AfterCommitHook) -> None:
+    """Run ``hook(engine, head_seq, head_hash)`` after every write transaction (idempotent)."""
+    hooks = after_commit_hooks()
+    if hook not in hooks:
+        hooks.append(hook)
+
+
+def _read_head(conn: Connection) -> tuple[int, str] | None:
+    h = AuditHead.__table__  # type: ignore[attr-defined]
+    row = conn.execute(select(h.c.seq, h.c.hash).where(h.c.id == 1)).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session whose work commits together at the end of the block, or not at all.
@@ -111,9 +145,11 @@ def write_session(engine: Engine) -> Iterator[Session]:
     write appends to the audit chain anyway (one head row), so this costs no concurrency, and
     rows locked in different orders (a device, its export row, the chain head) cannot
     deadlock. Before it commits, every before-commit hook runs in the same transaction
-    (see :func:`before_commit_hooks`; the export cache re-renders the rows it keeps).
+    (see :func:`before_commit_hooks`; the export cache re-renders the rows it keeps); after
+    it committed, every after-commit hook (:func:`after_commit_hooks`; audit checkpoints).
     """
-    hooks = before_commit_hooks()
+    hooks, after = before_commit_hooks(), after_commit_hooks()
+    head: tuple[int, str] | None = None
     with Session(engine, expire_on_commit=False) as session, session.begin():
         if engine.dialect.name == "postgresql":
             session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
@@ -121,6 +157,11 @@ def write_session(engine: Engine) -> Iterator[Session]:
         session.flush()
         for hook in hooks:
             hook(session.connection())
+        if after:
+            head = _read_head(session.connection())
+    if head is not None:
+        for after_hook in after:
+            after_hook(engine, *head)
 
 
 @contextmanager
