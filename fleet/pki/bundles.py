@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import Conflict, InvalidInput
-from fleet.files import write_private_file
+from fleet.files import folder_mode, write_new_file
 
 KEY_FILE, CERT_FILE, CHAIN_FILE = "key.pem", "cert.pem", "chain.pem"
 
@@ -32,7 +32,7 @@ class StagedBundle:
 
     def publish(self, *, replace: bool = False) -> None:
         """Rename into place; with ``replace`` an existing bundle is set aside, not deleted."""
-        if self.final.exists():
+        if os.path.lexists(self.final):  # a dangling symlink too
             if not replace:
                 raise Conflict(f"{self.final} already exists; move it away or choose another --out")
             self._backup = Path(
@@ -78,11 +78,11 @@ def stage_bundle(
     except OSError as exc:
         raise InvalidInput(f"cannot write to {out_dir}: {exc.strerror}") from exc
     try:
-        os.chmod(staging, 0o755)
+        os.chmod(staging, folder_mode())
         if key_pem is not None:
-            write_private_file(staging / KEY_FILE, key_pem)
-        (staging / CERT_FILE).write_bytes(cert_pem)
-        (staging / CHAIN_FILE).write_bytes(chain_pem)
+            write_new_file(staging / KEY_FILE, key_pem, private=True)
+        write_new_file(staging / CERT_FILE, cert_pem)
+        write_new_file(staging / CHAIN_FILE, chain_pem)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise InvalidInput(f"cannot write the bundle in {out_dir}: {exc.strerror}") from exc

@@ -20,7 +20,7 @@ from cryptography import x509
 
 from fleet import clock
 from fleet.errors import RegistryError
-from fleet.files import write_private_file
+from fleet.files import write_new_file
 from fleet.pki import ca
 from fleet.pki.authority import summarize_ca_certificate
 from fleet.pki.cms import Signer
@@ -87,8 +87,9 @@ def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
     key_tmp, cert_tmp = folder / f".{SIGNER_KEY_FILE}.tmp", folder / f".{SIGNER_CERT_FILE}.tmp"
     try:
         key_tmp.unlink(missing_ok=True)
-        write_private_file(key_tmp, private_key_pem(key, secret))
-        cert_tmp.write_bytes(issued.cert_pem.encode("ascii"))
+        cert_tmp.unlink(missing_ok=True)
+        write_new_file(key_tmp, private_key_pem(key, secret), private=True)
+        write_new_file(cert_tmp, issued.cert_pem.encode("ascii"))
         with write_session(ws.open_registry()) as session:
             audit.append(
                 session,

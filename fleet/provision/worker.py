@@ -27,7 +27,7 @@ from fleet.pki.profiles import Profile
 from fleet.provision.publish import staging_name
 
 _worker_issuer: Issuer | None = None
-_umask = 0o022
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TaskRow(NamedTuple):
@@ -56,9 +56,7 @@ def start_pool(issuer: Issuer, workers: int) -> ProcessPoolExecutor:
 
 def _init_worker(issuer_factory: IssuerFactory, parent: int) -> None:
     """Pool initialiser: make this worker's issuer; die with the parent process."""
-    global _worker_issuer, _umask
-    _umask = os.umask(0o022)
-    os.umask(_umask)
+    global _worker_issuer
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
@@ -107,11 +105,11 @@ def sign_chunk(
 def _write_bundle(folder: str, key_pem: bytes | None, cert_pem: bytes, chain_pem: bytes) -> None:
     """Write a bundle into a new folder (a staging name, renamed into place later).
 
-    Plain ``os`` calls: at thousands of bundles a second, file objects' overhead shows.
+    Plain ``os`` calls: at thousands of bundles a second, file objects' overhead shows. The
+    same modes as :mod:`fleet.files` (which `fleet device add` uses): the folder and public
+    files as the umask allows, the key 0600; each file created new, never through a symlink.
     """
-    os.mkdir(folder, 0o755)
-    if _umask & 0o755:
-        os.chmod(folder, 0o755)  # same mode as `fleet device add`, whatever the umask
+    os.mkdir(folder, 0o777)
     for name, data, mode in (
         (KEY_FILE, key_pem, 0o600),
         (CERT_FILE, cert_pem, 0o666),
@@ -119,7 +117,7 @@ def _write_bundle(folder: str, key_pem: bytes | None, cert_pem: bytes, chain_pem
     ):
         if data is None:
             continue
-        fd = os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = os.open(os.path.join(folder, name), _CREATE_FLAGS, mode)
         try:
             os.write(fd, data)
         finally:
