@@ -19,7 +19,7 @@ from fleet.devices import (
     validate_key_type,
 )
 from fleet.errors import Conflict, InvalidInput, NotFound
-from fleet.identifiers import normalize_serial
+from fleet.identifiers import MAX_DAYS, normalize_serial
 from fleet.pki import ca
 from fleet.pki.bundles import recover_in
 from fleet.pki.crl import normalize_reason, revoke_rows
@@ -55,8 +55,8 @@ def list_certificates(
     """
     if status is not None and status not in CERT_STATUSES:
         raise InvalidInput(f"certificate status must be one of {', '.join(CERT_STATUSES)}")
-    if expiring_within_days is not None and expiring_within_days < 0:
-        raise InvalidInput("--expiring-within must be zero or more days")
+    if expiring_within_days is not None and not 0 <= expiring_within_days <= MAX_DAYS:
+        raise InvalidInput(f"--expiring-within must be 0 to {MAX_DAYS} days")
     now = clock.now()
     query = select(Certificate)
     if device_id is not None:

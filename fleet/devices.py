@@ -7,6 +7,7 @@ event commit, and only then is the certificate written and the bundle renamed in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -117,7 +118,7 @@ def add_device(
             raise Conflict(f"device {device_id!r} already exists")
         if clouds:
             jobs.validate_clouds_exist(session, clouds)
-    if out.exists():
+    if os.path.lexists(out):  # a dangling symlink too
         raise Conflict(f"{out} already exists; move it away or choose another --out")
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
 

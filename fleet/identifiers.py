@@ -11,7 +11,7 @@ from fleet.errors import InvalidInput
 
 DEVICE_ID_MAX = 64
 _ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_:.")
-_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")
+_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}")  # fullmatch: no "\n" end
 LABEL_VALUE_MAX = 256
 
 
@@ -49,7 +49,7 @@ def parse_label(text: str) -> tuple[str, str]:
 
 def validate_label(key: str, value: str) -> tuple[str, str]:
     """Validate a label: key 1-63 chars of letters, digits, ``_.:/-``; value up to 256."""
-    if not _LABEL_KEY_RE.match(key):
+    if not isinstance(key, str) or not _LABEL_KEY_RE.fullmatch(key):
         raise InvalidInput(
             f"label key {key!r} must be 1-63 letters, digits, '_', '.', ':', '/' or '-', "
             "starting with a letter or digit"
@@ -58,7 +58,24 @@ def validate_label(key: str, value: str) -> tuple[str, str]:
         raise InvalidInput(f"label {key!r}: value must be a string of at most 256 characters")
     if any(ord(c) < 32 for c in value):
         raise InvalidInput(f"label {key!r}: value contains control characters")
+    if not is_utf8_text(value):
+        raise InvalidInput(f"label {key!r}: value is not valid Unicode text (a lone surrogate)")
     return key, value
+
+
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: JSON's ``"\\ud800"`` and undecodable command-line
+    bytes decode to lone surrogates, which no database or file can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print or store: lone surrogates shown as ``\\udcxx`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse_labels(items: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -85,30 +102,52 @@ def validate_text_field(name: str, value: str | None, limit: int = 128) -> str |
     """Check a free-text attribute such as ``model`` or ``serial``."""
     if value is None:
         return None
-    if not value or len(value) > limit or any(ord(c) < 32 for c in value):
+    if (
+        not value
+        or len(value) > limit
+        or any(ord(c) < 32 for c in value)
+        or not is_utf8_text(value)
+    ):
         raise InvalidInput(f"{name} must be 1 to {limit} printable characters")
     return value
 
 
-_RELATIVE_RE = re.compile(r"^(\d+)([smhdw])$")
+_RELATIVE_RE = re.compile(r"(\d{1,12})([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME_HELP = "use ISO 8601 (2026-06-30, 2026-06-30T12:00:00Z) or an age such as 24h or 7d"
+MAX_DAYS = 1_000_000  # about 2,700 years: any longer span is a typo
 
 
 def parse_timestamp(text: str, *, now: datetime | None = None) -> datetime:
     """Parse ``2026-06-30``, ``2026-06-30T12:00:00+02:00`` (no offset means UTC) or a
-    relative age such as ``15m``, ``24h``, ``7d`` (that long before now); return UTC."""
+    relative age such as ``15m``, ``24h``, ``7d`` (that long before now); return UTC.
+
+    Raises :class:`InvalidInput` for anything else: an empty text, a moment outside the
+    years 1 to 9999 in UTC, an age reaching before year 1.
+    """
     value = text.strip()
-    match = _RELATIVE_RE.match(value)
+    if not value:
+        raise InvalidInput(f"empty time: {_TIME_HELP}")
+    match = _RELATIVE_RE.fullmatch(value)
     if match:
         seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        return (now or clock.now()) - timedelta(seconds=seconds)
+        return shift(now or clock.now(), -seconds, what=f"time {text!r}")
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise InvalidInput(
-            f"cannot parse time {text!r}: use ISO 8601 (2026-06-30, 2026-06-30T12:00:00Z) "
-            "or an age such as 24h or 7d"
-        ) from None
+        raise InvalidInput(f"cannot parse time {text!r}: {_TIME_HELP}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"time {text!r} is out of range (years 1 to 9999)") from None
+
+
+def shift(moment: datetime, seconds: float, *, what: str = "time") -> datetime:
+    """``moment`` moved by ``seconds``; :class:`InvalidInput` (naming ``what``) when that
+    leaves the years 1 to 9999."""
+    try:
+        return moment + timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidInput(f"{what} is out of range (years 1 to 9999)") from None

@@ -67,13 +67,20 @@ class Workspace:
 
     def open_registry(self) -> Engine:
         """The engine, after checking that the registry exists and is at the current schema."""
+        from fleet.registry.db import redact_url, sqlite_file
+        from fleet.registry.migrations import check_schema
+
         uses_default_sqlite = not self.db_url and not os.environ.get(DATABASE_URL_ENV)
         # SQLite would silently create an empty file: say what is missing instead.
         if uses_default_sqlite and not (self.home / "registry.db").is_file():
             raise RegistryError(
                 f"no fleet workspace at {self.home}: run `fleet init` (or pass --home)"
             )
-        from fleet.registry.migrations import check_schema
+        path = sqlite_file(self.registry_url)
+        if path is not None and not path.is_file():
+            raise RegistryError(
+                f"no registry at {redact_url(self.registry_url)}: run `fleet init` with it first"
+            )
 
         check_schema(self.engine)
         return self.engine

@@ -2,6 +2,8 @@
 
 Exit codes: 0 ok, 1 other failure, 2 invalid input or usage, 3 not found, 4 conflict,
 5 registry or workspace problem, 6 CA passphrase missing or wrong, 7 audit trail broken.
+An unexpected exception (a bug) is one line, ``error: internal error: TYPE: MESSAGE``, and
+exit 1; ``FLEET_DEBUG=1`` shows its traceback instead.
 
 Each command's module loads when that command runs (or help lists it): ``fleet --version``
 imports no command, ``fleet device list`` only the device commands and what they need.
@@ -10,6 +12,7 @@ imports no command, ``fleet device list`` only the device commands and what they
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,12 +20,17 @@ from typing import Annotated, Any
 import typer
 from typer._click.core import Command
 from typer._click.core import Context as ClickContext
+from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
 from fleet import __version__
 from fleet.cli._common import fail
-from fleet.errors import FleetError, RegistryError
+from fleet.errors import FleetError, InvalidInput, RegistryError
+from fleet.identifiers import is_utf8_text
 from fleet.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace, default_home
+
+DEBUG_ENV = "FLEET_DEBUG"
+INTERNAL_ERROR_EXIT = 1
 
 # The root's commands in help order: name -> "module:attribute", a typer app (a command group)
 # or a command function.
@@ -88,21 +96,40 @@ class FleetGroup(TyperGroup):
         super().__init__(**attrs)
         self.commands = LazyCommands(COMMANDS)
 
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        # Bytes that are not UTF-8 arrive as lone surrogates, which no file or database
+        # takes: refuse them here, once, rather than wherever one ends up.
+        for arg in args:
+            if not is_utf8_text(arg):
+                fail(f"argument {arg!r} is not valid UTF-8 text", InvalidInput.exit_code)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: ClickContext) -> Any:
         # Imported here, not at the top: `fleet --version` and `--help` never get this far.
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DatabaseError
 
         from fleet.registry.db import redact_url
 
         try:
             return super().invoke(ctx)
+        except (ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise  # click's own handling: usage errors (exit 2), exits, Ctrl-C
         except FleetError as exc:
             fail(str(exc), exc.exit_code)
-        except OperationalError as exc:
+        except DatabaseError as exc:  # unreachable, locked, not a database file...
             ws = ctx.obj if isinstance(ctx.obj, Workspace) else None
             where = redact_url(ws.registry_url) if ws else "the registry"
             detail = str(exc.orig).strip().splitlines()[0] if exc.orig else "error"
             fail(f"database error at {where}: {detail}", RegistryError.exit_code)
+        except Exception as exc:  # the last resort: a bug, reported in one line
+            if os.environ.get(DEBUG_ENV):
+                raise
+            detail = " ".join(str(exc).split())[:300]
+            fail(
+                f"internal error: {type(exc).__name__}: {detail} "
+                f"(set {DEBUG_ENV}=1 for the traceback)",
+                INTERNAL_ERROR_EXIT,
+            )
 
 
 app = typer.Typer(

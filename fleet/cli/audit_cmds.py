@@ -41,7 +41,7 @@ def log(
 
         fleet audit log --since 7d --json
     """
-    start = parse_timestamp(since) if since else None
+    start = parse_timestamp(since) if since is not None else None
     events = audit.iter_audit_events(workspace(ctx), since=start)
     if json_out:
         print_json_array(events)
@@ -160,8 +160,8 @@ def export_(
     result = export_lib.export_audit(
         workspace(ctx),
         out=out,
-        since=parse_timestamp(since) if since else None,
-        until=parse_timestamp(until) if until else None,
+        since=parse_timestamp(since) if since is not None else None,
+        until=parse_timestamp(until) if until is not None else None,
         sign=sign,
         passphrase=ask_passphrase,
     )

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
-from fleet.files import atomic_write
+from fleet.files import PendingFile, atomic_write
 from fleet.pki import authority
 from fleet.pki.crl import publish_crl
 from fleet.views import iso
@@ -74,4 +74,12 @@ def crl(
 
         fleet ca crl --out fleet.crl.pem
     """
-    _emit(publish_crl(workspace(ctx), passphrase=ask_passphrase), out, "the CRL")
+    if out is None:
+        _emit(publish_crl(workspace(ctx), passphrase=ask_passphrase), None, "the CRL")
+        return
+    # The file is created (empty, under a temporary name) before the CRL number is taken:
+    # an unwritable --out fails with nothing recorded.
+    with PendingFile(out) as pending:
+        pending.write(publish_crl(workspace(ctx), passphrase=ask_passphrase))
+        pending.commit()
+    message(f"Wrote the CRL to {out}")

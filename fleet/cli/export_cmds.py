@@ -102,7 +102,7 @@ def export_devices(
     filters = export.parse_filters(
         model=model, status=status, labels=label or [], where=where or []
     )
-    moment = parse_timestamp(as_of) if as_of else None
+    moment = parse_timestamp(as_of) if as_of is not None else None
     result = export.export_devices(
         workspace(ctx),
         fmt=fmt,

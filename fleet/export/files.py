@@ -6,20 +6,20 @@ manifest and the detached signatures (:mod:`fleet.pki.cms`) beside it exist.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from fleet import __version__
 from fleet.errors import InvalidInput
 from fleet.export.snapshot import Snapshot
+from fleet.files import PendingFile
 from fleet.pki.cms import Signer, sign_detached
 from fleet.pki.signers import load_signer
 from fleet.registry import audit
@@ -58,28 +58,16 @@ def export_output(
     ws.open_registry()
     if out is None:
         return {"file": None, "rows": produce(stream or sys.stdout).rows}
-    _temp_beside(out).unlink()  # fail on an unwritable path before asking for the passphrase
-    signer = load_signer(ws, passphrase) if signing else None
-    return _export_to_file(out, produce, description, signer, now)
-
-
-def _temp_beside(path: Path) -> Path:
-    if path.is_dir():
-        raise InvalidInput(f"cannot write {path}: it is a directory")
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from exc
-    os.close(fd)
-    return Path(name)
+    with PendingFile(out) as pending:  # an unwritable path fails before the passphrase prompt
+        signer = load_signer(ws, passphrase) if signing else None
+        return _export_to_file(pending, produce, description, signer, now)
 
 
 class _HashingFile(io.RawIOBase):
     """A file that hashes what it writes, as it writes it: the manifest's SHA-256 without
     reading the export back (the hashing runs in the writer thread, beside the reading)."""
 
-    def __init__(self, raw: io.FileIO) -> None:
+    def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -95,65 +83,65 @@ class _HashingFile(io.RawIOBase):
 
 
 def _export_to_file(
-    out: Path,
+    pending: PendingFile,
     produce: Callable[[TextIO], Snapshot],
     description: dict[str, Any],
     signer: Signer | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """Write ``out`` (and, when signing, its manifest and signatures) all or nothing."""
-    temps: list[Path] = [_temp_beside(out)]
-    try:
-        snapshot, digest, size = _write_hashed(temps[0], produce)
-        result: dict[str, Any] = {
-            "file": str(out),
-            "rows": snapshot.rows,
-            "sha256": digest,
-            "bytes": size,
-        }
-        renames = [(temps[0], out)]
-        if signer is not None:
-            manifest = {
-                "fleet_export_manifest": MANIFEST_VERSION,
-                "file": out.name,
-                **description,
-                "rows": snapshot.rows,
-                "sha256": digest,
-                "bytes": size,
-                "audit_head": {"seq": snapshot.head_seq, "hash": snapshot.head_hash},
-                "fleet_version": __version__,
-                "created_at": audit.format_ts(now),
-                "signer": signer.summary(),
-            }
-            for final, data in _signed_files(out, temps[0], manifest, signer):
-                temp = _temp_beside(final)
-                temps.append(temp)
-                temp.write_bytes(data)
-                os.chmod(temp, 0o644)
-                renames.insert(0, (temp, final))  # the export itself is renamed last
-            result.update(
-                manifest=str(manifest_path(out)),
-                signature=str(signature_path(out)),
-                manifest_signature=str(signature_path(manifest_path(out))),
-            )
-        for temp, final in renames:
-            os.replace(temp, final)
+    """Write ``pending``'s file (and, when signing, its manifest and signatures) all or
+    nothing: the export itself is renamed into place last."""
+    out = pending.path
+    snapshot, digest, size = _write_hashed(pending, produce)
+    result: dict[str, Any] = {"file": str(out), "rows": snapshot.rows, "sha256": digest}
+    result["bytes"] = size
+    if signer is None:
+        pending.commit()
         return result
+    manifest = {
+        "fleet_export_manifest": MANIFEST_VERSION,
+        "file": out.name,
+        **description,
+        "rows": snapshot.rows,
+        "sha256": digest,
+        "bytes": size,
+        "audit_head": {"seq": snapshot.head_seq, "hash": snapshot.head_hash},
+        "fleet_version": __version__,
+        "created_at": audit.format_ts(now),
+        "signer": signer.summary(),
+    }
+    with contextlib.ExitStack() as stack:
+        beside: list[PendingFile] = []
+        for final, data in _signed_files(out, pending.temp, manifest, signer):
+            extra = stack.enter_context(PendingFile(final))
+            extra.write(data)
+            beside.append(extra)
+        for extra in beside:
+            extra.commit()
+        pending.commit()
+    result.update(
+        manifest=str(manifest_path(out)),
+        signature=str(signature_path(out)),
+        manifest_signature=str(signature_path(manifest_path(out))),
+    )
+    return result
+
+
+def _write_hashed(
+    pending: PendingFile, produce: Callable[[TextIO], Snapshot]
+) -> tuple[Snapshot, str, int]:
+    """Run ``produce`` on ``pending``; return its snapshot and the file's SHA-256 and size."""
+    hashed = _HashingFile(pending.handle)
+    buffered = io.BufferedWriter(hashed, buffer_size=1 << 20)
+    handle = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
+    try:
+        snapshot = produce(handle)
+        handle.flush()
+        pending.handle.flush()
     except OSError as exc:
-        raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from exc
+        raise InvalidInput(f"cannot write {pending.path}: {exc.strerror or exc}") from exc
     finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-
-
-def _write_hashed(temp: Path, produce: Callable[[TextIO], Snapshot]) -> tuple[Snapshot, str, int]:
-    """Run ``produce`` on ``temp``; return its snapshot and the file's SHA-256 and size."""
-    with temp.open("wb", buffering=0) as raw:
-        hashed = _HashingFile(raw)
-        buffered = io.BufferedWriter(hashed, buffer_size=1 << 20)
-        with io.TextIOWrapper(buffered, encoding="utf-8", newline="") as handle:
-            snapshot = produce(handle)
-    os.chmod(temp, 0o644)
+        handle.detach()  # the pending file keeps its handle open until it commits
     return snapshot, hashed.sha256.hexdigest(), hashed.size
 
 

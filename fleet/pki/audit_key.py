@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.errors import RegistryError
-from fleet.files import write_private_file
+from fleet.files import write_new_file
 from fleet.pki.issue import issue_certificate
 from fleet.pki.issuer import Issuer
 from fleet.pki.keys import fingerprint_sha256, verify_issued_by
@@ -89,7 +89,7 @@ def create_audit_key(home: Path, issuer: Issuer, now: datetime) -> tuple[AuditKe
     key_tmp, cert_tmp = folder / f".{AUDIT_KEY_FILE}.tmp", folder / f".{AUDIT_CERT_FILE}.tmp"
     try:
         key_tmp.unlink(missing_ok=True)
-        write_private_file(key_tmp, issued.key_pem)
+        write_new_file(key_tmp, issued.key_pem, private=True)
         cert_tmp.unlink(missing_ok=True)
         cert_tmp.write_bytes(issued.cert_pem.encode("ascii"))
         os.replace(cert_tmp, folder / AUDIT_CERT_FILE)

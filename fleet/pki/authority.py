@@ -32,10 +32,12 @@ def init_workspace(
     Refuses, changing nothing, when the workspace already has a CA or the registry already
     recorded one.
     """
+    ca.check_ca_request(name, key_type)  # before anything is created
     secret = require_passphrase(passphrase)
     if ca.ca_dir(ws.home).exists():
         raise Conflict(f"{ws.home} is already initialised (it has a CA in {ca.ca_dir(ws.home)})")
     ws.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db.create_sqlite_file(ws.registry_url)
     revision = migrations.current_revision(ws.engine)
     if revision is not None:
         migrations.check_schema(ws.engine)

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 
 from fleet import faults
 from fleet.errors import Conflict, InvalidInput
+from fleet.files import folder_mode
 from fleet.pki import ca
 from fleet.pki.keys import cert_pem, serial_hex
 from fleet.registry.db import read_session
@@ -123,7 +124,7 @@ def stage_bundle(
     except OSError as exc:
         raise InvalidInput(f"cannot write to {out_dir}: {exc.strerror}") from exc
     try:
-        os.chmod(staging, 0o755)
+        os.chmod(staging, folder_mode())
         write_staging(str(staging), key_pem, serial)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 
 from fleet import clock
 from fleet.errors import Conflict, InvalidInput, RegistryError
-from fleet.files import write_private_file
+from fleet.files import write_new_file
+from fleet.identifiers import validate_text_field
 from fleet.pki.issuer import Issuer
 from fleet.pki.keys import (
     PrivateKey,
@@ -121,6 +122,14 @@ def is_initialised(home: Path) -> bool:
     return (ca_dir(home) / "issuing.cert.pem").is_file()
 
 
+def check_ca_request(name: str, key_type: str) -> None:
+    """Refuse (:class:`InvalidInput`) a CA name or key type :func:`create_ca` cannot use."""
+    if key_type not in CA_KEY_TYPES:
+        raise InvalidInput(f"CA key type must be one of {', '.join(CA_KEY_TYPES)}")
+    if not name.strip() or validate_text_field("CA name", name, limit=64) is None:
+        raise InvalidInput("CA name must be 1 to 64 printable characters")
+
+
 def create_ca(
     home: Path,
     name: str,
@@ -130,10 +139,7 @@ def create_ca(
     now: datetime | None = None,
 ) -> FileIssuer:
     """Create the root and issuing CA under ``home/ca`` atomically (all files or none)."""
-    if key_type not in CA_KEY_TYPES:
-        raise InvalidInput(f"CA key type must be one of {', '.join(CA_KEY_TYPES)}")
-    if not name.strip() or len(name) > 64:
-        raise InvalidInput("CA name must be 1 to 64 characters")
+    check_ca_request(name, key_type)
     secret = passphrase_bytes(passphrase)
     target = ca_dir(home)
     if target.exists():
@@ -157,10 +163,12 @@ def create_ca(
     home.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".ca-", dir=home))  # mkdtemp makes it 0700
     try:
-        write_private_file(staging / "root.key.pem", private_key_pem(root_key, secret))
-        write_private_file(staging / "issuing.key.pem", private_key_pem(issuing_key, secret))
-        (staging / "root.cert.pem").write_bytes(cert_pem(root))
-        (staging / "issuing.cert.pem").write_bytes(cert_pem(issuing))
+        write_new_file(staging / "root.key.pem", private_key_pem(root_key, secret), private=True)
+        write_new_file(
+            staging / "issuing.key.pem", private_key_pem(issuing_key, secret), private=True
+        )
+        write_new_file(staging / "root.cert.pem", cert_pem(root))
+        write_new_file(staging / "issuing.cert.pem", cert_pem(issuing))
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -222,10 +230,9 @@ def load_issuer(home: Path, passphrase: str | bytes) -> Issuer:
         raise RegistryError(f"no CA in {folder}: run `fleet init` first")
     try:
         key_pem = (folder / "issuing.key.pem").read_bytes()
-        issuing = x509.load_pem_x509_certificate((folder / "issuing.cert.pem").read_bytes())
-        root = x509.load_pem_x509_certificate((folder / "root.cert.pem").read_bytes())
     except OSError as exc:
         raise RegistryError(f"cannot read the CA in {folder}: {exc.strerror}") from exc
+    issuing, root = load_ca_certificates(home)
     secret = passphrase_bytes(passphrase)
     try:
         key = load_private_key_pem(key_pem, secret, what="the issuing CA key")
@@ -239,6 +246,14 @@ def load_ca_certificates(home: Path) -> tuple[x509.Certificate, x509.Certificate
     folder = ca_dir(home)
     if not is_initialised(home):
         raise RegistryError(f"no CA in {folder}: run `fleet init` first")
-    issuing = x509.load_pem_x509_certificate((folder / "issuing.cert.pem").read_bytes())
-    root = x509.load_pem_x509_certificate((folder / "root.cert.pem").read_bytes())
-    return issuing, root
+    return _read_ca_cert(folder / "issuing.cert.pem"), _read_ca_cert(folder / "root.cert.pem")
+
+
+def _read_ca_cert(path: Path) -> x509.Certificate:
+    """A CA certificate file; :class:`RegistryError` when it is missing or not a certificate."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise RegistryError(f"cannot read the CA certificate {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise RegistryError(f"the CA certificate {path} is not a PEM certificate") from exc

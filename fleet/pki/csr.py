@@ -15,14 +15,25 @@ from cryptography.x509.oid import NameOID
 from fleet.errors import InvalidInput
 from fleet.pki.keys import key_type_of
 
+CSR_MAX_BYTES = 64 * 1024  # a CSR is a few KiB; this bounds what `--csr /dev/urandom` reads
+
+
+def read_csr_bytes(path: Path) -> bytes:
+    """A CSR file's bytes, at most :data:`CSR_MAX_BYTES` (:class:`InvalidInput` otherwise,
+    or when it cannot be read)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(CSR_MAX_BYTES + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read CSR {path}: {exc.strerror}") from exc
+    if len(data) > CSR_MAX_BYTES:
+        raise InvalidInput(f"CSR {path} is larger than {CSR_MAX_BYTES // 1024} KiB")
+    return data
+
 
 def read_csr_file(path: Path, device_id: str) -> x509.CertificateSigningRequest:
     """Read and check a CSR file for ``device_id`` (see :func:`load_csr`)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read CSR {path}: {exc.strerror}") from exc
-    return load_csr(data, device_id, source=f"CSR {path}")
+    return load_csr(read_csr_bytes(path), device_id, source=f"CSR {path}")
 
 
 def load_csr(data: bytes, device_id: str, *, source: str = "CSR") -> x509.CertificateSigningRequest:

@@ -20,7 +20,7 @@ from cryptography import x509
 
 from fleet import clock, faults
 from fleet.errors import RegistryError
-from fleet.files import write_private_file
+from fleet.files import write_new_file
 from fleet.pki import ca
 from fleet.pki.authority import summarize_ca_certificate
 from fleet.pki.cms import Signer
@@ -89,7 +89,7 @@ def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
     try:
         for path in (key_tmp, cert_tmp):
             path.unlink(missing_ok=True)  # left by a killed run: never recorded, or superseded
-        write_private_file(key_tmp, private_key_pem(key, secret))
+        write_new_file(key_tmp, private_key_pem(key, secret), private=True)
         faults.hit("after-stage")
         # Recorded first: the certificate reaches the disk only once the audit trail holds it
         # (a run killed before the files are renamed leaves a recorded signer nobody has).

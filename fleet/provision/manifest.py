@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from fleet.errors import InvalidInput
 from fleet.faults import Faults
+from fleet.files import PendingFile
 from fleet.provision.seen import ManifestRow, SeenIds
 from fleet.provision.source import RowError
 from fleet.registry.db import read_session
@@ -37,18 +38,15 @@ class Report:
         self.path = path
         self.kept: list[RowError] = []
         self.count = 0
-        self._tmp: Path | None = None
+        self._pending: PendingFile | None = None
         self._handle: TextIO | None = None
         self._writer: Any = None
         if path is not None:
             folder = path.parent if str(path.parent) else Path(".")
             if not folder.is_dir():
                 raise InvalidInput(f"cannot write the report {path}: {folder} is not a folder")
-            self._tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-            try:
-                self._handle = self._tmp.open("w", encoding="utf-8", newline="")
-            except OSError as exc:
-                raise InvalidInput(f"cannot write the report {path}: {exc.strerror}") from exc
+            self._pending = PendingFile(path)
+            self._handle = _text(self._pending)
             self._writer = csv.writer(self._handle, lineterminator="\n")
             self._writer.writerow(REPORT_COLUMNS)
 
@@ -62,17 +60,21 @@ class Report:
 
     def finish(self) -> None:
         """Put the complete report in place."""
-        if self._handle is not None and self._tmp is not None and self.path is not None:
-            self._handle.close()
-            os.replace(self._tmp, self.path)
+        if self._handle is not None and self._pending is not None:
+            self._handle.flush()
+            self._pending.commit()
             self._handle = None
 
     def abort(self) -> None:
         """Drop the half-written report."""
-        if self._handle is not None and self._tmp is not None:
-            self._handle.close()
-            self._tmp.unlink(missing_ok=True)
+        if self._handle is not None and self._pending is not None:
+            self._pending.discard()
             self._handle = None
+
+
+def _text(pending: PendingFile) -> TextIO:
+    """A UTF-8 text writer over ``pending`` (left open: the pending file closes it)."""
+    return io.TextIOWrapper(pending.handle, encoding="utf-8", newline="", write_through=True)
 
 
 def write_manifest(
@@ -82,9 +84,9 @@ def write_manifest(
     certificates this run committed from its own record, the others from the registry.
     Written under a staging name (``token``) and renamed into place; returns its path."""
     final = out_dir / MANIFEST_NAME
-    tmp = out_dir / f".{MANIFEST_NAME}.tmp-{token}"
     written = 0
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
+    with PendingFile(final, temp_name=f".{MANIFEST_NAME}.tmp-{token}") as pending:
+        handle = _text(pending)
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
         for page in seen.ok_rows():
@@ -94,7 +96,8 @@ def write_manifest(
                 if written == 1:
                     handle.flush()
                     faults.hit("manifest")
-    os.replace(tmp, final)
+        handle.flush()
+        pending.commit()
     return final
 
 

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from fleet import clock
-from fleet.errors import FleetError
-from fleet.pki.csr import load_csr
+from fleet.errors import FleetError, InvalidInput
+from fleet.pki.csr import load_csr, read_csr_bytes
 from fleet.pki.profiles import Profile, load_profile
 from fleet.provision.manifest import MANIFEST_NAME
 from fleet.provision.publish import OutDir
@@ -87,11 +87,11 @@ class Planner:
             csr_data: bytes | None = None
             csr_label: str | None = None
             if row.csr is not None:
-                csr_label = str(self._csr_path(row))
                 try:
-                    csr_data = self._csr_path(row).read_bytes()
-                except OSError as exc:
-                    self.tally.fail_row(row, f"cannot read CSR {csr_label}: {exc.strerror}")
+                    csr_label = str(self._csr_path(row))
+                    csr_data = read_csr_bytes(self._csr_path(row))
+                except FleetError as exc:
+                    self.tally.fail_row(row, str(exc))
                     continue
             task.task_rows.append(TaskRow(row.device_id, name, csr_data, csr_label))
             task.rows.append(row)
@@ -194,15 +194,20 @@ class Planner:
         return found if isinstance(found, str) else None
 
     def _csr_path(self, row: Row) -> Path:
+        """The row's CSR file, inside the provisioning file's folder: an absolute path or
+        one climbing out with ``..`` is refused (the file must not read arbitrary files)."""
         assert row.csr is not None
-        return self.csr_folder / row.csr
+        relative = Path(row.csr)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise InvalidInput(
+                f"CSR {row.csr!r} must be a path inside the file's folder {self.csr_folder}"
+            )
+        return self.csr_folder / relative
 
     def _check_csr(self, row: Row) -> str | None:
         try:
-            data = self._csr_path(row).read_bytes()
-            load_csr(data, row.device_id, source=f"CSR {self._csr_path(row)}")
-        except OSError as exc:
-            return f"cannot read CSR {self._csr_path(row)}: {exc.strerror}"
+            path = self._csr_path(row)
+            load_csr(read_csr_bytes(path), row.device_id, source=f"CSR {path}")
         except FleetError as exc:
             return str(exc)
         return None

@@ -90,7 +90,7 @@ class OutDir:
         """
         if self._lock_fd is None:
             self._lock_fd = os.open(
-                os.path.join(self.text, LOCK_NAME), os.O_WRONLY | os.O_CREAT, 0o644
+                os.path.join(self.text, LOCK_NAME), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666
             )
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:

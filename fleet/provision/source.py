@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from fleet.errors import FleetError, InvalidInput
-from fleet.identifiers import validate_device_id, validate_label, validate_text_field
+from fleet.identifiers import (
+    is_utf8_text,
+    printable,
+    validate_device_id,
+    validate_label,
+    validate_text_field,
+)
 
 COLUMNS = ("id", "model", "serial", "labels", "profile", "csr")
 FORMATS = ("csv", "jsonl")
@@ -124,7 +130,7 @@ def _scan_jsonl(handle: IO[bytes]) -> tuple[int, set[str]]:
             continue
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue  # reported for its row
         if isinstance(value, dict):
             unknown.update(k for k in value if k not in COLUMNS)
@@ -134,8 +140,11 @@ def _scan_jsonl(handle: IO[bytes]) -> tuple[int, set[str]]:
 
 def _check_csv_header(path: Path) -> set[str]:
     """The header's unknown columns; refuse a header without ``id`` or with a repeat."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle), None)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), None)
+    except csv.Error as exc:
+        raise InvalidInput(f"{path}: the header row is not valid CSV ({exc})") from exc
     if not header:
         raise InvalidInput(f"{path} is empty: expected a header row ({', '.join(COLUMNS)})")
     header = [c.strip() for c in header]
@@ -171,25 +180,36 @@ def _iter_csv(path: Path) -> Iterator[Record]:
         reader = csv.reader(handle)
         header = [c.strip() for c in next(reader)]
         last = reader.line_num
-        for values in reader:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over the csv module's limit: this row only
+                line, last = last + 1, reader.line_num
+                yield line, RowError(line, "", f"not valid CSV ({exc})")
+                continue
             line, last = last + 1, reader.line_num
             if not values or values == [""]:
                 continue
-            if len(values) != len(header):
-                device_id = values[header.index("id")] if len(values) > header.index("id") else ""
-                found = f"expected {len(header)} fields, found {len(values)}"
-                yield line, RowError(line, device_id, found)
-                continue
-            fields: dict[str, Any] = {
-                k: (v if v != "" else None) for k, v in zip(header, values, strict=True)
-            }
-            labels_text = fields.get("labels")
-            try:
-                fields["labels"] = parse_label_list(labels_text) if labels_text else None
-            except FleetError as exc:
-                yield line, RowError(line, str(fields.get("id") or ""), str(exc))
-                continue
-            yield line, _make_row(line, fields)
+            yield line, _csv_record(line, header, values)
+
+
+def _csv_record(line: int, header: list[str], values: list[str]) -> Row | RowError:
+    """One CSV row checked: its fields by column, its ``labels`` cell parsed."""
+    if len(values) != len(header):
+        device_id = values[header.index("id")] if len(values) > header.index("id") else ""
+        found = f"expected {len(header)} fields, found {len(values)}"
+        return RowError(line, printable(device_id[:128]), found)
+    fields: dict[str, Any] = {
+        k: (v if v != "" else None) for k, v in zip(header, values, strict=True)
+    }
+    labels_text = fields.get("labels")
+    try:
+        fields["labels"] = parse_label_list(labels_text) if labels_text else None
+    except FleetError as exc:
+        return RowError(line, printable(str(fields.get("id") or "")[:128]), str(exc))
+    return _make_row(line, fields)
 
 
 def parse_label_list(text: str) -> dict[str, str]:
@@ -218,6 +238,9 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
             except ValueError as exc:
                 yield line, RowError(line, "", f"not valid JSON ({exc})")
                 continue
+            except RecursionError:
+                yield line, RowError(line, "", "not valid JSON (nested too deep)")
+                continue
             if not isinstance(value, dict):
                 yield line, RowError(line, "", "each line must be a JSON object")
                 continue
@@ -226,7 +249,8 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
 
 def _make_row(line: int, fields: dict[str, Any]) -> Row | RowError:
     raw_id = fields.get("id")
-    shown_id = raw_id if isinstance(raw_id, str) else ("" if raw_id is None else str(raw_id))
+    shown_id = raw_id if isinstance(raw_id, str) else ("" if raw_id is None else repr(raw_id))
+    shown_id = printable(shown_id[:128])
     try:
         if raw_id is not None and not isinstance(raw_id, str):
             raise InvalidInput("id must be a string")
@@ -240,8 +264,12 @@ def _make_row(line: int, fields: dict[str, Any]) -> Row | RowError:
         validate_text_field("model", texts["model"])
         validate_text_field("serial", texts["serial"])
         validate_text_field("csr", texts["csr"], limit=4096)
-        labels = fields.get("labels") or {}
-        if not isinstance(labels, dict):
+        if texts["profile"] is not None and not is_utf8_text(texts["profile"]):
+            raise InvalidInput("profile is not valid Unicode text (a lone surrogate)")
+        labels = fields.get("labels")
+        if labels is None:
+            labels = {}
+        elif not isinstance(labels, dict):
             raise InvalidInput("labels must be an object of strings")
         for key, value in labels.items():
             validate_label(key, value)

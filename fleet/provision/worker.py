@@ -26,7 +26,7 @@ from fleet.pki.issuer import Issuer, IssuerFactory
 from fleet.pki.profiles import Profile
 
 _worker_issuer: Issuer | None = None
-_umask = 0o022
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TaskRow(NamedTuple):
@@ -55,9 +55,7 @@ def start_pool(issuer: Issuer, workers: int) -> ProcessPoolExecutor:
 
 def _init_worker(issuer_factory: IssuerFactory, parent: int) -> None:
     """Pool initialiser: make this worker's issuer; die with the parent process."""
-    global _worker_issuer, _umask
-    _umask = os.umask(0o022)
-    os.umask(_umask)
+    global _worker_issuer
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
@@ -106,7 +104,5 @@ def sign_chunk(
 def _stage(folder: str, key_pem: bytes | None, serial: str) -> None:
     """Stage a bundle's key and pending serial in a new folder; its certificate is written
     by the parent once the registry records it."""
-    os.mkdir(folder, 0o755)
-    if _umask & 0o755:
-        os.chmod(folder, 0o755)  # same mode as `fleet device add`, whatever the umask
+    os.mkdir(folder, 0o777)  # public: the umask decides, as for every folder fleet makes
     write_staging(folder, key_pem, serial)

@@ -7,13 +7,15 @@ instead of failing halfway with "database is locked".
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlmodel import Session, create_engine
 
 from fleet.errors import RegistryError
@@ -32,12 +34,50 @@ def redact_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite ``url``; ``None`` for other databases, in-memory SQLite
+    and ``file:`` URIs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def create_sqlite_file(url: str) -> None:
+    """Create the (empty) database file of a SQLite ``url`` with mode 0600 if it does not exist
+    yet: the registry is private, and SQLite gives its -wal and -shm files the same mode."""
+    path = sqlite_file(url)
+    if path is None or path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except OSError as exc:
+        raise RegistryError(f"cannot create the registry {path}: {exc.strerror}") from exc
+
+
 def create_registry_engine(url: str) -> Engine:
     """An engine for ``url`` with fleet's connection settings (see module docstring)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise RegistryError(f"invalid database URL: {redact_url(url)}") from exc
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError as exc:
+        raise RegistryError(
+            f"unknown database kind {parsed.drivername!r} in {redact_url(url)} "
+            "(use sqlite:///FILE or postgresql+psycopg://...)"
+        ) from exc
+    except ModuleNotFoundError as exc:
+        raise RegistryError(
+            f"no driver for {parsed.drivername}: install fleet[postgres] ({exc.name} missing)"
+        ) from exc
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
             parsed,
