@@ -31,21 +31,12 @@ from fleet.files import write_new_file
 from fleet.pki.issue import issue_certificate
 from fleet.pki.issuer import Issuer
 from fleet.pki.keys import fingerprint_sha256, verify_issued_by
-from fleet.pki.profiles import Profile
+from fleet.pki.profiles import signer_profile
 
 AUDIT_DIR = "audit"
 AUDIT_KEY_FILE = "audit.key.pem"
 AUDIT_CERT_FILE = "audit.cert.pem"
 AUDIT_VALIDITY = timedelta(days=10 * 365)
-AUDIT_PROFILE = Profile(
-    name="audit-checkpoints",
-    description="fleet audit checkpoint signing (digitalSignature only)",
-    key_type="ec-p256",
-    validity_days=AUDIT_VALIDITY.days,
-    backdate_seconds=60,
-    key_usage=("digital_signature",),
-    extended_key_usage=(),
-)
 
 
 def audit_dir(home: Path) -> Path:
@@ -81,7 +72,12 @@ def create_audit_key(home: Path, issuer: Issuer, now: datetime) -> tuple[AuditKe
         return existing, False
     org = issuer.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
     name = str(org[0].value) if org else "fleet"
-    profile = dataclasses.replace(AUDIT_PROFILE, subject={"organization": name})
+    profile = signer_profile(
+        "audit-checkpoints",
+        "fleet audit checkpoint signing (digitalSignature only)",
+        AUDIT_VALIDITY.days,
+        name,
+    )
     issued = issue_certificate(issuer, f"{name} Audit Checkpoints"[:64], profile, now=now)
     assert issued.key_pem is not None  # generated, not from a CSR
     folder = audit_dir(home)

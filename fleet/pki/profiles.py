@@ -113,6 +113,21 @@ class Profile:
             )
 
 
+def signer_profile(name: str, description: str, validity_days: int, organization: str) -> Profile:
+    """The profile of a certificate that only signs for fleet itself (exports, audit
+    checkpoints): P-256, digitalSignature only, no extended key usage."""
+    return Profile(
+        name=name,
+        description=description,
+        key_type="ec-p256",
+        validity_days=validity_days,
+        backdate_seconds=60,
+        key_usage=("digital_signature",),
+        extended_key_usage=(),
+        subject={"organization": organization},
+    )
+
+
 def profile_dirs(home: Path | None) -> list[Path]:
     """Where profiles are looked up, first match wins: the workspace's, then fleet's own."""
     dirs = [home / "profiles"] if home is not None else []

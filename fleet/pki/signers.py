@@ -12,7 +12,6 @@ The signatures themselves are :mod:`fleet.pki.cms`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from datetime import datetime, timedelta
 
@@ -31,7 +30,7 @@ from fleet.pki.keys import (
     private_key_pem,
     verify_issued_by,
 )
-from fleet.pki.profiles import Profile
+from fleet.pki.profiles import signer_profile
 from fleet.registry import audit
 from fleet.registry.db import write_session
 from fleet.workspace import Passphrase, Workspace, require_passphrase
@@ -41,15 +40,6 @@ SIGNER_CERT_FILE = "export-signing.cert.pem"
 SIGNER_VALIDITY = timedelta(days=3 * 365)
 # Re-issue a signer this close to expiry, so a fresh signature stays verifiable for a while.
 SIGNER_RENEW_BEFORE = timedelta(days=30)
-SIGNER_PROFILE = Profile(
-    name="export-signing",
-    description="fleet export signing (digitalSignature only)",
-    key_type="ec-p256",
-    validity_days=SIGNER_VALIDITY.days,
-    backdate_seconds=60,
-    key_usage=("digital_signature",),
-    extended_key_usage=(),
-)
 
 
 def load_signer(ws: Workspace, passphrase: Passphrase | None = None) -> Signer:
@@ -78,7 +68,9 @@ def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
     issuer = ca.load_issuer(ws.home, secret)
     org = issuer.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
     name = str(org[0].value) if org else "fleet"
-    profile = dataclasses.replace(SIGNER_PROFILE, subject={"organization": name})
+    profile = signer_profile(
+        "export-signing", "fleet export signing (digitalSignature only)", SIGNER_VALIDITY.days, name
+    )
     issued = issue_certificate(issuer, f"{name} Export Signing"[:64], profile, now=now)
     assert issued.key_pem is not None  # generated, not from a CSR
     key = load_private_key_pem(issued.key_pem, None, what="the new export-signing key")
