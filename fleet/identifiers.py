@@ -114,6 +114,7 @@ def validate_text_field(name: str, value: str | None, limit: int = 128) -> str |
 
 _RELATIVE_RE = re.compile(r"(\d{1,12})([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNIT_NAMES = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _TIME_HELP = "use ISO 8601 (2026-06-30, 2026-06-30T12:00:00Z) or an age such as 24h or 7d"
 MAX_DAYS = 1_000_000  # about 2,700 years: any longer span is a typo
 
@@ -142,6 +143,28 @@ def parse_timestamp(text: str, *, now: datetime | None = None) -> datetime:
         return moment.astimezone(UTC)
     except OverflowError:
         raise InvalidInput(f"time {text!r} is out of range (years 1 to 9999)") from None
+
+
+def parse_duration(text: str, *, bare_unit: str = "d", what: str = "duration") -> timedelta:
+    """Parse a span the same way everywhere: ``30d``, ``12h``, ``15m``, ``90s``, ``2w``, or a
+    bare number in ``bare_unit`` (days unless said otherwise: ``--expiring-within 30``).
+
+    Raises :class:`InvalidInput` (naming ``what``) for anything else or a span over
+    :data:`MAX_DAYS`.
+    """
+    value = text.strip().lower()
+    if value.isdigit():
+        value += bare_unit
+    match = _RELATIVE_RE.fullmatch(value)
+    if not match:
+        raise InvalidInput(
+            f"{what} {text!r}: use a number with a unit, such as 30d, 12h, 15m or 90s "
+            f"(a bare number means {_UNIT_NAMES[bare_unit]})"
+        )
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DAYS * 86400:
+        raise InvalidInput(f"{what} {text!r} is too long (at most {MAX_DAYS} days)")
+    return timedelta(seconds=seconds)
 
 
 def shift(moment: datetime, seconds: float, *, what: str = "time") -> datetime:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
 from fleet.registry.models import utc_column
@@ -58,10 +58,15 @@ class CloudRegistration(SQLModel, table=True):
     """Where one device stands on one cloud, and what the cloud last reported about it."""
 
     __tablename__ = "cloud_registration"
+    # `cloud status NAME` pages in device order; `fleet status` counts by (cloud, status)
+    __table_args__ = (
+        Index("ix_cloud_registration_cloud_device_id", "cloud", "device_id"),
+        Index("ix_cloud_registration_cloud_status", "cloud", "status"),
+    )
 
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
-    cloud: str = Field(foreign_key="cloud.name", primary_key=True, max_length=64, index=True)
-    status: str = Field(default=RegistrationStatus.PENDING, max_length=16, index=True)
+    cloud: str = Field(foreign_key="cloud.name", primary_key=True, max_length=64)
+    status: str = Field(default=RegistrationStatus.PENDING, max_length=16)
     # What register() returned (remote ids), handed back to deregister().
     remote: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     certificate_serial: str | None = Field(default=None, max_length=40)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Text, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -52,12 +52,18 @@ class Device(SQLModel, table=True):
     """A device in the registry. Rows are never deleted: decommissioning changes ``status``."""
 
     __tablename__ = "device"
+    # (filter, id): a filtered list pages in ID order straight off the index (migration 0005)
+    __table_args__ = (
+        Index("ix_device_model_id", "model", "id"),
+        Index("ix_device_status_id", "status", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
-    model: str | None = Field(default=None, max_length=128, index=True)
+    model: str | None = Field(default=None, max_length=128)
     serial: str | None = Field(default=None, max_length=128)
+    # The record (exported, hashed into audit details); device_label indexes it.
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default=DeviceStatus.ACTIVE, max_length=16, index=True)
+    status: str = Field(default=DeviceStatus.ACTIVE, max_length=16)
     created_at: datetime = utc_column(nullable=False)
     updated_at: datetime = utc_column(nullable=False)
     decommissioned_at: datetime | None = utc_column(nullable=True)
@@ -68,6 +74,8 @@ class Certificate(SQLModel, table=True):
     """An X.509 certificate fleet's issuing CA signed for a device."""
 
     __tablename__ = "certificate"
+    # "active and expiring within 30 days" is a range scan of (status, not_after)
+    __table_args__ = (Index("ix_certificate_status_not_after", "status", "not_after"),)
 
     # lowercase hex without leading zeros; up to 20 octets, so not an integer column
     serial: str = Field(primary_key=True, max_length=40)
@@ -76,7 +84,7 @@ class Certificate(SQLModel, table=True):
     subject: str = Field(max_length=512)
     not_before: datetime = utc_column(nullable=False)
     not_after: datetime = utc_column(nullable=False, index=True)
-    status: str = Field(default=CertStatus.ACTIVE, max_length=16, index=True)
+    status: str = Field(default=CertStatus.ACTIVE, max_length=16)
     revoked_at: datetime | None = utc_column(nullable=True)
     revocation_reason: str | None = Field(default=None, max_length=32)
     profile: str = Field(max_length=64)
@@ -84,6 +92,23 @@ class Certificate(SQLModel, table=True):
     key_origin: str = Field(max_length=16)  # a fleet.statuses.KeyOrigin
     issued_at: datetime = utc_column(nullable=False)
     pem: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class DeviceLabel(SQLModel, table=True):
+    """One label of one device: the index that label filters read (``--label site=hh``).
+
+    ``device.labels`` stays the record; database triggers (migration 0005) rewrite a device's
+    rows here whenever its ``labels`` are inserted or updated, in the same transaction, by
+    whichever path writes the device. Keyed (key, value, device_id), WITHOUT ROWID on SQLite:
+    the devices with one label lie together, in ID order, ready to page.
+    """
+
+    __tablename__ = "device_label"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    key: str = Field(primary_key=True, max_length=63)
+    value: str = Field(primary_key=True, max_length=256)
+    device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64, index=True)
 
 
 class AuditEvent(SQLModel, table=True):
