@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
 
 from fleet import clock, faults
 from fleet.cloud import jobs
@@ -18,8 +17,8 @@ from fleet.devices import (
     stage_identity,
     validate_key_type,
 )
-from fleet.errors import Conflict, InvalidInput, NotFound
-from fleet.identifiers import MAX_DAYS, normalize_serial
+from fleet.errors import Conflict, NotFound
+from fleet.identifiers import normalize_serial
 from fleet.pki import ca
 from fleet.pki.bundles import recover_in
 from fleet.pki.crl import normalize_reason, revoke_rows
@@ -37,53 +36,6 @@ from fleet.registry.models import Certificate
 from fleet.statuses import CertStatus, DeviceStatus, KeyOrigin
 from fleet.views import CertificateView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
-
-CERT_STATUSES = tuple(CertStatus)
-
-
-def list_certificates(
-    ws: Workspace,
-    *,
-    device_id: str | None = None,
-    status: str | None = None,
-    expiring_within_days: int | None = None,
-) -> list[CertificateView]:
-    """Certificates matching every filter, newest first.
-
-    ``expiring_within_days`` keeps unrevoked, unexpired certificates whose ``not_after`` falls
-    within that many days from now.
-    """
-    if status is not None and status not in CERT_STATUSES:
-        raise InvalidInput(f"certificate status must be one of {', '.join(CERT_STATUSES)}")
-    if expiring_within_days is not None and not 0 <= expiring_within_days <= MAX_DAYS:
-        raise InvalidInput(f"--expiring-within must be 0 to {MAX_DAYS} days")
-    now = clock.now()
-    query = select(Certificate)
-    if device_id is not None:
-        query = query.where(Certificate.device_id == device_id)
-    if status == CertStatus.REVOKED:
-        query = query.where(Certificate.status == CertStatus.REVOKED)
-    elif status == CertStatus.ACTIVE:
-        query = query.where(
-            Certificate.status == CertStatus.ACTIVE, col(Certificate.not_after) >= now
-        )
-    elif status == CertStatus.EXPIRED:
-        query = query.where(
-            Certificate.status == CertStatus.ACTIVE, col(Certificate.not_after) < now
-        )
-    if expiring_within_days is not None:
-        horizon = now + timedelta(days=expiring_within_days)
-        query = query.where(
-            col(Certificate.status) == CertStatus.ACTIVE,
-            col(Certificate.not_after) >= now,
-            col(Certificate.not_after) <= horizon,
-        )
-    query = query.order_by(col(Certificate.issued_at).desc(), col(Certificate.serial))
-    with read_session(ws.open_registry()) as session:
-        if device_id is not None:
-            get_device_row(session, device_id)
-        rows = session.exec(query).all()
-        return [CertificateView.from_row(c, now) for c in rows]
 
 
 def revoke_certificate(

@@ -1,4 +1,4 @@
-"""Devices: add (with an identity), update, list, show, decommission.
+"""Devices: add (with an identity), update, show, decommission (lists: :mod:`fleet.listing`).
 
 ``add`` records before it publishes: the new key is staged, the registry rows and audit
 event commit, and only then is the certificate written and the bundle renamed into place
@@ -8,14 +8,14 @@ event commit, and only then is the certificate written and the bundle renamed in
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from fleet import clock, faults
 from fleet.cloud import jobs
@@ -41,8 +41,6 @@ from fleet.registry.models import Certificate, Device
 from fleet.statuses import CertStatus, DeviceStatus
 from fleet.views import DeviceView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
-
-DEVICE_STATUSES = tuple(DeviceStatus)
 
 
 def stage_identity(out_dir: Path, device_id: str, issued: IssuedCertificate) -> StagedBundle:
@@ -216,56 +214,6 @@ def show_device(ws: Workspace, device_id: str) -> DeviceView:
     with read_session(ws.open_registry()) as session:
         device = get_device_row(session, device_id)
         return DeviceView.from_rows(device, device_certificates(session, device_id), clock.now())
-
-
-def iter_devices(
-    ws: Workspace,
-    *,
-    model: str | None = None,
-    labels: dict[str, str] | None = None,
-    status: str | None = None,
-    batch_size: int = 1000,
-) -> Iterator[DeviceView]:
-    """Devices matching every filter, ordered by ID, streamed in batches with certificates."""
-    if status is not None and status not in DEVICE_STATUSES:
-        raise InvalidInput(f"device status must be one of {', '.join(DEVICE_STATUSES)}")
-    for key, value in (labels or {}).items():
-        validate_label(key, value)
-    engine = ws.open_registry()
-    now = clock.now()
-    last_id = ""
-    while True:
-        with read_session(engine) as session:
-            query = select(Device).where(Device.id > last_id)
-            if model is not None:
-                query = query.where(Device.model == model)
-            if status is not None:
-                query = query.where(Device.status == status)
-            labels_column = Device.__table__.c.labels  # type: ignore[attr-defined]
-            for key, value in (labels or {}).items():
-                query = query.where(labels_column[key].as_string() == value)
-            rows = list(session.exec(query.order_by(Device.id).limit(batch_size)).all())
-            if not rows:
-                return
-            ids = [d.id for d in rows]
-            cert_query = select(Certificate).where(col(Certificate.device_id).in_(ids))
-            by_device: dict[str, list[Certificate]] = {i: [] for i in ids}
-            for cert in session.exec(cert_query):
-                by_device[cert.device_id].append(cert)
-            batch = [DeviceView.from_rows(d, by_device[d.id], now) for d in rows]
-        yield from batch
-        last_id = rows[-1].id
-
-
-def list_devices(
-    ws: Workspace,
-    *,
-    model: str | None = None,
-    labels: dict[str, str] | None = None,
-    status: str | None = None,
-) -> list[DeviceView]:
-    """All devices matching the filters (see :func:`iter_devices` to stream)."""
-    return list(iter_devices(ws, model=model, labels=labels, status=status))
 
 
 def update_device(

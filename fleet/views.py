@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Row
+
 from fleet.registry.models import Certificate, Device
 from fleet.statuses import CertStatus, DeviceStatus, KeyOrigin
 
@@ -19,16 +21,67 @@ def iso(moment: datetime | None) -> str | None:
     """``2026-11-25T10:00:00Z`` (UTC, seconds), or ``None``."""
     if moment is None:
         return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat is C; strftime parses its format on every call (lists render millions)
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
-def certificate_status(cert: Certificate, now: datetime) -> CertStatus:
+def certificate_status(cert: Certificate | Row[Any], now: datetime) -> CertStatus:
     """``active``, ``revoked`` or ``expired`` (unrevoked and past ``not_after`` at ``now``)."""
     if cert.status == CertStatus.REVOKED:
         return CertStatus.REVOKED
     if cert.not_after < now:
         return CertStatus.EXPIRED
     return CertStatus.ACTIVE
+
+
+# The JSON shapes, in key order: the one place they are defined. Times are ISO text
+# (:func:`iso`); a certificate's ``status`` is as judged by :func:`certificate_status`.
+CERTIFICATE_FIELDS = (
+    "serial",
+    "device_id",
+    "fingerprint_sha256",
+    "subject",
+    "not_before",
+    "not_after",
+    "status",
+    "revoked_at",
+    "revocation_reason",
+    "profile",
+    "key_type",
+    "key_origin",
+)
+DEVICE_FIELDS = (
+    "id",
+    "model",
+    "serial",
+    "labels",
+    "status",
+    "created_at",
+    "updated_at",
+    "decommissioned_at",
+    "decommission_reason",
+)  # then "certificates": each device's certificates, newest first
+TIME_FIELDS = frozenset(
+    {"not_before", "not_after", "revoked_at", "created_at", "updated_at", "decommissioned_at"}
+)
+
+
+def _shape(item: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        name: iso(getattr(item, name)) if name in TIME_FIELDS else getattr(item, name)
+        for name in fields
+    }
+
+
+def newest_first(certificates: Iterable[Any]) -> list[Any]:
+    """Certificate rows newest first: by issue time, then serial."""
+    return sorted(certificates, key=_issue_order, reverse=True)
+
+
+def _issue_order(cert: Any) -> tuple[datetime, str]:
+    return (cert.issued_at, cert.serial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +105,9 @@ class CertificateView:
     key_origin: KeyOrigin
 
     @classmethod
-    def from_row(cls, cert: Certificate, now: datetime) -> CertificateView:
-        """The view of a registry row, its status judged at ``now``."""
+    def from_row(cls, cert: Certificate | Row[Any], now: datetime) -> CertificateView:
+        """The view of a registry row (an ORM object or a Core row), its status judged at
+        ``now``."""
         return cls(
             serial=cert.serial,
             device_id=cert.device_id,
@@ -70,21 +124,8 @@ class CertificateView:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The certificate as fleet's JSON shows it."""
-        return {
-            "serial": self.serial,
-            "device_id": self.device_id,
-            "fingerprint_sha256": self.fingerprint_sha256,
-            "subject": self.subject,
-            "not_before": iso(self.not_before),
-            "not_after": iso(self.not_after),
-            "status": self.status,
-            "revoked_at": iso(self.revoked_at),
-            "revocation_reason": self.revocation_reason,
-            "profile": self.profile,
-            "key_type": self.key_type,
-            "key_origin": self.key_origin,
-        }
+        """The certificate as fleet's JSON shows it (:data:`CERTIFICATE_FIELDS`)."""
+        return _shape(self, CERTIFICATE_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +145,12 @@ class DeviceView:
 
     @classmethod
     def from_rows(
-        cls, device: Device, certificates: Iterable[Certificate], now: datetime
+        cls,
+        device: Device | Row[Any],
+        certificates: Iterable[Certificate | Row[Any]],
+        now: datetime,
     ) -> DeviceView:
         """The view of a device row and its certificate rows, statuses judged at ``now``."""
-        newest_first = sorted(certificates, key=lambda c: (c.issued_at, c.serial), reverse=True)
         return cls(
             id=device.id,
             model=device.model,
@@ -118,7 +161,9 @@ class DeviceView:
             updated_at=device.updated_at,
             decommissioned_at=device.decommissioned_at,
             decommission_reason=device.decommission_reason,
-            certificates=tuple(CertificateView.from_row(c, now) for c in newest_first),
+            certificates=tuple(
+                CertificateView.from_row(c, now) for c in newest_first(certificates)
+            ),
         )
 
     def certificates_in(self, status: CertStatus) -> tuple[CertificateView, ...]:
@@ -127,18 +172,10 @@ class DeviceView:
 
     def to_dict(self) -> dict[str, Any]:
         """The device as fleet's JSON shows it."""
-        return {
-            "id": self.id,
-            "model": self.model,
-            "serial": self.serial,
-            "labels": dict(self.labels),
-            "status": self.status,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "decommissioned_at": iso(self.decommissioned_at),
-            "decommission_reason": self.decommission_reason,
-            "certificates": [c.to_dict() for c in self.certificates],
-        }
+        shape = _shape(self, DEVICE_FIELDS)
+        shape["labels"] = dict(self.labels)
+        shape["certificates"] = [c.to_dict() for c in self.certificates]
+        return shape
 
 
 @dataclass(frozen=True, slots=True)

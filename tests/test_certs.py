@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from helpers import PASSPHRASE, Cli, snapshot
 from sqlalchemy import text
 
-from fleet import certs, devices
+from fleet import certs, devices, listing
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.workspace import Workspace
 
@@ -45,7 +45,7 @@ def test_renew_replaces_bundle_and_optionally_revokes_old(
         renewed["serial"]: "revoked",
         third["serial"]: "active",
     }
-    superseded = certs.list_certificates(ready_ws, status="revoked")
+    superseded = listing.list_certificates(ready_ws, status="revoked")
     assert {c.revocation_reason for c in superseded} == {"superseded"}
 
 

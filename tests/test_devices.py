@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from helpers import PASSPHRASE, Cli, snapshot
 
-from fleet import devices
+from fleet import devices, listing
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.pki.issue import device_details
 from fleet.registry.models import Device
@@ -124,7 +124,7 @@ def test_invalid_ids_name_the_rule(
 def test_id_edge_cases_accepted(ready_sqlite_ws: Workspace, out_dir: Path) -> None:
     for device_id in ("a", "0", "A" * 64, "plant-1:line_2.cell-3"):
         devices.add_device(ready_sqlite_ws, device_id, out_dir=out_dir, passphrase=PASSPHRASE)
-    assert {d.id for d in devices.list_devices(ready_sqlite_ws)} == {
+    assert {d.id for d in listing.list_devices(ready_sqlite_ws)} == {
         "a", "0", "A" * 64, "plant-1:line_2.cell-3",
     }  # fmt: skip
 

@@ -19,8 +19,8 @@ from the start of the run in whole days (``<now>``, ``<now+365d>``). Time zone s
 order, row order, quoting and line endings are kept (U+240D, SYMBOL FOR CARRIAGE RETURN, marks
 a CR; a blob without a final newline ends in a ``\\ no newline at end`` line).
 Timings and file sizes become ``<measured>`` and ``<bytes>`` (serials vary in length; the
-sizes are checked against the files). ``cert list`` prints a provisioning batch's certificates
-in the order of their random serials: the test checks that order, then shows file order.
+sizes are checked against the files). ``cert list`` prints certificates in the order of their
+random serials: the test checks that order, then shows them in first-seen order.
 
 Regenerate after an intended change, then review ``git diff tests/golden``::
 
@@ -246,25 +246,27 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
-def batch_in_file_order(batch_serials: list[str]) -> Callable[[str], str]:
-    """``cert list`` orders by issue time, newest first, then by serial. A provisioning batch
-    shares one issue time, so its certificates come out in the (random) order of their
-    serials. Check that, then show them in file order so that the transcript is stable."""
+def in_first_seen_order(t: Transcript) -> Callable[[str], str]:
+    """``cert list`` streams certificates in serial order, and serials are random: check that
+    order (and the streamed array's layout), then show them in the order the scenario first
+    saw their serials, so that the transcript is stable."""
 
     def rewrite(stdout: str) -> str:
         certs = json.loads(stdout)
-        assert pretty_json(certs) == stdout, "cert list --json is no longer indent-2 JSON"
-        at = [i for i, cert in enumerate(certs) if cert["serial"] in batch_serials]
-        if not at:
-            return stdout
-        assert at == list(range(at[0], at[0] + len(at))), "a batch's certificates are apart"
-        listed = [certs[i]["serial"] for i in at]
-        assert listed == sorted(listed), "a batch's certificates are not in serial order"
-        by_serial = {cert["serial"]: cert for cert in certs}
-        certs[at[0] : at[-1] + 1] = [by_serial[s] for s in batch_serials if s in listed]
-        return pretty_json(certs)
+        assert streamed_json(certs) == stdout, "cert list --json is no longer a streamed array"
+        serials = [cert["serial"] for cert in certs]
+        assert serials == sorted(serials), "cert list is not in serial order"
+        number = {s: int(t.normalise(s).strip("<>").split("-")[1]) for s in serials}
+        return streamed_json(sorted(certs, key=lambda cert: number[cert["serial"]]))
 
     return rewrite
+
+
+def streamed_json(items: list[Any]) -> str:
+    """What a list's ``--json`` prints: an array, one compact object per line."""
+    if not items:
+        return "[]\n"
+    return "[\n" + ",\n".join(f"  {json.dumps(i, ensure_ascii=False)}" for i in items) + "\n]\n"
 
 
 def crl_facts(pem: bytes) -> dict[str, Any]:
@@ -370,8 +372,6 @@ def run_scenario(fleet: Fleet, tmp_path: Path, server: RegistryServer, t: Transc
     t.file(ids / "manifest.csv")
     t.file(report)
     t.fact("files under <tmp>/ids", tree(ids))
-    manifest_rows = (ids / "manifest.csv").read_text(encoding="utf-8").splitlines()[1:]
-    batch_serials = [row.split(",")[1] for row in manifest_rows if row.startswith("sensor-")]
 
     t.step("04-devices", "device update, show and list")
     fleet(
@@ -384,12 +384,12 @@ def run_scenario(fleet: Fleet, tmp_path: Path, server: RegistryServer, t: Transc
 
     t.step("05-certs", "cert renew, list and revoke")
     renewed = fleet("cert", "renew", "sensor-01", "--out", str(ids), "--revoke-old", "--json")
-    fleet("cert", "list", "--json", shown=batch_in_file_order(batch_serials))
+    fleet("cert", "list", "--json", shown=in_first_seen_order(t))
     serial = renewed.json()["serial"]
     fleet("cert", "revoke", serial, "--reason", "keyCompromise", "--json")
     fleet("cert", "revoke", serial, "--json", code=4)
     fleet("cert", "list", "--device", "sensor-01", "--json")
-    fleet("cert", "list", "--status", "active", "--json", shown=batch_in_file_order(batch_serials))
+    fleet("cert", "list", "--status", "active", "--json", shown=in_first_seen_order(t))
 
     t.step("06-decommission", "device decommission")
     fleet("device", "decommission", "sensor-02", "--reason", "flood damage", "--json")

@@ -14,7 +14,7 @@ from helpers import FLEET_DIR, PASSPHRASE, Cli, child_env, modules_under, run_fl
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
-from fleet import devices
+from fleet import devices, listing
 from fleet.cli import app
 from fleet.pki import authority
 from fleet.registry import audit, db, migrations
@@ -179,7 +179,7 @@ def test_concurrent_processes_wait_for_each_other(ready_ws: Workspace, tmp_path:
     for proc in procs:
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
-    assert len(devices.list_devices(ready_ws)) == 16
+    assert len(listing.list_devices(ready_ws)) == 16
     verified = audit.verify_audit(ready_ws)
     assert verified.ok and verified.events == 17
 

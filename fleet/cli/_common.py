@@ -63,6 +63,10 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+# One encoder for every row: json.dumps(..., ensure_ascii=False) builds a new one per call.
+json_line = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def print_json_array(items: Iterable[Any]) -> None:
     """A JSON array on stdout, streamed item by item (lists can hold millions of devices)."""
     out = sys.stdout
@@ -70,7 +74,7 @@ def print_json_array(items: Iterable[Any]) -> None:
     out.write("[")
     for item in items:
         out.write("\n  " if first else ",\n  ")
-        out.write(json.dumps(item, ensure_ascii=False))
+        out.write(json_line(item))
         first = False
     out.write("\n]\n" if not first else "]\n")
 

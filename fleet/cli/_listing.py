@@ -23,7 +23,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import typer
 
-from fleet.cli._common import message, print_json, print_json_array
+from fleet.cli._common import json_line, message, print_json, print_json_array
 from fleet.errors import InvalidInput
 
 TABLE_LIMIT = 100
@@ -169,7 +169,7 @@ def _write_machine(page: Iterator[Row], listing: Listing[Row], options: ListOpti
         out.write('{"items": [')
     separator = "\n" if options.jsonl else "\n  "
     for index, row in enumerate(page):
-        text = json.dumps(listing.to_dict(row), ensure_ascii=False)
+        text = json_line(listing.to_dict(row))
         if options.jsonl:
             out.write(text + "\n")
         else:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fleet import certs
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
+from fleet.cli._listing import (
+    AfterOption,
+    AllOption,
+    CountOption,
+    JsonlOption,
+    LimitOption,
+    Listing,
+    ListOptions,
+    emit,
+)
+from fleet.cli._listing import JsonOption as JsonListOption
+from fleet.identifiers import parse_duration
 from fleet.statuses import CertStatus
 from fleet.views import iso
+
+if TYPE_CHECKING:
+    from fleet.views import CertificateView
 
 app = typer.Typer(help="List, renew and revoke device certificates.", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -28,25 +44,61 @@ def list_(
         ),
     ] = None,
     expiring_within: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            "--expiring-within", metavar="DAYS", help="Only valid ones expiring within DAYS."
+            "--expiring-within",
+            metavar="SPAN",
+            help="Only valid ones expiring within SPAN: 30d, 12h, or days (30).",
+            show_default=False,
         ),
     ] = None,
-    json_out: JsonOption = False,
+    limit: LimitOption = None,
+    after: AfterOption = None,
+    all_rows: AllOption = False,
+    json_out: JsonListOption = False,
+    jsonl: JsonlOption = False,
+    count: CountOption = False,
 ) -> None:
-    """List certificates, newest first. Serials are lowercase hex.
+    """List certificates in serial order (lowercase hex); a table shows the first 100.
 
     Example:
 
-        fleet cert list --expiring-within 30 --json
+        fleet cert list --expiring-within 30d --json
+
+        fleet cert list --status revoked --limit 50 --after 5f3a9c
     """
-    rows = certs.list_certificates(
-        workspace(ctx), device_id=device, status=status, expiring_within_days=expiring_within
+    from fleet import listing
+
+    ws = workspace(ctx)
+    options = ListOptions(
+        limit=limit, after=after, all=all_rows, json=json_out, jsonl=jsonl, count=count
     )
-    if json_out:
-        print_json([cert.to_dict() for cert in rows])
-        return
+    span = (
+        parse_duration(expiring_within, what="--expiring-within")
+        if expiring_within is not None
+        else None
+    )
+    certificates_of = partial(
+        listing.iter_certificates, ws, device_id=device, status=status, expiring_within=span
+    )
+    count_of = partial(
+        listing.count_certificates, ws, device_id=device, status=status, expiring_within=span
+    )
+    emit(
+        Listing(
+            fetch=lambda n: certificates_of(after=after, limit=n),
+            cursor=lambda cert: cert.serial,
+            to_dict=lambda cert: cert.to_dict(),
+            count=lambda: count_of(after=after),
+            count_after=lambda key: count_of(after=key),
+            noun="certificates",
+        ),
+        options,
+        _certificate_table,
+    )
+
+
+def _certificate_table(rows: list[CertificateView]) -> None:
     view = table("Serial", "Device", "Status", "Not before", "Not after", "Profile")
     for cert in rows:
         view.add_row(
@@ -58,7 +110,6 @@ def list_(
             cert.profile,
         )
     render(view)
-    message(f"{len(rows)} certificate(s)")
 
 
 @app.command("renew")

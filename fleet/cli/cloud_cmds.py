@@ -30,6 +30,17 @@ from fleet.cli._common import (
     table,
     workspace,
 )
+from fleet.cli._listing import (
+    AfterOption,
+    AllOption,
+    CountOption,
+    JsonlOption,
+    LimitOption,
+    Listing,
+    ListOptions,
+    emit,
+)
+from fleet.cli._listing import JsonOption as JsonListOption
 from fleet.views import iso
 
 if TYPE_CHECKING:
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
 
     from fleet.cloud.base import BackendOption
     from fleet.cloud.push import ProgressFn, PushReport
+    from fleet.cloud.views import RegistrationView
 
 app = typer.Typer(
     help="Register devices with cloud IoT platforms (queued, concurrent, rate-limited).",
@@ -414,27 +426,49 @@ def status(
     name: Annotated[
         str | None, typer.Argument(help="Only this cloud (default: all).", show_default=False)
     ] = None,
-    json_out: JsonOption = False,
+    limit: LimitOption = None,
+    after: AfterOption = None,
+    all_rows: AllOption = False,
+    json_out: JsonListOption = False,
+    jsonl: JsonlOption = False,
+    count: CountOption = False,
 ) -> None:
     """Show where each device stands on each cloud: pending, registered, failed (with
     attempts and last error) or deregistered, plus what the platform last reported.
+    Ordered by cloud and device; a table shows the first 100 (the cursor is the device ID,
+    or CLOUD/DEVICE across clouds).
 
     Example:
 
         fleet cloud status plant --json
-    """
-    from fleet.cloud.status import iter_status
 
-    rows = iter_status(workspace(ctx), name)
-    if json_out:
-        print_json_array(row.to_dict() for row in rows)
-        return
+        fleet cloud status plant --limit 500 --after pump-0500 --jsonl
+    """
+    from fleet.cloud.status import count_status, iter_status, status_cursor
+
+    ws = workspace(ctx)
+    one_cloud = name is not None
+    emit(
+        Listing(
+            fetch=lambda n: iter_status(ws, name, after=after, limit=n),
+            cursor=lambda row: status_cursor(row, one_cloud=one_cloud),
+            to_dict=lambda row: row.to_dict(),
+            count=lambda: count_status(ws, name, after=after),
+            count_after=lambda key: count_status(ws, name, after=key),
+            noun="registrations",
+        ),
+        ListOptions(
+            limit=limit, after=after, all=all_rows, json=json_out, jsonl=jsonl, count=count
+        ),
+        _status_table,
+    )
+
+
+def _status_table(rows: list[RegistrationView]) -> None:
     view = table(
         "Cloud", "Device", "Status", "Queued", "Attempts", "Connected", "Firmware", "Last error"
     )
-    count = 0
     for row in rows:
-        count += 1
         queued = row.queued
         view.add_row(
             row.cloud,
@@ -447,4 +481,3 @@ def status(
             row.last_error or "",
         )
     render(view)
-    message(f"{count} registration(s)")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,12 +13,22 @@ from fleet.cli._common import (
     ask_passphrase,
     message,
     print_json,
-    print_json_array,
     render,
     short_labels,
     table,
     workspace,
 )
+from fleet.cli._listing import (
+    AfterOption,
+    AllOption,
+    CountOption,
+    JsonlOption,
+    LimitOption,
+    Listing,
+    ListOptions,
+    emit,
+)
+from fleet.cli._listing import JsonOption as JsonListOption
 from fleet.identifiers import parse_labels
 from fleet.statuses import CertStatus, DeviceStatus
 from fleet.views import iso
@@ -110,36 +121,59 @@ def list_(
     status: Annotated[
         str | None, typer.Option(help=f"Only devices in this state: {', '.join(DeviceStatus)}.")
     ] = None,
-    json_out: JsonOption = False,
+    limit: LimitOption = None,
+    after: AfterOption = None,
+    all_rows: AllOption = False,
+    json_out: JsonListOption = False,
+    jsonl: JsonlOption = False,
+    count: CountOption = False,
 ) -> None:
-    """List devices, optionally filtered.
+    """List devices in ID order, optionally filtered; a table shows the first 100.
 
     Example:
 
-        fleet device list --model p200 --label site=hamburg --json
+        fleet device list --model p200 --label site=hamburg --limit 50
+
+        fleet device list --status active --jsonl | jq -r .id
+
+        fleet device list --label site=hamburg --count
     """
-    rows = devices.iter_devices(
-        workspace(ctx), model=model, labels=parse_labels(label or []), status=status
+    from fleet import listing
+
+    ws = workspace(ctx)
+    options = ListOptions(
+        limit=limit, after=after, all=all_rows, json=json_out, jsonl=jsonl, count=count
     )
-    if json_out:
-        print_json_array(device.to_dict() for device in rows)
-        return
+    labels = parse_labels(label or [])
+    devices_of = partial(listing.iter_device_dicts, ws, model=model, labels=labels, status=status)
+    count_of = partial(listing.count_devices, ws, model=model, labels=labels, status=status)
+    emit(
+        Listing(
+            fetch=lambda n: devices_of(after=after, limit=n),
+            cursor=lambda device: str(device["id"]),
+            to_dict=lambda device: device,
+            count=lambda: count_of(after=after),
+            count_after=lambda key: count_of(after=key),
+            noun="devices",
+        ),
+        options,
+        _device_table,
+    )
+
+
+def _device_table(rows: list[dict[str, Any]]) -> None:
     view = table("ID", "Model", "Serial", "Status", "Labels", "Certificate expires")
-    count = 0
     for device in rows:
-        count += 1
-        active = device.certificates_in(CertStatus.ACTIVE)
-        expires = iso(active[0].not_after) if active else "-"
+        active = [c for c in device["certificates"] if c["status"] == CertStatus.ACTIVE]
         view.add_row(
-            device.id,
-            device.model or "",
-            device.serial or "",
-            device.status,
-            short_labels(dict(device.labels)),
-            expires,
+            device["id"],
+            device["model"] or "",
+            device["serial"] or "",
+            device["status"],
+            short_labels(device["labels"]),
+            active[0]["not_after"] if active else "-",
         )
     render(view)
-    message(f"{count} device(s)")
 
 
 @app.command("show")

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_
+from sqlalchemy import func, tuple_
 from sqlmodel import col, select
 
 from fleet import clock
@@ -23,6 +23,7 @@ from fleet.cloud.pacing import SYSTEM_TIMER, PushPolicy, RateLimiter, Timer
 from fleet.cloud.push import ProgressFn, PushReport, push
 from fleet.cloud.transitions import short_error
 from fleet.cloud.views import RegistrationView
+from fleet.errors import InvalidInput
 from fleet.registry.db import read_session, write_session
 from fleet.statuses import RegistrationStatus
 
@@ -153,31 +154,58 @@ def sync(
     return reports
 
 
+def status_cursor(row: RegistrationView, *, one_cloud: bool) -> str:
+    """The ``--after`` key of a registration: its device ID within one cloud, else
+    ``CLOUD/DEVICE`` (neither may contain ``/``)."""
+    return row.device_id if one_cloud else f"{row.cloud}/{row.device_id}"
+
+
+def _after_key(name: str | None, after: str | None) -> tuple[str, str] | None:
+    if after is None:
+        return None
+    if name is not None:
+        return (name, after)
+    cloud, slash, device = after.partition("/")
+    if not slash:
+        raise InvalidInput(f"--after {after!r}: across clouds the cursor is CLOUD/DEVICE")
+    return (cloud, device)
+
+
+def _status_conditions(name: str | None, last: tuple[str, str] | None) -> list[Any]:
+    registration = CloudRegistration.__table__  # type: ignore[attr-defined]
+    conditions: list[Any] = []
+    if name is not None:
+        conditions.append(registration.c.cloud == name)
+    if last is not None:
+        conditions.append(tuple_(registration.c.cloud, registration.c.device_id) > last)
+    return conditions
+
+
 def iter_status(
-    ws: Workspace, name: str | None = None, *, batch_size: int = 1000
+    ws: Workspace,
+    name: str | None = None,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 1000,
 ) -> Iterator[RegistrationView]:
-    """Every registration (of one cloud or all), ordered by cloud then device, streamed."""
+    """Every registration (of one cloud or all), ordered by cloud then device, after the
+    cursor ``after`` (see :func:`status_cursor`), at most ``limit``; streamed."""
     engine = ws.open_registry()
     with read_session(engine) as session:
         if name is not None:
             get_cloud(session, name)
-    last: tuple[str, str] = ("", "")
-    while True:
+    last = _after_key(name, after)
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = batch_size if remaining is None else min(batch_size, remaining)
         with read_session(engine) as session:
-            query = select(CloudRegistration).where(
-                or_(
-                    col(CloudRegistration.cloud) > last[0],
-                    (col(CloudRegistration.cloud) == last[0])
-                    & (col(CloudRegistration.device_id) > last[1]),
-                )
-            )
-            if name is not None:
-                query = query.where(CloudRegistration.cloud == name)
+            query = select(CloudRegistration).where(*_status_conditions(name, last))
             rows = list(
                 session.exec(
                     query.order_by(
                         col(CloudRegistration.cloud), col(CloudRegistration.device_id)
-                    ).limit(batch_size)
+                    ).limit(size)
                 )
             )
             if not rows:
@@ -188,3 +216,19 @@ def iter_status(
             batch = [RegistrationView.from_rows(r, jobs.get((r.device_id, r.cloud))) for r in rows]
         yield from batch
         last = (rows[-1].cloud, rows[-1].device_id)
+        if remaining is not None:
+            remaining -= len(rows)
+        if len(rows) < size:
+            return
+
+
+def count_status(ws: Workspace, name: str | None = None, *, after: str | None = None) -> int:
+    """How many registrations :func:`iter_status` would list."""
+    engine = ws.open_registry()
+    registration = CloudRegistration.__table__  # type: ignore[attr-defined]
+    with read_session(engine) as session:
+        if name is not None:
+            get_cloud(session, name)
+        query = select(func.count()).select_from(registration)
+        query = query.where(*_status_conditions(name, _after_key(name, after)))
+        return int(session.execute(query).scalar_one())

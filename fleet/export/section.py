@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.sql.elements import ColumnElement
 
-from fleet.export.cells import ISO_FORMAT
+from fleet.registry.models import iso_text
 
 
 @dataclass
@@ -39,9 +38,7 @@ class LiveContext:
 
     def iso(self, column: Any) -> ColumnElement[Any]:
         """SQL producing :func:`fleet.views.iso` text (UTC, seconds, ``Z``) or NULL."""
-        if self.dialect == "sqlite":
-            return func.strftime(ISO_FORMAT, column)
-        return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        return iso_text(column, self.dialect)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

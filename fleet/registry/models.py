@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, func
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -38,6 +38,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso_text(column: Any, dialect: str) -> Any:
+    """SQL rendering a :class:`UTCDateTime` column as :func:`fleet.views.iso` text (UTC,
+    seconds, ``Z``) or NULL: the database formats in C what Python would format row by row."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%dT%H:%M:%SZ", column)
+    return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
 
 
 def utc_column(*, nullable: bool, index: bool = False) -> Any:

@@ -1,0 +1,376 @@
+"""Devices and certificates listed at fleet scale: filters answered by indexes, pages in key
+order from a keyset cursor, counts without listing.
+
+Every list reads in primary-key order (device ID, certificate serial) from ``after`` (the last
+key of the previous page), so a page costs the same at row 10 and row 1,000,000, and pages never
+skip or repeat a row while devices are added. Filters are index ranges (migration 0005):
+``device_label`` (key, value, device_id) for labels, (model, id) and (status, id) on devices,
+(status, not_after) on certificates. Rows are read as tuples (no ORM objects) and streamed in
+batches, so memory stays flat however long the list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from fleet import clock
+from fleet.errors import InvalidInput, NotFound
+from fleet.identifiers import validate_label
+from fleet.registry.db import read_session
+from fleet.registry.models import Certificate, Device, DeviceLabel, iso_text
+from fleet.statuses import CertStatus, DeviceStatus
+from fleet.views import (
+    CERTIFICATE_FIELDS,
+    DEVICE_FIELDS,
+    TIME_FIELDS,
+    CertificateView,
+    DeviceView,
+)
+from fleet.workspace import Workspace
+
+DEVICE_STATUSES = tuple(DeviceStatus)
+CERT_STATUSES = tuple(CertStatus)
+BATCH = 1000
+
+_device = Device.__table__  # type: ignore[attr-defined]
+_label = DeviceLabel.__table__  # type: ignore[attr-defined]
+_cert = Certificate.__table__  # type: ignore[attr-defined]
+# Everything a view shows; never the PEM (the bulk of a row).
+_CERT_COLUMNS = [c for c in _cert.c if c.name != "pem"]
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+def _device_query(
+    columns: list[Any],
+    *,
+    model: str | None,
+    labels: Mapping[str, str] | None,
+    status: str | None,
+    after: str | None,
+) -> tuple[Select[Any], KeyedColumnElement[Any]]:
+    """``SELECT columns`` of the matching devices, and the key column to order by: the first
+    label filter drives the query from its index range, in device-ID order."""
+    if status is not None and status not in DEVICE_STATUSES:
+        raise InvalidInput(f"device status must be one of {', '.join(DEVICE_STATUSES)}")
+    pairs = list((labels or {}).items())
+    for key, value in pairs:
+        validate_label(key, value)
+    conditions: list[ColumnElement[bool]] = []
+    if pairs:
+        first, *others = pairs
+        key_column = _label.c.device_id
+        query = select(*columns).select_from(
+            _label.join(_device, _device.c.id == _label.c.device_id)
+        )
+        conditions += [_label.c.key == first[0], _label.c.value == first[1]]
+        for key, value in others:
+            other = _label.alias()
+            conditions.append(
+                exists().where(
+                    other.c.key == key, other.c.value == value, other.c.device_id == key_column
+                )
+            )
+    else:
+        key_column = _device.c.id
+        query = select(*columns).select_from(_device)
+    if model is not None:
+        conditions.append(_device.c.model == model)
+    if status is not None:
+        conditions.append(_device.c.status == status)
+    if after is not None:
+        conditions.append(key_column > after)
+    if conditions:
+        query = query.where(and_(*conditions))
+    return query, key_column
+
+
+def iter_devices(
+    ws: Workspace,
+    *,
+    model: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    status: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> Iterator[DeviceView]:
+    """Devices matching every filter, in ID order after ``after``, at most ``limit``; each with
+    its certificates. Streamed in batches: memory stays flat for any number of devices.
+
+    Example::
+
+        for device in iter_devices(ws, labels={"site": "hamburg"}, after="pump-0100", limit=100):
+            print(device.id)
+    """
+    now = clock.now()
+    for row, certificates in _device_rows(
+        ws.open_registry(),
+        list(_device.c),
+        _CERT_COLUMNS,
+        model=model,
+        labels=labels,
+        status=status,
+        after=after,
+        limit=limit,
+    ):
+        yield DeviceView.from_rows(row, certificates, now)
+
+
+def iter_device_dicts(
+    ws: Workspace,
+    *,
+    model: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    status: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`iter_devices` as JSON-ready dicts, each equal to ``DeviceView.to_dict()``: what
+    ``device list --json`` streams. The database selects the shape's fields in its order,
+    formats times and judges certificate statuses, so a row becomes its dict in one step."""
+    engine = ws.open_registry()
+    dialect = engine.dialect.name
+    shown = _shown_columns(_device, DEVICE_FIELDS, dialect)
+    # labels as the stored JSON text: parsing it here skips the JSON type's per-row wrapper
+    shown[DEVICE_FIELDS.index("labels")] = cast(_device.c.labels, Text).label("labels")
+    certificate_columns = _shown_columns(_cert, CERTIFICATE_FIELDS, dialect, now=clock.now())
+    for row, certificates in _device_rows(
+        engine,
+        shown,
+        certificate_columns,
+        model=model,
+        labels=labels,
+        status=status,
+        after=after,
+        limit=limit,
+    ):
+        shape = dict(zip(DEVICE_FIELDS, row, strict=True))
+        shape["labels"] = json.loads(shape["labels"])
+        shape["certificates"] = [
+            dict(zip(CERTIFICATE_FIELDS, cert, strict=True)) for cert in certificates
+        ]
+        yield shape
+
+
+def _shown_columns(
+    table: Any, fields: tuple[str, ...], dialect: str, *, now: datetime | None = None
+) -> list[Any]:
+    """SQL for a shape's fields in order: times as ISO text; a certificate's ``status`` as
+    shown at ``now`` (``expired`` is derived, never stored)."""
+    columns: list[Any] = []
+    for name in fields:
+        column = table.c[name]
+        if name in TIME_FIELDS:
+            column = iso_text(column, dialect).label(name)
+        elif name == "status" and now is not None:
+            column = case(
+                (column == CertStatus.REVOKED, literal(CertStatus.REVOKED.value)),
+                (table.c.not_after < now, literal(CertStatus.EXPIRED.value)),
+                else_=literal(CertStatus.ACTIVE.value),
+            ).label(name)
+        columns.append(column)
+    return columns
+
+
+def _device_rows(
+    engine: Engine,
+    device_columns: list[Any],
+    certificate_columns: list[Any],
+    *,
+    model: str | None,
+    labels: Mapping[str, str] | None,
+    status: str | None,
+    after: str | None,
+    limit: int | None,
+) -> Iterator[tuple[Any, list[Any]]]:
+    """(device row, its certificate rows newest first) in ID order, a batch at a time."""
+    query, key = _device_query(
+        device_columns, model=model, labels=labels, status=status, after=None
+    )
+    remaining = limit
+    last = after
+    while remaining is None or remaining > 0:
+        size = BATCH if remaining is None else min(BATCH, remaining)
+        page = (query if last is None else query.where(key > last)).order_by(key).limit(size)
+        with read_session(engine) as session:
+            rows = session.execute(page).all()
+            if not rows:
+                return
+            by_device: dict[str, list[Any]] = {}
+            # the page's IDs again as a subquery: the database probes its own index instead of
+            # parsing a thousand bound parameters per page
+            ids = page.with_only_columns(key).subquery()
+            newest_first = session.execute(
+                select(*certificate_columns)
+                .where(_cert.c.device_id.in_(select(ids.c[0])))
+                .order_by(_cert.c.device_id, _cert.c.issued_at.desc(), _cert.c.serial.desc())
+            ).all()
+            for cert in newest_first:
+                by_device.setdefault(cert.device_id, []).append(cert)
+        for row in rows:
+            yield row, by_device.get(row.id, [])
+        last = rows[-1].id
+        if remaining is not None:
+            remaining -= len(rows)
+        if len(rows) < size:
+            return
+
+
+def count_devices(
+    ws: Workspace,
+    *,
+    model: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    status: str | None = None,
+    after: str | None = None,
+) -> int:
+    """How many devices match the filters (after ``after``), counted in the indexes."""
+    query, _ = _device_query([func.count()], model=model, labels=labels, status=status, after=after)
+    with read_session(ws.open_registry()) as session:
+        return int(session.execute(query).scalar_one())
+
+
+def list_devices(
+    ws: Workspace,
+    *,
+    model: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    status: str | None = None,
+) -> list[DeviceView]:
+    """All devices matching the filters, as a list (see :func:`iter_devices` to stream)."""
+    return list(iter_devices(ws, model=model, labels=labels, status=status))
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+def _certificate_conditions(
+    *,
+    device_id: str | None,
+    status: str | None,
+    expiring_within: timedelta | None,
+    now: datetime,
+) -> list[ColumnElement[bool]]:
+    if status is not None and status not in CERT_STATUSES:
+        raise InvalidInput(f"certificate status must be one of {', '.join(CERT_STATUSES)}")
+    conditions: list[ColumnElement[bool]] = []
+    if device_id is not None:
+        conditions.append(_cert.c.device_id == device_id)
+    if status == CertStatus.REVOKED:
+        conditions.append(_cert.c.status == CertStatus.REVOKED)
+    elif status == CertStatus.ACTIVE:
+        conditions += [_cert.c.status == CertStatus.ACTIVE, _cert.c.not_after >= now]
+    elif status == CertStatus.EXPIRED:
+        conditions += [_cert.c.status == CertStatus.ACTIVE, _cert.c.not_after < now]
+    if expiring_within is not None:
+        # unrevoked and still valid, ending within the span
+        conditions += [
+            _cert.c.status == CertStatus.ACTIVE,
+            _cert.c.not_after >= now,
+            _cert.c.not_after <= now + expiring_within,
+        ]
+    return conditions
+
+
+def _check_device(ws: Workspace, device_id: str | None) -> None:
+    if device_id is None:
+        return
+    with read_session(ws.open_registry()) as session:
+        if session.execute(select(_device.c.id).where(_device.c.id == device_id)).first() is None:
+            raise NotFound(f"no device {device_id!r} in the registry")
+
+
+def iter_certificates(
+    ws: Workspace,
+    *,
+    device_id: str | None = None,
+    status: str | None = None,
+    expiring_within: timedelta | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> Iterator[CertificateView]:
+    """Certificates matching every filter, in serial order after ``after``, at most ``limit``,
+    streamed. ``status`` is ``active``, ``revoked`` or ``expired`` (derived: unrevoked and
+    past ``not_after``); ``expiring_within`` keeps unrevoked, unexpired certificates ending
+    within that span from now.
+
+    Example::
+
+        soon = list(iter_certificates(ws, expiring_within=timedelta(days=30)))
+    """
+    now = clock.now()
+    conditions = _certificate_conditions(
+        device_id=device_id, status=status, expiring_within=expiring_within, now=now
+    )
+    _check_device(ws, device_id)
+    engine = ws.open_registry()
+    remaining = limit
+    last = after
+    while remaining is None or remaining > 0:
+        size = BATCH if remaining is None else min(BATCH, remaining)
+        page = select(*_CERT_COLUMNS).where(*conditions)
+        if last is not None:
+            page = page.where(_cert.c.serial > last)
+        with read_session(engine) as session:
+            rows = session.execute(page.order_by(_cert.c.serial).limit(size)).all()
+        if not rows:
+            return
+        for row in rows:
+            yield CertificateView.from_row(row, now)
+        last = rows[-1].serial
+        if remaining is not None:
+            remaining -= len(rows)
+        if len(rows) < size:
+            return
+
+
+def count_certificates(
+    ws: Workspace,
+    *,
+    device_id: str | None = None,
+    status: str | None = None,
+    expiring_within: timedelta | None = None,
+    after: str | None = None,
+) -> int:
+    """How many certificates match the filters (after serial ``after``)."""
+    conditions = _certificate_conditions(
+        device_id=device_id, status=status, expiring_within=expiring_within, now=clock.now()
+    )
+    if after is not None:
+        conditions.append(_cert.c.serial > after)
+    _check_device(ws, device_id)
+    with read_session(ws.open_registry()) as session:
+        query = select(func.count()).select_from(_cert).where(*conditions)
+        return int(session.execute(query).scalar_one())
+
+
+def list_certificates(
+    ws: Workspace,
+    *,
+    device_id: str | None = None,
+    status: str | None = None,
+    expiring_within: timedelta | None = None,
+) -> list[CertificateView]:
+    """All certificates matching the filters, in serial order (see :func:`iter_certificates`)."""
+    return list(
+        iter_certificates(ws, device_id=device_id, status=status, expiring_within=expiring_within)
+    )
