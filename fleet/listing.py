@@ -322,25 +322,18 @@ def iter_certificates(
         device_id=device_id, status=status, expiring_within=expiring_within, now=now
     )
     _check_device(ws, device_id)
-    engine = ws.open_registry()
-    remaining = limit
-    last = after
-    while remaining is None or remaining > 0:
-        size = BATCH if remaining is None else min(BATCH, remaining)
-        page = select(*_CERT_COLUMNS).where(*conditions)
-        if last is not None:
-            page = page.where(_cert.c.serial > last)
-        with read_session(engine) as session:
-            rows = session.execute(page.order_by(_cert.c.serial).limit(size)).all()
-        if not rows:
-            return
-        for row in rows:
+    query = select(*_CERT_COLUMNS).where(*conditions)
+    if after is not None:
+        query = query.where(_cert.c.serial > after)
+    query = query.order_by(_cert.c.serial)
+    if limit is not None:
+        query = query.limit(limit)
+    # One query, streamed (a server-side cursor on PostgreSQL): a filter such as "expiring
+    # within 30 days" is one index range sorted once, where pages of a keyset would re-read
+    # the range for each page.
+    with read_session(ws.open_registry()) as session:
+        for row in session.execute(query.execution_options(yield_per=BATCH)):
             yield CertificateView.from_row(row, now)
-        last = rows[-1].serial
-        if remaining is not None:
-            remaining -= len(rows)
-        if len(rows) < size:
-            return
 
 
 def count_certificates(
