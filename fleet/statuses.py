@@ -61,3 +61,22 @@ class RegistrationStatus(StrEnum):
     REGISTERED = "registered"
     FAILED = "failed"
     DEREGISTERED = "deregistered"
+
+
+class ConnectionState(StrEnum):
+    """Whether a device is connected, as its last event says (``fleet status``)."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class EventSource(StrEnum):
+    """Where a connection event came from."""
+
+    SPARKPLUG = "sparkplug"  # fleet watch: NBIRTH/NDEATH/DBIRTH/DDEATH
+    MQTT_LWT = "mqtt-lwt"  # fleet watch: fleet/{device_id}/status online|offline
+    AWS = "aws"  # AWS IoT lifecycle events (presence connected/disconnected)
+    AZURE = "azure"  # Azure IoT Hub DeviceConnected/DeviceDisconnected (Event Grid)
+    THINGSBOARD = "thingsboard"
+    HTTP = "http"  # a cloud status pull (fleet cloud sync)
+    INGEST = "ingest"  # fleet's own JSON Lines shape

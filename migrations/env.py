@@ -11,6 +11,7 @@ from sqlmodel import SQLModel
 # every table on SQLModel.metadata: the core ones and those features keep beside their code
 import fleet.cloud.models
 import fleet.export.models
+import fleet.status.models
 import fleet.registry.models  # noqa: F401
 
 target_metadata = SQLModel.metadata

@@ -4,15 +4,13 @@ committed, the bundles completed and renamed into place."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, insert, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.types import TypeEngine
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from fleet.cloud import jobs
@@ -29,8 +27,9 @@ from fleet.provision.seen import Issued, SeenIds
 from fleet.provision.source import Row
 from fleet.provision.summary import Tally
 from fleet.registry import audit
+from fleet.registry.bulk import bulk_insert
 from fleet.registry.db import write_session
-from fleet.registry.models import Certificate, Device, UTCDateTime
+from fleet.registry.models import Certificate, Device
 from fleet.statuses import DeviceStatus
 from fleet.views import iso
 
@@ -193,45 +192,3 @@ def _device_added(device: dict[str, Any], cert: dict[str, Any]) -> audit.Pending
         device["id"],
         {**device_details(device), "certificate": certificate_details(cert)},
     )
-
-
-def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` (every column given) in one executemany.
-
-    On SQLite the values go through the column types' own bind processing (what the ORM
-    would store) and straight to the driver: SQLAlchemy's per-row parameter handling around
-    it cost about 40 us a row per table. Other backends go through SQLAlchemy Core.
-    """
-    if not rows:
-        return
-    connection = session.connection()
-    if connection.dialect.name != "sqlite":
-        session.execute(insert(table), rows)
-        return
-    columns = [(c.name, bind_converter(c.type, connection.dialect)) for c in table.columns]
-    values = [
-        tuple(row[name] if convert is None else convert(row[name]) for name, convert in columns)
-        for row in rows
-    ]
-    names = ", ".join(f'"{name}"' for name, _ in columns)
-    marks = ", ".join("?" * len(columns))
-    connection.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', values)
-
-
-def bind_converter(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
-    """What SQLAlchemy does to a value of ``column_type`` before handing it to ``dialect``'s
-    driver (``None``: nothing). Datetimes are memoised: a batch shares a handful of times."""
-    process = column_type.dialect_impl(dialect).bind_processor(dialect)
-    if process is None or not isinstance(column_type, UTCDateTime):
-        return process
-    texts: dict[datetime, Any] = {}
-
-    def convert(value: datetime | None) -> Any:
-        if value is None:
-            return None
-        text = texts.get(value)
-        if text is None:
-            text = texts[value] = process(value)
-        return text
-
-    return convert

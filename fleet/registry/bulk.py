@@ -1,0 +1,57 @@
+"""Bulk inserts at driver speed: what provisioning and connection-event ingest write by the
+thousand per transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, insert
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
+from sqlmodel import Session
+
+from fleet.registry.models import UTCDateTime
+
+
+def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (every column given) in one executemany.
+
+    On SQLite the values go through the column types' own bind processing (what the ORM
+    would store) and straight to the driver: SQLAlchemy's per-row parameter handling around
+    it cost about 40 us a row per table. Other backends go through SQLAlchemy Core.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        session.execute(insert(table), rows)
+        return
+    columns = [(c.name, bind_converter(c.type, connection.dialect)) for c in table.columns]
+    values = [
+        tuple(row[name] if convert is None else convert(row[name]) for name, convert in columns)
+        for row in rows
+    ]
+    names = ", ".join(f'"{name}"' for name, _ in columns)
+    marks = ", ".join("?" * len(columns))
+    connection.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', values)
+
+
+def bind_converter(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a value of ``column_type`` before handing it to ``dialect``'s
+    driver (``None``: nothing). Datetimes are memoised: a batch shares a handful of times."""
+    process = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None or not isinstance(column_type, UTCDateTime):
+        return process
+    texts: dict[datetime, Any] = {}
+
+    def convert(value: datetime | None) -> Any:
+        if value is None:
+            return None
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = process(value)
+        return text
+
+    return convert
