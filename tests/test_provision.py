@@ -34,8 +34,8 @@ from fleet import clock, devices
 from fleet.errors import InvalidInput
 from fleet.pki import issue
 from fleet.provision import BATCH_SIZE, FAULT_ENV, provision
-from fleet.registry.bulk import bind_converter
 from fleet.registry import audit
+from fleet.registry.bulk import bind_converter
 from fleet.registry.db import read_session
 from fleet.registry.models import AuditEvent, Certificate, Device, UTCDateTime
 from fleet.views import DeviceView
