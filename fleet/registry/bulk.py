@@ -16,7 +16,7 @@ from fleet.registry.models import UTCDateTime
 
 
 def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` (every column given) in one executemany.
+    """Insert ``rows`` (each giving the same columns) in one executemany.
 
     On SQLite the values go through the column types' own bind processing (what the ORM
     would store) and straight to the driver: SQLAlchemy's per-row parameter handling around
@@ -28,7 +28,12 @@ def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
     if connection.dialect.name != "sqlite":
         session.execute(insert(table), rows)
         return
-    columns = [(c.name, bind_converter(c.type, connection.dialect)) for c in table.columns]
+    given = rows[0].keys()  # a column left out (an autoincrement ID) gets its default
+    columns = [
+        (c.name, bind_converter(c.type, connection.dialect))
+        for c in table.columns
+        if c.name in given
+    ]
     values = [
         tuple(row[name] if convert is None else convert(row[name]) for name, convert in columns)
         for row in rows

@@ -1,0 +1,215 @@
+"""``fleet status ingest FILE|-``: connection events from JSON Lines, in the platforms' own
+shapes, recognised line by line.
+
+- AWS IoT lifecycle events (what ``$aws/events/presence/connected|disconnected/{clientId}``
+  carries): ``clientId``, ``timestamp`` (ms), ``eventType``, ``sessionIdentifier``,
+  ``versionNumber`` (the ordering marker), ``disconnectReason``;
+- Azure IoT Hub ``Microsoft.Devices.DeviceConnected|DeviceDisconnected`` through Event Grid,
+  in the Event Grid schema (``eventType``, ``eventTime``) or as a CloudEvent (``type``,
+  ``time``): ``data.deviceId`` and ``data.deviceConnectionStateEventInfo.sequenceNumber``;
+- fleet's own: ``{"device_id": "...", "state": "online"|"offline", "time": "ISO 8601"}``
+  with optional ``reason``, ``firmware`` and ``source``.
+
+A line that is none of these, or is broken, goes to the report with its line number; the
+others are recorded (in batches, so memory stays flat for any file size).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from fleet.errors import InvalidInput
+from fleet.files import atomic_write
+from fleet.identifiers import parse_timestamp
+from fleet.status.events import RecordReport, Seen, record
+from fleet.statuses import ConnectionState, EventSource
+
+if TYPE_CHECKING:
+    from fleet.workspace import Workspace
+
+BATCH = 5000
+LINE_MAX = 64 * 1024
+AZURE_TYPES = {
+    "Microsoft.Devices.DeviceConnected": ConnectionState.ONLINE,
+    "Microsoft.Devices.DeviceDisconnected": ConnectionState.OFFLINE,
+}
+AWS_TYPES = {"connected": ConnectionState.ONLINE, "disconnected": ConnectionState.OFFLINE}
+
+
+class BadLine(ValueError):
+    """Why a line is not an event."""
+
+
+@dataclass
+class IngestReport:
+    """What ``fleet status ingest`` did: the recording report, and the lines it refused."""
+
+    lines: int = 0
+    recorded: RecordReport = field(default_factory=RecordReport)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+    bad_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as ``--json`` shows it (at most 20 bad lines listed)."""
+        return {
+            "lines": self.lines,
+            **self.recorded.to_dict(),
+            "bad": self.bad_count,
+            "bad_lines": [{"line": n, "error": e} for n, e in self.bad[:20]],
+        }
+
+
+def parse_event(value: Any) -> Seen:
+    """One JSON value as a connection event, in whichever shape it is; :class:`BadLine` if
+    it is none of them."""
+    if not isinstance(value, dict):
+        raise BadLine("not a JSON object")
+    if "clientId" in value and "eventType" in value:
+        return _aws(value)
+    kind = value.get("eventType", value.get("type"))
+    if isinstance(kind, str) and kind.startswith("Microsoft.Devices."):
+        return _azure(value, kind)
+    if "device_id" in value:
+        return _fleet(value)
+    raise BadLine("not an AWS lifecycle, Azure Event Grid or fleet connection event")
+
+
+def _text(value: dict[str, Any], name: str, *, limit: int = 128) -> str:
+    item = value.get(name)
+    if not isinstance(item, str) or not item or len(item) > limit:
+        raise BadLine(f"{name!r} must be a string of 1 to {limit} characters")
+    return item
+
+
+def _optional_text(value: dict[str, Any], name: str, limit: int) -> str | None:
+    item = value.get(name)
+    if item is None:
+        return None
+    if not isinstance(item, str):
+        raise BadLine(f"{name!r} must be a string")
+    return item[:limit]
+
+
+def _moment(text: Any, name: str) -> datetime:
+    if not isinstance(text, str):
+        raise BadLine(f"{name!r} must be an ISO 8601 time")
+    try:
+        return parse_timestamp(text)
+    except InvalidInput as exc:
+        raise BadLine(f"{name!r}: {exc}") from None
+
+
+def _aws(value: dict[str, Any]) -> Seen:
+    state = AWS_TYPES.get(value["eventType"])
+    if state is None:
+        raise BadLine(f"AWS eventType {value['eventType']!r} is not connected/disconnected")
+    stamp = value.get("timestamp")
+    if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
+        raise BadLine("AWS 'timestamp' must be epoch milliseconds")
+    version = value.get("versionNumber")
+    if version is not None and (not isinstance(version, int) or version < 0):
+        raise BadLine("AWS 'versionNumber' must be a non-negative integer")
+    try:
+        moment = datetime.fromtimestamp(stamp / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise BadLine("AWS 'timestamp' is out of range") from None
+    return Seen(
+        device_id=_text(value, "clientId"),
+        state=state,
+        source=EventSource.AWS,
+        source_time=moment,
+        # zero-padded, so text order is number order
+        marker=None if version is None else f"{version:020d}",
+        session=_optional_text(value, "sessionIdentifier", 128),
+        reason=_optional_text(value, "disconnectReason", 256),
+    )
+
+
+def _azure(value: dict[str, Any], kind: str) -> Seen:
+    state = AZURE_TYPES.get(kind)
+    if state is None:
+        raise BadLine(f"Azure event type {kind!r} is not DeviceConnected/DeviceDisconnected")
+    data = value.get("data")
+    if not isinstance(data, dict):
+        raise BadLine("Azure event has no 'data' object")
+    info = data.get("deviceConnectionStateEventInfo")
+    sequence = info.get("sequenceNumber") if isinstance(info, dict) else None
+    if sequence is not None and (not isinstance(sequence, str) or len(sequence) > 80):
+        raise BadLine("Azure 'sequenceNumber' must be a string of at most 80 characters")
+    return Seen(
+        device_id=_text(data, "deviceId"),
+        state=state,
+        source=EventSource.AZURE,
+        source_time=_moment(value.get("eventTime", value.get("time")), "eventTime"),
+        marker=sequence,
+    )
+
+
+def _fleet(value: dict[str, Any]) -> Seen:
+    try:
+        state = ConnectionState(str(value.get("state")))
+    except ValueError:
+        raise BadLine("'state' must be 'online' or 'offline'") from None
+    source = value.get("source", EventSource.INGEST)
+    try:
+        chosen = EventSource(source)
+    except ValueError:
+        raise BadLine(f"'source' must be one of {', '.join(EventSource)}") from None
+    return Seen(
+        device_id=_text(value, "device_id"),
+        state=state,
+        source=chosen,
+        source_time=_moment(value.get("time"), "time"),
+        marker=_optional_text(value, "marker", 80),
+        reason=_optional_text(value, "reason", 256),
+        firmware=_optional_text(value, "firmware", 128),
+    )
+
+
+def _lines(stream: IO[bytes], report: IngestReport) -> Iterator[Seen]:
+    for number, raw in enumerate(stream, start=1):
+        report.lines = number
+        if not raw.strip():
+            continue
+        try:
+            if len(raw) > LINE_MAX:
+                raise BadLine(f"line longer than {LINE_MAX} bytes")
+            try:
+                value = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadLine(f"not JSON: {exc}") from None
+            yield parse_event(value)
+        except BadLine as exc:
+            report.bad_count += 1
+            if len(report.bad) < 10_000:
+                report.bad.append((number, str(exc)))
+
+
+def ingest(ws: Workspace, stream: IO[bytes], *, report_path: Path | None = None) -> IngestReport:
+    """Record the connection events in ``stream`` (JSON Lines) in batches; write refused
+    lines to ``report_path`` (CSV ``line,error``) if given. Example::
+
+        with open("presence.jsonl", "rb") as f:
+            print(ingest(ws, f).to_dict())
+    """
+    engine = ws.open_registry()
+    report = IngestReport()
+    pending: list[Seen] = []
+    for event in _lines(stream, report):
+        pending.append(event)
+        if len(pending) >= BATCH:
+            report.recorded.add(record(engine, pending))
+            pending = []
+    if pending:
+        report.recorded.add(record(engine, pending))
+    if report_path is not None:
+        body = "line,error\n" + "".join(
+            f'{n},"{error.replace(chr(34), chr(34) * 2)}"\n' for n, error in report.bad
+        )
+        atomic_write(report_path, body.encode("utf-8"))
+    return report

@@ -1,0 +1,134 @@
+"""Connection status: events recorded once, state derived by the ordering rules, stray events
+kept aside, ingest of the platforms' shapes, pruning and history (fleet/status/)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from helpers import PASSPHRASE, FrozenClock
+
+from fleet import devices
+from fleet.status.events import Seen, record
+from fleet.status.history import connection_of, iter_history, prune, stray_summary
+from fleet.status.ingest import ingest
+from fleet.statuses import ConnectionState, EventSource
+from fleet.workspace import Workspace
+
+T0 = datetime(2027, 3, 1, 8, 0, tzinfo=UTC)
+ON, OFF = ConnectionState.ONLINE, ConnectionState.OFFLINE
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def fleet_ws(ready_ws: Workspace, tmp_path: Path, fleet_clock: FrozenClock) -> Workspace:
+    for device_id in ("gw-1", "gw-2", "gw-old"):
+        devices.add_device(ready_ws, device_id, out_dir=tmp_path / "ids", passphrase=PASSPHRASE)
+    devices.decommission_device(ready_ws, "gw-old")
+    return ready_ws
+
+
+def seen(device: str, state: ConnectionState, minute: float, **extra: str) -> Seen:
+    return Seen(device, state, EventSource.INGEST, at(minute), **extra)  # type: ignore[arg-type]
+
+
+def test_state_follows_the_newest_event_and_nothing_older(fleet_ws: Workspace) -> None:
+    report = record(fleet_ws, [seen("gw-1", ON, 0), seen("gw-1", OFF, 10), seen("gw-2", ON, 5)])
+    assert (report.recorded, report.duplicates, report.changed) == (3, 0, 2)
+    state = connection_of(fleet_ws, "gw-1")
+    assert (state.state, state.since, state.last_seen) == ("offline", at(10), at(10))
+    # an older event arriving late does not override; a duplicate is recorded once
+    late = record(fleet_ws, [seen("gw-1", ON, 7), seen("gw-1", OFF, 10)])
+    assert (late.recorded, late.duplicates, late.changed) == (1, 1, 0)
+    assert connection_of(fleet_ws, "gw-1").state == "offline"
+    # a tie changes nothing; a newer one does, and `since` moves with the transition only
+    record(fleet_ws, [seen("gw-1", ON, 10)])
+    assert connection_of(fleet_ws, "gw-1").state == "offline"
+    record(fleet_ws, [seen("gw-1", ON, 20), seen("gw-1", ON, 25)])
+    state = connection_of(fleet_ws, "gw-1")
+    assert (state.state, state.since, state.last_seen) == ("online", at(20), at(25))
+    assert [e.source_time for e in iter_history(fleet_ws, "gw-1")] == [
+        at(0), at(7), at(10), at(10), at(20), at(25),
+    ]  # fmt: skip
+
+
+def test_markers_order_events_of_one_source(fleet_ws: Workspace) -> None:
+    """AWS versionNumber decides within AWS even when the clocks disagree."""
+
+    def aws(state: ConnectionState, minute: float, version: int) -> Seen:
+        return Seen("gw-1", state, EventSource.AWS, at(minute), marker=f"{version:020d}")
+
+    record(fleet_ws, [aws(ON, 10, 5)])
+    record(fleet_ws, [aws(OFF, 12, 4)])  # later clock, older version: ignored
+    assert connection_of(fleet_ws, "gw-1").state == "online"
+    record(fleet_ws, [aws(OFF, 11, 6)])
+    assert connection_of(fleet_ws, "gw-1").state == "offline"
+    assert connection_of(fleet_ws, "gw-1").last_seen == at(12)
+
+
+def test_unknown_and_decommissioned_devices_are_kept_aside(fleet_ws: Workspace) -> None:
+    report = record(fleet_ws, [seen("ghost", ON, 1), seen("gw-old", ON, 2), seen("gw-2", ON, 3)])
+    assert (report.recorded, report.stray) == (1, 2)
+    assert sorted(report.stray_ids) == ["ghost", "gw-old"]
+    assert stray_summary(fleet_ws) == {"unknown": 1, "decommissioned": 1}
+    assert connection_of(fleet_ws, "gw-old").state is None
+    again = record(fleet_ws, [seen("ghost", ON, 1)])
+    assert (again.stray, again.duplicates) == (0, 1)
+
+
+def test_ingest_reads_every_shape_and_reports_bad_lines(
+    fleet_ws: Workspace, tmp_path: Path
+) -> None:
+    lines = [
+        {"clientId": "gw-1", "timestamp": int(at(1).timestamp() * 1000), "eventType": "connected",
+         "sessionIdentifier": "s-1", "principalIdentifier": "abc", "versionNumber": 1},
+        {"id": "e1", "eventType": "Microsoft.Devices.DeviceConnected",
+         "eventTime": "2027-03-01T08:02:00.1234567Z", "subject": "devices/gw-2",
+         "data": {"deviceId": "gw-2", "hubName": "h",
+                  "deviceConnectionStateEventInfo": {"sequenceNumber": "0" * 63 + "1"}}},
+        {"specversion": "1.0", "type": "Microsoft.Devices.DeviceDisconnected",
+         "time": "2027-03-01T08:03:00Z", "source": "/hub",
+         "data": {"deviceId": "gw-2",
+                  "deviceConnectionStateEventInfo": {"sequenceNumber": "0" * 63 + "2"}}},
+        {"device_id": "gw-1", "state": "offline", "time": "2027-03-01T08:04:00Z",
+         "reason": "power", "firmware": "1.2.0"},
+    ]  # fmt: skip
+    text = "\n".join(json.dumps(line) for line in lines)
+    text += '\nnot json\n{"device_id": "gw-1", "state": "asleep", "time": "2027-03-01"}\n[]\n\n'
+    report_path = tmp_path / "bad.csv"
+    report = ingest(fleet_ws, io.BytesIO(text.encode()), report_path=report_path)
+    assert report.recorded.recorded == 4 and report.bad_count == 3
+    assert [n for n, _ in report.bad] == [5, 6, 7]
+    assert report_path.read_text().splitlines()[0] == "line,error"
+    gw1, gw2 = connection_of(fleet_ws, "gw-1"), connection_of(fleet_ws, "gw-2")
+    assert (gw1.state, gw1.reason, gw1.firmware) == ("offline", "power", "1.2.0")
+    assert (gw2.state, gw2.since) == ("offline", at(3))
+    history = [e.source for e in iter_history(fleet_ws, "gw-1")]
+    assert history == ["aws", "ingest"]
+    again = ingest(fleet_ws, io.BytesIO(text.encode()))
+    assert again.recorded.recorded == 0 and again.recorded.duplicates == 4
+
+
+def test_prune_keeps_the_current_state(fleet_ws: Workspace, fleet_clock: FrozenClock) -> None:
+    record(fleet_ws, [seen("gw-1", ON, 0), seen("gw-1", OFF, 60 * 24 * 50)])
+    fleet_clock.now = at(60 * 24 * 100)
+    pruned = prune(fleet_ws, timedelta(days=90))
+    assert (pruned.events, pruned.stray) == (1, 0)
+    assert [e.state for e in iter_history(fleet_ws, "gw-1")] == ["offline"]
+    assert connection_of(fleet_ws, "gw-1").state == "offline"
+
+
+def test_history_pages_and_windows(fleet_ws: Workspace) -> None:
+    record(fleet_ws, [seen("gw-1", ON if i % 2 == 0 else OFF, i) for i in range(10)])
+    events = list(iter_history(fleet_ws, "gw-1"))
+    first = list(iter_history(fleet_ws, "gw-1", limit=4))
+    rest = list(iter_history(fleet_ws, "gw-1", after=first[-1].id))
+    assert first + rest == events
+    window = list(iter_history(fleet_ws, "gw-1", since=at(3), until=at(6)))
+    assert [e.source_time for e in window] == [at(3), at(4), at(5)]
