@@ -11,8 +11,8 @@ from sqlmodel import SQLModel
 # every table on SQLModel.metadata: the core ones and those features keep beside their code
 import fleet.cloud.models
 import fleet.export.models
-import fleet.status.models
-import fleet.registry.models  # noqa: F401
+import fleet.registry.models
+import fleet.status.models  # noqa: F401
 
 target_metadata = SQLModel.metadata
 connection = context.config.attributes.get("connection")

@@ -62,9 +62,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["device_id"], ["device.id"]),
         sa.PrimaryKeyConstraint("device_id"),
     )
-    op.create_index(
-        "ix_connection_state_state_device", "connection_state", ["state", "device_id"]
-    )
+    op.create_index("ix_connection_state_state_device", "connection_state", ["state", "device_id"])
     op.create_index("ix_connection_state_state_since", "connection_state", ["state", "since"])
     op.create_table(
         "stray_connection_event",
@@ -77,9 +75,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("key"),
     )
-    op.create_index(
-        "ix_stray_connection_event_device_id", "stray_connection_event", ["device_id"]
-    )
+    op.create_index("ix_stray_connection_event_device_id", "stray_connection_event", ["device_id"])
     op.create_index(
         "ix_stray_connection_event_received_at", "stray_connection_event", ["received_at"]
     )
