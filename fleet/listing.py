@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,8 @@ from fleet.errors import InvalidInput, NotFound
 from fleet.identifiers import validate_label
 from fleet.registry.db import read_session
 from fleet.registry.models import Certificate, Device, DeviceLabel, iso_text
-from fleet.statuses import CertStatus, DeviceStatus
+from fleet.status.models import ConnectionStatus
+from fleet.statuses import CertStatus, ConnectionState, DeviceStatus
 from fleet.views import (
     CERTIFICATE_FIELDS,
     DEVICE_FIELDS,
@@ -53,6 +55,7 @@ BATCH = 1000
 _device = Device.__table__  # type: ignore[attr-defined]
 _label = DeviceLabel.__table__  # type: ignore[attr-defined]
 _cert = Certificate.__table__  # type: ignore[attr-defined]
+_connection = ConnectionStatus.__table__  # type: ignore[attr-defined]
 # Everything a view shows; never the PEM (the bulk of a row).
 _CERT_COLUMNS = [c for c in _cert.c if c.name != "pem"]
 
@@ -60,28 +63,47 @@ _CERT_COLUMNS = [c for c in _cert.c if c.name != "pem"]
 # --- devices ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DeviceFilter:
+    """What a device list keeps: every given filter must match.
+
+    ``connection``: ``online`` or ``offline`` as the device's last connection event says
+    (devices never seen have no state and match neither); ``offline_for``: offline at least
+    that long (implies ``offline``)."""
+
+    model: str | None = None
+    labels: Mapping[str, str] | None = None
+    status: str | None = None
+    connection: str | None = None
+    offline_for: timedelta | None = None
+
+    def check(self) -> None:
+        """Raise :class:`InvalidInput` for a value no device can have."""
+        if self.status is not None and self.status not in DEVICE_STATUSES:
+            raise InvalidInput(f"device status must be one of {', '.join(DEVICE_STATUSES)}")
+        if self.connection is not None and self.connection not in tuple(ConnectionState):
+            raise InvalidInput("connection state must be online or offline")
+        if self.offline_for is not None and self.connection == ConnectionState.ONLINE:
+            raise InvalidInput("--offline-for lists offline devices: it excludes --online")
+        for key, value in (self.labels or {}).items():
+            validate_label(key, value)
+
+
 def _device_query(
-    columns: list[Any],
-    *,
-    model: str | None,
-    labels: Mapping[str, str] | None,
-    status: str | None,
-    after: str | None,
+    columns: list[Any], where: DeviceFilter, *, after: str | None
 ) -> tuple[Select[Any], KeyedColumnElement[Any]]:
-    """``SELECT columns`` of the matching devices, and the key column to order by: the first
-    label filter drives the query from its index range, in device-ID order."""
-    if status is not None and status not in DEVICE_STATUSES:
-        raise InvalidInput(f"device status must be one of {', '.join(DEVICE_STATUSES)}")
-    pairs = list((labels or {}).items())
-    for key, value in pairs:
-        validate_label(key, value)
+    """``SELECT columns`` of the matching devices, and the key column to order by. The most
+    selective index drives the query in device-ID order: the first label's range of
+    device_label, else the connection state's (state, device_id), else the device table."""
+    where.check()
+    pairs = list((where.labels or {}).items())
+    connection = ConnectionState.OFFLINE if where.offline_for is not None else where.connection
     conditions: list[ColumnElement[bool]] = []
+    source: Any = _device
     if pairs:
         first, *others = pairs
         key_column = _label.c.device_id
-        query = select(*columns).select_from(
-            _label.join(_device, _device.c.id == _label.c.device_id)
-        )
+        source = _label.join(_device, _device.c.id == _label.c.device_id)
         conditions += [_label.c.key == first[0], _label.c.value == first[1]]
         for key, value in others:
             other = _label.alias()
@@ -90,15 +112,24 @@ def _device_query(
                     other.c.key == key, other.c.value == value, other.c.device_id == key_column
                 )
             )
+    elif connection is not None:
+        key_column = _connection.c.device_id
+        source = _connection.join(_device, _device.c.id == _connection.c.device_id)
     else:
         key_column = _device.c.id
-        query = select(*columns).select_from(_device)
-    if model is not None:
-        conditions.append(_device.c.model == model)
-    if status is not None:
-        conditions.append(_device.c.status == status)
+    if connection is not None:
+        if pairs:
+            source = source.join(_connection, _connection.c.device_id == key_column)
+        conditions.append(_connection.c.state == connection)
+    if where.offline_for is not None:
+        conditions.append(_connection.c.since <= clock.now() - where.offline_for)
+    if where.model is not None:
+        conditions.append(_device.c.model == where.model)
+    if where.status is not None:
+        conditions.append(_device.c.status == where.status)
     if after is not None:
         conditions.append(key_column > after)
+    query = select(*columns).select_from(source)
     if conditions:
         query = query.where(and_(*conditions))
     return query, key_column
@@ -110,6 +141,8 @@ def iter_devices(
     model: str | None = None,
     labels: Mapping[str, str] | None = None,
     status: str | None = None,
+    connection: str | None = None,
+    offline_for: timedelta | None = None,
     after: str | None = None,
     limit: int | None = None,
 ) -> Iterator[DeviceView]:
@@ -126,9 +159,7 @@ def iter_devices(
         ws.open_registry(),
         list(_device.c),
         _CERT_COLUMNS,
-        model=model,
-        labels=labels,
-        status=status,
+        DeviceFilter(model, labels, status, connection, offline_for),
         after=after,
         limit=limit,
     ):
@@ -141,6 +172,8 @@ def iter_device_dicts(
     model: str | None = None,
     labels: Mapping[str, str] | None = None,
     status: str | None = None,
+    connection: str | None = None,
+    offline_for: timedelta | None = None,
     after: str | None = None,
     limit: int | None = None,
 ) -> Iterator[dict[str, Any]]:
@@ -157,9 +190,7 @@ def iter_device_dicts(
         engine,
         shown,
         certificate_columns,
-        model=model,
-        labels=labels,
-        status=status,
+        DeviceFilter(model, labels, status, connection, offline_for),
         after=after,
         limit=limit,
     ):
@@ -195,17 +226,13 @@ def _device_rows(
     engine: Engine,
     device_columns: list[Any],
     certificate_columns: list[Any],
+    where: DeviceFilter,
     *,
-    model: str | None,
-    labels: Mapping[str, str] | None,
-    status: str | None,
     after: str | None,
     limit: int | None,
 ) -> Iterator[tuple[Any, list[Any]]]:
     """(device row, its certificate rows newest first) in ID order, a batch at a time."""
-    query, key = _device_query(
-        device_columns, model=model, labels=labels, status=status, after=None
-    )
+    query, key = _device_query(device_columns, where, after=None)
     remaining = limit
     last = after
     while remaining is None or remaining > 0:
@@ -241,10 +268,13 @@ def count_devices(
     model: str | None = None,
     labels: Mapping[str, str] | None = None,
     status: str | None = None,
+    connection: str | None = None,
+    offline_for: timedelta | None = None,
     after: str | None = None,
 ) -> int:
     """How many devices match the filters (after ``after``), counted in the indexes."""
-    query, _ = _device_query([func.count()], model=model, labels=labels, status=status, after=after)
+    where = DeviceFilter(model, labels, status, connection, offline_for)
+    query, _ = _device_query([func.count()], where, after=after)
     with read_session(ws.open_registry()) as session:
         return int(session.execute(query).scalar_one())
 
@@ -255,9 +285,20 @@ def list_devices(
     model: str | None = None,
     labels: Mapping[str, str] | None = None,
     status: str | None = None,
+    connection: str | None = None,
+    offline_for: timedelta | None = None,
 ) -> list[DeviceView]:
     """All devices matching the filters, as a list (see :func:`iter_devices` to stream)."""
-    return list(iter_devices(ws, model=model, labels=labels, status=status))
+    return list(
+        iter_devices(
+            ws,
+            model=model,
+            labels=labels,
+            status=status,
+            connection=connection,
+            offline_for=offline_for,
+        )
+    )
 
 
 # --- certificates -----------------------------------------------------------------------------

@@ -132,3 +132,21 @@ def test_history_pages_and_windows(fleet_ws: Workspace) -> None:
     assert first + rest == events
     window = list(iter_history(fleet_ws, "gw-1", since=at(3), until=at(6)))
     assert [e.source_time for e in window] == [at(3), at(4), at(5)]
+
+
+def test_device_list_by_connection_state(fleet_ws: Workspace, fleet_clock: FrozenClock) -> None:
+    """--online / --offline / --offline-for read connection_state; never-seen devices match
+    neither; results equal a scan."""
+    from fleet import listing
+
+    fleet_clock.now = at(60 * 48)
+    record(fleet_ws, [seen("gw-1", OFF, 0), seen("gw-2", ON, 60 * 47)])
+    ids = lambda **f: [d.id for d in listing.iter_devices(fleet_ws, **f)]  # noqa: E731
+    assert ids(connection="online") == ["gw-2"]
+    assert ids(connection="offline") == ["gw-1"]
+    assert ids(offline_for=timedelta(hours=24)) == ["gw-1"]
+    assert ids(offline_for=timedelta(hours=49)) == []
+    assert listing.count_devices(fleet_ws, connection="offline") == 1
+    assert [d["id"] for d in listing.iter_device_dicts(fleet_ws, connection="online")] == ["gw-2"]
+    with pytest.raises(Exception, match="excludes --online"):
+        ids(connection="online", offline_for=timedelta(hours=1))

@@ -282,7 +282,7 @@ def test_label_filter_reads_the_index(ready_sqlite_ws: Workspace) -> None:
     """A label filter is a range of device_label's key, not a scan of every device."""
     engine = ready_sqlite_ws.open_registry()
     query, key = listing._device_query(
-        [listing._device.c.id], model=None, labels={"site": "hh"}, status=None, after="a"
+        [listing._device.c.id], listing.DeviceFilter(labels={"site": "hh"}), after="a"
     )
     compiled = query.order_by(key).limit(50).compile(engine, compile_kwargs={"literal_binds": True})
     with engine.connect() as conn:
@@ -304,7 +304,7 @@ def test_migration_carries_existing_labels_over(ws: Workspace) -> None:
             ),
             {"l": json.dumps({"site": "hamburg", "rack": "r1"}), "t": "2026-01-01 00:00:00"},
         )
-    migrations.upgrade(engine, "0005")
+    migrations.upgrade(engine)
     assert label_rows(ws) == {("a-1", "site", "hamburg"), ("a-1", "rack", "r1")}
 
 
