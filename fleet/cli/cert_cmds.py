@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from fleet import certs
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.statuses import CertStatus
 from fleet.views import iso
@@ -41,6 +40,8 @@ def list_(
 
         fleet cert list --expiring-within 30 --json
     """
+    from fleet import certs
+
     rows = certs.list_certificates(
         workspace(ctx), device_id=device, status=status, expiring_within_days=expiring_within
     )
@@ -85,6 +86,8 @@ def renew(
 
         fleet cert renew pump-0042 --out ids --revoke-old
     """
+    from fleet import certs
+
     cert = certs.renew_certificate(
         workspace(ctx),
         device_id,
@@ -117,6 +120,8 @@ def revoke(
 
         fleet cert revoke 3f9a0c... --reason keyCompromise
     """
+    from fleet import certs
+
     cert = certs.revoke_certificate(workspace(ctx), serial, reason=reason)
     if json_out:
         print_json(cert.to_dict())

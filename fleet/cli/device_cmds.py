@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleet import devices
 from fleet.cli._common import (
     ask_passphrase,
     message,
@@ -74,6 +73,8 @@ def add(
 
         fleet device add pump-0043 --cloud plant-registry && fleet cloud sync plant-registry
     """
+    from fleet import devices
+
     ws = workspace(ctx)
     result = devices.add_device(
         ws,
@@ -118,6 +119,8 @@ def list_(
 
         fleet device list --model p200 --label site=hamburg --json
     """
+    from fleet import devices
+
     rows = devices.iter_devices(
         workspace(ctx), model=model, labels=parse_labels(label or []), status=status
     )
@@ -154,6 +157,8 @@ def show(
 
         fleet device show pump-0042 --json
     """
+    from fleet import devices
+
     device = devices.show_device(workspace(ctx), device_id)
     if json_out:
         print_json(device.to_dict())
@@ -201,6 +206,8 @@ def update(
 
         fleet device update pump-0042 --label site=bremen --remove-label rack
     """
+    from fleet import devices
+
     device = devices.update_device(
         workspace(ctx),
         device_id,
@@ -228,6 +235,8 @@ def decommission(
 
         fleet device decommission pump-0042 --reason "replaced after flood damage"
     """
+    from fleet import devices
+
     device = devices.decommission_device(workspace(ctx), device_id, reason=reason)
     if json_out:
         print_json(device.to_dict())
