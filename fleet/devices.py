@@ -20,7 +20,6 @@ from sqlmodel import Session, col, select
 from fleet import clock, faults
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
-from fleet.pki.profiles import KEY_TYPES, load_profile
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate, Device
@@ -29,8 +28,8 @@ from fleet.views import DeviceView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 if TYPE_CHECKING:
-    # cryptography and the cloud tables load only for the commands that issue, revoke or
-    # queue cloud jobs: not for show and list
+    # cryptography, profiles and the cloud tables load only for the commands that issue,
+    # revoke or queue cloud jobs: not for show and list
     from cryptography import x509
 
     from fleet.pki.bundles import StagedBundle
@@ -65,6 +64,8 @@ def publish_identity(
 
 def validate_key_type(key_type: str | None) -> str | None:
     """Check a ``--key-type`` value."""
+    from fleet.pki.profiles import KEY_TYPES
+
     if key_type is not None and key_type not in KEY_TYPES:
         raise InvalidInput(f"key type must be one of {', '.join(KEY_TYPES)}")
     return key_type
@@ -103,6 +104,7 @@ def add_device(
     from fleet.pki import ca
     from fleet.pki.csr import request_for
     from fleet.pki.issue import certificate_row, check_issuable, issue_certificate
+    from fleet.pki.profiles import load_profile
 
     validate_device_id(device_id)
     _validate_attributes(model, serial, labels)
