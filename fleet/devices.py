@@ -11,30 +11,15 @@ import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from fleet import clock, faults
-from fleet.cloud import jobs
 from fleet.errors import Conflict, InvalidInput, NotFound
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
-from fleet.pki import ca
-from fleet.pki.bundles import StagedBundle, recover_in, stage_bundle
-from fleet.pki.crl import revoke_rows
-from fleet.pki.csr import request_for
-from fleet.pki.issue import (
-    IssuedCertificate,
-    certificate_details,
-    certificate_row,
-    check_issuable,
-    device_details,
-    issue_certificate,
-)
-from fleet.pki.issuer import Issuer
-from fleet.pki.profiles import KEY_TYPES, load_profile
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate, Device
@@ -42,9 +27,20 @@ from fleet.statuses import CertStatus, DeviceStatus
 from fleet.views import DeviceView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
+if TYPE_CHECKING:
+    # cryptography, profiles and the cloud tables load only for the commands that issue,
+    # revoke or queue cloud jobs: not for show and list
+    from cryptography import x509
+
+    from fleet.pki.bundles import StagedBundle
+    from fleet.pki.issue import IssuedCertificate
+    from fleet.pki.issuer import Issuer
+
 
 def stage_identity(out_dir: Path, device_id: str, issued: IssuedCertificate) -> StagedBundle:
     """Stage an identity's key (if generated) and pending serial; no certificate yet."""
+    from fleet.pki.bundles import stage_bundle
+
     return stage_bundle(out_dir, device_id, key_pem=issued.key_pem, serial=issued.serial)
 
 
@@ -66,6 +62,8 @@ def publish_identity(
 
 def validate_key_type(key_type: str | None) -> str | None:
     """Check a ``--key-type`` value."""
+    from fleet.pki.profiles import KEY_TYPES
+
     if key_type is not None and key_type not in KEY_TYPES:
         raise InvalidInput(f"key type must be one of {', '.join(KEY_TYPES)}")
     return key_type
@@ -100,6 +98,12 @@ def add_device(
 
         add_device(Workspace(Path("~/fleet")), "pump-0042", model="p200", out_dir=Path("ids"))
     """
+    from fleet.cloud import jobs
+    from fleet.pki import ca
+    from fleet.pki.csr import request_for
+    from fleet.pki.issue import certificate_row, check_issuable, issue_certificate
+    from fleet.pki.profiles import load_profile
+
     validate_device_id(device_id)
     _validate_attributes(model, serial, labels)
     validate_key_type(key_type)
@@ -150,6 +154,8 @@ def add_device(
 def _finish_interrupted_add(ws: Workspace, engine: Engine, out: Path) -> DeviceView | None:
     """Clear what killed runs left for this device in ``out``'s folder; if one had recorded
     it, its bundle is now published: return the device."""
+    from fleet.pki.bundles import recover_in
+
     finished = recover_in(ws.home, engine, out.parent, out.name)
     if not any(item.action == "publish" for item in finished):
         return None
@@ -178,6 +184,9 @@ def _record_new_device(
 ) -> None:
     """One transaction: the rows, the audit event, cloud jobs (the bundle is published by
     the caller once this commits)."""
+    from fleet.cloud import jobs
+    from fleet.pki.issue import certificate_details, device_details
+
     with write_session(engine) as session:
         session.add(device)
         session.flush()
@@ -226,6 +235,8 @@ def update_device(
     remove_labels: Sequence[str] = (),
 ) -> DeviceView:
     """Change a device's model, serial or labels; the audit event records old and new."""
+    from fleet.pki.issue import device_details
+
     _validate_attributes(model, serial, set_labels)
     now = clock.now()
     with write_session(ws.open_registry()) as session:
@@ -259,6 +270,9 @@ def update_device(
 
 def decommission_device(ws: Workspace, device_id: str, *, reason: str | None = None) -> DeviceView:
     """Retire a device: revoke its active certificates (cessationOfOperation), keep its row."""
+    from fleet.cloud import jobs
+    from fleet.pki.crl import revoke_rows
+
     validate_text_field("reason", reason, limit=256)
     now = clock.now()
     with write_session(ws.open_registry()) as session:

@@ -9,12 +9,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Row
-
-from fleet.registry.models import Certificate, Device
 from fleet.statuses import CertStatus, DeviceStatus, KeyOrigin
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Row
+
+    from fleet.registry.models import Certificate, Device
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from typer._click.core import Command
 from typer._click.core import Context as ClickContext
-from typer._click.exceptions import ClickException
-from typer.core import TyperGroup
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer._click.formatting import HelpFormatter
+from typer._click.shell_completion import CompletionItem
+from typer._click.utils import echo
+from typer.core import TyperCommand, TyperGroup
 
 from fleet import __version__
 from fleet.cli._common import fail
@@ -32,20 +37,40 @@ from fleet.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace, default_home
 DEBUG_ENV = "FLEET_DEBUG"
 INTERNAL_ERROR_EXIT = 1
 
-# The root's commands in help order: name -> "module:attribute", a typer app (a command group)
-# or a command function.
-COMMANDS = {
-    "provision": "fleet.cli.provision_cmds:provision",
-    "init": "fleet.cli.init_cmd:init",
-    "device": "fleet.cli.device_cmds:app",
-    "cert": "fleet.cli.cert_cmds:app",
-    "profile": "fleet.cli.profile_cmds:app",
-    "ca": "fleet.cli.ca_cmds:app",
-    "audit": "fleet.cli.audit_cmds:app",
-    "export": "fleet.cli.export_cmds:app",
-    "db": "fleet.cli.db_cmds:app",
-    "cloud": "fleet.cli.cloud_cmds:app",
-    "doctor": "fleet.cli.doctor_cmds:doctor",
+# The root's commands in help order: name -> ("module:attribute", one-line help). The target is
+# a typer app (a command group) or a command function; the help is what `fleet --help` and
+# completion show without importing the module (a test keeps it equal to the command's own).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "provision": (
+        "fleet.cli.provision_cmds:provision",
+        "Provision every device listed in a CSV or JSON Lines file.",
+    ),
+    "init": (
+        "fleet.cli.init_cmd:init",
+        "Create the workspace: a migrated registry, a root CA and an issuing CA.",
+    ),
+    "device": (
+        "fleet.cli.device_cmds:app",
+        "Add, list, show, update and decommission devices.",
+    ),
+    "cert": ("fleet.cli.cert_cmds:app", "List, renew and revoke device certificates."),
+    "profile": ("fleet.cli.profile_cmds:app", "List and show certificate profiles."),
+    "ca": ("fleet.cli.ca_cmds:app", "Inspect the CA, export its chain, publish CRLs."),
+    "audit": ("fleet.cli.audit_cmds:app", "Read and verify the hash-chained audit trail."),
+    "export": (
+        "fleet.cli.export_cmds:app",
+        "Export every device with its current certificate, labels, status and clouds.",
+    ),
+    "db": ("fleet.cli.db_cmds:app", "Registry schema migrations."),
+    "cloud": (
+        "fleet.cli.cloud_cmds:app",
+        "Register devices with cloud IoT platforms (queued, concurrent, rate-limited).",
+    ),
+    "doctor": (
+        "fleet.cli.doctor_cmds:doctor",
+        "Find what interrupted `device add`, `cert renew` or `provision` runs left in a bundle "
+        "folder, and certificates the CA signed that the registry does not record.",
+    ),
 }
 
 
@@ -64,10 +89,12 @@ def load_command(name: str, target: str) -> Command:
 
 class LazyCommands(MutableMapping[str, Command]):
     """A group's commands by name, each loaded from its target on first access. Listing the
-    names (usage errors suggest them) loads nothing."""
+    names (usage errors suggest them) loads nothing, nor does :meth:`summary`."""
 
-    def __init__(self, targets: Mapping[str, str]) -> None:
-        self._entries: dict[str, Command | str] = dict(targets)  # a command, or its target
+    def __init__(self, entries: Mapping[str, tuple[str, str]]) -> None:
+        # a loaded command, or its target
+        self._entries: dict[str, Command | str] = {n: t for n, (t, _) in entries.items()}
+        self._short_help = {name: text for name, (_, text) in entries.items()}
 
     def __getitem__(self, name: str) -> Command:
         entry = self._entries[name]
@@ -87,6 +114,22 @@ class LazyCommands(MutableMapping[str, Command]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def summary(self, name: str) -> Command | None:
+        """The command if loaded, else a stand-in carrying only its name and one-line help:
+        enough to list it in help and completion."""
+        entry = self._entries.get(name)
+        if isinstance(entry, str):
+            text = self._short_help[name]
+            return TyperCommand(name, help=text, short_help=text)
+        return entry
+
+
+def _is_database_error(exc: Exception) -> bool:
+    """Whether ``exc`` is SQLAlchemy's ``DatabaseError``. Only a command that loaded SQLAlchemy
+    can raise one, so this never imports it: ``--help`` of a group stays light."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(exc, sa_exc.DatabaseError)
+
 
 class FleetGroup(TyperGroup):
     """The root group: its commands load on use (:data:`COMMANDS`), and a :class:`FleetError`
@@ -94,7 +137,35 @@ class FleetGroup(TyperGroup):
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
-        self.commands = LazyCommands(COMMANDS)
+        self.commands = self._lazy = LazyCommands(COMMANDS)
+        self._listing = False  # listing commands (help, completion): summaries will do
+
+    def list_commands(self, ctx: ClickContext) -> list[str]:
+        return list(self.commands)  # typer's own reads `.items()`, which would load them all
+
+    def get_command(self, ctx: ClickContext, cmd_name: str) -> Command | None:
+        if self._listing:
+            return self._lazy.summary(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    @contextmanager
+    def _summaries(self) -> Iterator[None]:
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
+
+    def format_help(self, ctx: ClickContext, formatter: HelpFormatter) -> None:
+        # Plain (click's) layout for the root's help: typer's rich panels cost importing and
+        # running rich, several times `import typer` itself (bench/startup.py). Commands'
+        # help keeps the panels (`cloud add` groups backend options in them).
+        with self._summaries():
+            Command.format_help(self, ctx, formatter)
+
+    def shell_complete(self, ctx: ClickContext, incomplete: str) -> list[CompletionItem]:
+        with self._summaries():
+            return super().shell_complete(ctx, incomplete)
 
     def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         # Bytes that are not UTF-8 arrive as lone surrogates, which no file or database
@@ -102,26 +173,30 @@ class FleetGroup(TyperGroup):
         for arg in args:
             if not is_utf8_text(arg):
                 fail(f"argument {arg!r} is not valid UTF-8 text", InvalidInput.exit_code)
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            # As typer does for a group, but the help is plain text (format_help), which
+            # typer's rich error display would drop: print it here, with the same exit code.
+            echo(ctx.get_help())
+            ctx.exit(NoArgsIsHelpError.exit_code)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: ClickContext) -> Any:
-        # Imported here, not at the top: `fleet --version` and `--help` never get this far.
-        from sqlalchemy.exc import DatabaseError
-
-        from fleet.registry.db import redact_url
-
         try:
             return super().invoke(ctx)
         except (ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
             raise  # click's own handling: usage errors (exit 2), exits, Ctrl-C
         except FleetError as exc:
             fail(str(exc), exc.exit_code)
-        except DatabaseError as exc:  # unreachable, locked, not a database file...
-            ws = ctx.obj if isinstance(ctx.obj, Workspace) else None
-            where = redact_url(ws.registry_url) if ws else "the registry"
-            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else "error"
-            fail(f"database error at {where}: {detail}", RegistryError.exit_code)
-        except Exception as exc:  # the last resort: a bug, reported in one line
+        except Exception as exc:
+            if _is_database_error(exc):  # unreachable, locked, not a database file...
+                from fleet.registry.db import redact_url
+
+                ws = ctx.obj if isinstance(ctx.obj, Workspace) else None
+                where = redact_url(ws.registry_url) if ws else "the registry"
+                orig = getattr(exc, "orig", None)
+                detail = str(orig).strip().splitlines()[0] if orig else "error"
+                fail(f"database error at {where}: {detail}", RegistryError.exit_code)
+            # the last resort: a bug, reported in one line
             if os.environ.get(DEBUG_ENV):
                 raise
             detail = " ".join(str(exc).split())[:300]

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from fleet.errors import AuthError
 from fleet.workspace import Workspace, passphrase_from_env
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # Piped output is for grep and scripts: never fold a fingerprint across lines there.
 PIPED_WIDTH = 400
@@ -24,6 +25,9 @@ PIPED_WIDTH = 400
 
 def render(renderable: Any) -> None:
     """Print a rich table (or other renderable) on stdout."""
+    # rich loads only when something is rendered: help and JSON output never need it.
+    from rich.console import Console
+
     width = None if sys.stdout.isatty() else PIPED_WIDTH
     Console(highlight=False, width=width).print(renderable)
 
@@ -86,6 +90,8 @@ def message(text: str) -> None:
 
 def table(*columns: str, title: str | None = None) -> Table:
     """A rich table with fleet's look."""
+    from rich.table import Table
+
     result = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
         result.add_column(column, overflow="fold")

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-import fleet.export as export_lib
 from fleet.cli import export_cmds
 from fleet.cli._common import (
     ask_passphrase,
@@ -21,7 +20,6 @@ from fleet.cli._common import (
 )
 from fleet.errors import IntegrityError
 from fleet.identifiers import parse_timestamp
-from fleet.registry import audit
 
 app = typer.Typer(help="Read and verify the hash-chained audit trail.", no_args_is_help=True)
 
@@ -41,6 +39,8 @@ def log(
 
         fleet audit log --since 7d --json
     """
+    from fleet.registry import audit
+
     start = parse_timestamp(since) if since is not None else None
     events = audit.iter_audit_events(workspace(ctx), since=start)
     if json_out:
@@ -157,6 +157,8 @@ def export_(
 
         fleet audit export --since 2026-01-01 --until 2026-07-01 --out audit-h1.jsonl
     """
+    import fleet.export as export_lib
+
     result = export_lib.export_audit(
         workspace(ctx),
         out=out,

@@ -10,8 +10,6 @@ import typer
 
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.files import PendingFile, atomic_write
-from fleet.pki import authority
-from fleet.pki.crl import publish_crl
 from fleet.views import iso
 
 app = typer.Typer(help="Inspect the CA, export its chain, publish CRLs.", no_args_is_help=True)
@@ -28,6 +26,8 @@ def show(
 
         fleet ca show --json
     """
+    from fleet.pki import authority
+
     info = authority.ca_info(workspace(ctx))
     if json_out:
         print_json(info.to_dict())
@@ -60,6 +60,8 @@ def chain(
 
         fleet ca chain --out chain.pem
     """
+    from fleet.pki import authority
+
     _emit(authority.ca_chain_pem(workspace(ctx)), out, "the CA chain")
 
 
@@ -74,6 +76,8 @@ def crl(
 
         fleet ca crl --out fleet.crl.pem
     """
+    from fleet.pki.crl import publish_crl
+
     if out is None:
         _emit(publish_crl(workspace(ctx), passphrase=ask_passphrase), None, "the CRL")
         return

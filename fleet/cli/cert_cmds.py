@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleet import certs
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.cli._listing import (
     AfterOption,
@@ -136,6 +135,8 @@ def renew(
 
         fleet cert renew pump-0042 --out ids --revoke-old
     """
+    from fleet import certs
+
     cert = certs.renew_certificate(
         workspace(ctx),
         device_id,
@@ -168,6 +169,8 @@ def revoke(
 
         fleet cert revoke 3f9a0c... --reason keyCompromise
     """
+    from fleet import certs
+
     cert = certs.revoke_certificate(workspace(ctx), serial, reason=reason)
     if json_out:
         print_json(cert.to_dict())

@@ -16,7 +16,6 @@ from types import GenericAlias
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer._click.core import Context as ClickContext
 from typer._click.core import Parameter
 from typer.core import TyperCommand
@@ -66,6 +65,13 @@ def progress_bar(label: str) -> Iterator[ProgressFn | None]:
         yield None
         return
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:

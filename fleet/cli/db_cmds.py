@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from fleet.cli._common import message, print_json, workspace
-from fleet.registry import migrations
 
 app = typer.Typer(help="Registry schema migrations.", no_args_is_help=True)
 
@@ -20,6 +19,8 @@ def upgrade(ctx: typer.Context) -> None:
 
         fleet --db postgresql+psycopg://fleet@db/fleet db upgrade
     """
+    from fleet.registry import migrations
+
     result = migrations.upgrade_registry(workspace(ctx))
     if result.changed:
         message(f"registry upgraded from {result.before or 'empty'} to {result.after}")
@@ -38,6 +39,8 @@ def current(
 
         fleet db current
     """
+    from fleet.registry import migrations
+
     result = migrations.current_schema(workspace(ctx))
     if json_out:
         print_json(result.to_dict())

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet import devices
 from fleet.cli._common import (
     ask_passphrase,
     message,
@@ -85,6 +84,8 @@ def add(
 
         fleet device add pump-0043 --cloud plant-registry && fleet cloud sync plant-registry
     """
+    from fleet import devices
+
     ws = workspace(ctx)
     result = devices.add_device(
         ws,
@@ -188,6 +189,8 @@ def show(
 
         fleet device show pump-0042 --json
     """
+    from fleet import devices
+
     device = devices.show_device(workspace(ctx), device_id)
     if json_out:
         print_json(device.to_dict())
@@ -235,6 +238,8 @@ def update(
 
         fleet device update pump-0042 --label site=bremen --remove-label rack
     """
+    from fleet import devices
+
     device = devices.update_device(
         workspace(ctx),
         device_id,
@@ -262,6 +267,8 @@ def decommission(
 
         fleet device decommission pump-0042 --reason "replaced after flood damage"
     """
+    from fleet import devices
+
     device = devices.decommission_device(workspace(ctx), device_id, reason=reason)
     if json_out:
         print_json(device.to_dict())

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from fleet import doctor as library
 from fleet.cli._common import message, print_json, workspace
 
 PROBLEMS_FOUND = 1
@@ -35,6 +34,8 @@ def doctor(
 
         fleet doctor --out ids --fix
     """
+    from fleet import doctor as library
+
     report = library.check(workspace(ctx), out, fix=fix)
     if json_out:
         print_json(report.to_dict())

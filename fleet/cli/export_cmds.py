@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from fleet import export
 from fleet.cli._common import ask_passphrase, fail, message, print_json, workspace
 from fleet.errors import IntegrityError
 from fleet.identifiers import parse_timestamp
@@ -97,6 +96,8 @@ def export_devices(
 
         fleet export verify devices.csv --ca root.pem
     """
+    from fleet import export
+
     if ctx.invoked_subcommand is not None:
         return
     filters = export.parse_filters(
@@ -138,6 +139,8 @@ def verify(
 
         fleet export verify devices.csv --ca root.pem
     """
+    from fleet import export
+
     report = export.verify_export(file, root=ca, ws=None if ca else workspace(ctx))
     if json_out:
         print_json(report.to_dict())

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from fleet.cli._common import ask_passphrase, message, print_json, workspace
-from fleet.pki.authority import init_workspace
 
 
 def init(
@@ -27,6 +26,8 @@ def init(
 
         fleet --home ./acme init --name "Acme Pumps" --key-type ec-p384
     """
+    from fleet.pki.authority import init_workspace
+
     ws = workspace(ctx)
     result = init_workspace(
         ws, name=name, key_type=key_type, passphrase=lambda: ask_passphrase(confirm=True)

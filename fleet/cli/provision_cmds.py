@@ -5,22 +5,14 @@ from __future__ import annotations
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from fleet import provision as provisioning
 from fleet.cli._common import ask_passphrase, message, print_json, workspace
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class _Bar:
@@ -33,6 +25,16 @@ class _Bar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self.bar = Progress(
                 TextColumn("provisioning"),
                 BarColumn(),
@@ -99,6 +101,8 @@ def provision(
 
         fleet provision batch-7.csv --out ids --report failed.csv --cloud plant
     """
+    from fleet import provision as provisioning
+
     ws = workspace(ctx)
     show_bar = not json_out and sys.stderr.isatty()
     with ExitStack() as stack:
