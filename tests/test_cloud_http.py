@@ -287,6 +287,28 @@ def test_sync_pulls_status(
     assert rows[ids[1]].connected is None and rows[ids[1]].status_checked_at is not None
 
 
+def test_sync_records_connection_changes_as_events(
+    ready_ws: Workspace, server: RegistryServer, token_env: str, tmp_path: Path
+) -> None:
+    """A status pull that changes a device's connection records one event (source http, at
+    the platform's last activity); an unchanged pull records none."""
+    from fleet.status.history import connection_of, iter_history
+
+    add_cloud(ready_ws, "reg", "http", http_options(server))
+    ids = add_devices(ready_ws, tmp_path, 2, clouds=("reg",))
+    server.state.status[ids[0]] = {"connected": True, "last_activity": "2026-11-24T10:00:00Z"}
+    sync(ready_ws, "reg", policy=FAST)
+    sync(ready_ws, "reg", policy=FAST)
+    state = connection_of(ready_ws, ids[0])
+    assert (state.state, state.source) == ("online", "http")
+    assert state.since == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    assert connection_of(ready_ws, ids[1]).state is None  # the platform said nothing
+    server.state.status[ids[0]] = {"connected": False, "last_activity": "2026-11-24T11:00:00Z"}
+    sync(ready_ws, "reg", policy=FAST)
+    history = [(e.state, e.source_time.hour) for e in iter_history(ready_ws, ids[0])]
+    assert history == [("online", 10), ("offline", 11)]
+
+
 def test_decommission_deregisters(
     ready_ws: Workspace, server: RegistryServer, token_env: str, tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fleet import clock
 from fleet.errors import InvalidInput
+from fleet.statuses import EventSource
 
 if TYPE_CHECKING:  # httpx only where a backend talks to the network, not for --help
     import httpx
@@ -198,6 +199,8 @@ class CloudBackend(abc.ABC):
     default_concurrency: ClassVar[int] = 8
     default_rate_per_second: ClassVar[float] = 10.0  # below the platform's documented quota
     status_batch_size: ClassVar[int] = 100  # ids per fetch_status call (one rate token each)
+    # what connection events from this platform's status pulls are recorded as
+    event_source: ClassVar[EventSource] = EventSource.HTTP
     # The options of ``fleet cloud add`` this backend takes (see BackendOption).
     declared_options: ClassVar[tuple[BackendOption, ...]] = ()
 

@@ -25,7 +25,8 @@ from fleet.cloud.transitions import short_error
 from fleet.cloud.views import RegistrationView
 from fleet.errors import InvalidInput
 from fleet.registry.db import read_session, write_session
-from fleet.statuses import RegistrationStatus
+from fleet.status.events import Seen, record_in
+from fleet.statuses import ConnectionState, RegistrationStatus
 
 if TYPE_CHECKING:
     import httpx
@@ -103,10 +104,21 @@ def pull_status(
     updated = 0
     for start in range(0, len(items), CHUNK):
         with write_session(engine) as session:
+            changes: list[Seen] = []
             for device_id, status in items[start : start + CHUNK]:
                 reg = session.get(CloudRegistration, (device_id, cloud.name))
                 if reg is None:
                     continue
+                if status.connected is not None and status.connected != reg.connected:
+                    # a change is an event in the device's history; an unchanged pull is not
+                    changes.append(
+                        Seen(
+                            device_id,
+                            ConnectionState.ONLINE if status.connected else ConnectionState.OFFLINE,
+                            backend.event_source,
+                            status.last_activity or now,
+                        )
+                    )
                 reg.connected = status.connected
                 reg.last_activity = status.last_activity
                 reg.firmware_version = (
@@ -115,6 +127,7 @@ def pull_status(
                 reg.status_checked_at = now
                 session.add(reg)
                 updated += 1
+            record_in(session, changes, now=now)
     return updated, errors[:STATUS_ERRORS_MAX]
 
 

@@ -48,12 +48,14 @@ from fleet.cloud.base import (
     TransientError,
 )
 from fleet.pki.keys import fingerprint_sha256, verify_issued_by
+from fleet.statuses import EventSource
 
 
 class AwsIotBackend(CloudBackend):
     """AWS IoT Core (type ``aws-iot``). Options: see :mod:`fleet.cloud.aws.options`."""
 
     type_name: ClassVar[str] = aws_options.TYPE_NAME
+    event_source: ClassVar[EventSource] = EventSource.AWS
     declared_options = aws_options.OPTIONS
     # AWS IoT throttles each control-plane API per account and region (CreateThing,
     # RegisterCertificate, AttachThingPrincipal, AttachPolicy..., several with default quotas
