@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import heapq
 import json
 import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import islice
 from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, Table, func, insert, update
@@ -330,7 +333,7 @@ class _Chain:
             after = "none" if row is None else str(row[0])
             reason = f"event {before} is missing (next event is {after})"
             return VerifyResult(False, 0, self.prev, before, reason)
-        if not _hash_matches(*row):
+        if not _hash_matches(row):
             return VerifyResult(
                 False, 0, self.prev, before, "content does not match its hash (edited)"
             )
@@ -368,7 +371,7 @@ class _Chain:
                 f'"prev_hash":"{prev_hash}","seq":{seq},"target":{encode_basestring(target)},'
                 f'"ts":{quote(ts)}}}'.encode()
             ).hexdigest() == digest or _hash_matches(
-                seq, ts, actor, action, target, details, prev_hash, digest
+                (seq, ts, actor, action, target, details, prev_hash, digest)
             ):
                 problem = None
             else:
@@ -398,30 +401,13 @@ class _Chain:
                 )
 
 
-def _hash_matches(
-    seq: int,
-    ts: str,
-    actor: str,
-    action: str,
-    target: str,
-    details: str,
-    prev_hash: str,
-    digest: str,
-) -> bool:
-    """Whether the event re-hashes to ``digest`` the slow way: its details parsed and
-    re-serialised in canonical form (so details stored as equal but differently formatted
-    JSON still verify, as they always have)."""
-    fields = {
-        "seq": seq,
-        "ts": ts,
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "details": details,
-        "prev_hash": prev_hash,
-    }
+def _hash_matches(row: Sequence[Any]) -> bool:
+    """Whether the event (a row of :data:`_ROW_COLUMNS`) re-hashes to its hash the slow way:
+    its details parsed and re-serialised in canonical form (so details stored as equal but
+    differently formatted JSON still verify, as they always have)."""
+    fields = dict(zip(_ROW_COLUMNS, row, strict=True))
     try:
-        return event_hash(fields) == digest
+        return bool(event_hash(fields) == fields["hash"])
     except ValueError:  # details that are not JSON at all: edited
         return False
 
@@ -468,30 +454,35 @@ def _check_end(
 ActionFilter = str | Sequence[str] | None
 
 
-def _filtered(
-    query: Select[Any],
-    *,
-    since: datetime | None,
-    until: datetime | None,
-    target: str | None,
-    action: ActionFilter,
-    after: int | None,
-) -> Select[Any]:
-    """``query`` narrowed to the events matching the filters (each answered by an index)."""
-    table = AuditEvent.__table__  # type: ignore[attr-defined]
-    if since is not None:
-        query = query.where(table.c.ts >= format_ts(since))
-    if until is not None:
-        query = query.where(table.c.ts < format_ts(until))
-    if target is not None:
-        query = query.where(table.c.target == target)
-    if isinstance(action, str):
-        query = query.where(table.c.action == action)
-    elif action:
-        query = query.where(table.c.action.in_(list(action)))
-    if after is not None:
-        query = query.where(table.c.seq > after)
-    return query
+@dataclass(frozen=True)
+class _Filters:
+    """``audit log``'s filters, each answered by an index (``actions``: any of them)."""
+
+    since: datetime | None
+    until: datetime | None
+    target: str | None
+    actions: tuple[str, ...]
+
+    def where(self, query: Select[Any], after: int | None) -> Select[Any]:
+        table = AuditEvent.__table__  # type: ignore[attr-defined]
+        if self.since is not None:
+            query = query.where(table.c.ts >= format_ts(self.since))
+        if self.until is not None:
+            query = query.where(table.c.ts < format_ts(self.until))
+        if self.target is not None:
+            query = query.where(table.c.target == self.target)
+        if len(self.actions) == 1:
+            query = query.where(table.c.action == self.actions[0])
+        elif self.actions:
+            query = query.where(table.c.action.in_(self.actions))
+        return query if after is None else query.where(table.c.seq > after)
+
+
+def _filters(
+    since: datetime | None, until: datetime | None, target: str | None, action: ActionFilter
+) -> _Filters:
+    actions = (action,) if isinstance(action, str) else tuple(action or ())
+    return _Filters(since, until, target, actions)
 
 
 def iter_audit_events(
@@ -511,30 +502,68 @@ def iter_audit_events(
     of several), ``seq`` after the keyset cursor ``after``; at most ``limit`` events.
     Streamed in batches of ``batch_size``, so memory stays flat.
     """
-    table = AuditEvent.__table__  # type: ignore[attr-defined]
-    columns = [table.c[name] for name in _ROW_COLUMNS]
-    cursor, left = after, limit
+    every = _filters(since, until, target, action)
+    groups: list[tuple[str, ...]] = [(name,) for name in every.actions] or [()]
     with read_session(ws.open_registry()) as session:
-        while left is None or left > 0:
-            size = batch_size if left is None else min(batch_size, left)
-            query = _filtered(
-                core_select(*columns),
-                since=since,
-                until=until,
-                target=target,
-                action=action,
-                after=cursor,
-            )
-            rows = session.execute(query.order_by(table.c.seq).limit(size)).all()
-            for row in rows:
-                event = dict(zip(_ROW_COLUMNS, row, strict=True))
-                event["details"] = json.loads(event["details"])
-                yield event
-            if len(rows) < size:
-                return
-            cursor = rows[-1][0]
-            if left is not None:
-                left -= len(rows)
+        bounds = _seq_bounds(session, since, until)
+        if bounds is None:
+            return
+        # One keyset stream per action, merged by seq: each is read in index order (an IN
+        # list would make the database sort every match to find the first page).
+        streams = [
+            _stream(session, replace(every, actions=one), bounds, after, limit, batch_size)
+            for one in groups
+        ]
+        merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=itemgetter(0))
+        for row in islice(merged, limit):
+            event = dict(zip(_ROW_COLUMNS, row, strict=True))
+            event["details"] = json.loads(event["details"])
+            yield event
+
+
+def _seq_bounds(
+    session: Session, since: datetime | None, until: datetime | None
+) -> tuple[int | None, int | None] | None:
+    """The first and last ``seq`` within ``[since, until)``, found on the ``ts`` index, so a
+    scan in ``seq`` order starts and stops there (``None``: no event is in the window)."""
+    seq, ts = AuditEvent.__table__.c.seq, AuditEvent.__table__.c.ts  # type: ignore[attr-defined]
+    low = high = None
+    if since is not None:
+        low = session.execute(core_select(func.min(seq)).where(ts >= format_ts(since))).scalar()
+        if low is None:
+            return None
+    if until is not None:
+        high = session.execute(core_select(func.max(seq)).where(ts < format_ts(until))).scalar()
+        if high is None:
+            return None
+    return low, high
+
+
+def _stream(
+    session: Session,
+    filters: _Filters,
+    bounds: tuple[int | None, int | None],
+    after: int | None,
+    limit: int | None,
+    batch_size: int,
+) -> Iterator[Sequence[Any]]:
+    """Rows matching ``filters`` within ``bounds``, in ``seq`` order, a batch at a time."""
+    table = AuditEvent.__table__  # type: ignore[attr-defined]
+    base = filters.where(core_select(*(table.c[name] for name in _ROW_COLUMNS)), None)
+    if bounds[0] is not None:
+        base = base.where(table.c.seq >= bounds[0])
+    if bounds[1] is not None:
+        base = base.where(table.c.seq <= bounds[1])
+    cursor, left = after, limit
+    while left is None or left > 0:
+        size = batch_size if left is None else min(batch_size, left)
+        query = base if cursor is None else base.where(table.c.seq > cursor)
+        rows = session.execute(query.order_by(table.c.seq).limit(size)).all()
+        yield from rows
+        if len(rows) < size:
+            return
+        cursor = rows[-1][0]
+        left = None if left is None else left - len(rows)
 
 
 def count_audit_events(
@@ -546,16 +575,10 @@ def count_audit_events(
     action: ActionFilter = None,
     after: int | None = None,
 ) -> int:
-    """How many events :func:`iter_audit_events` would yield with the same filters and no
-    limit, counted by the database."""
-    query = _filtered(
-        core_select(func.count()).select_from(AuditEvent.__table__),  # type: ignore[attr-defined]
-        since=since,
-        until=until,
-        target=target,
-        action=action,
-        after=after,
-    )
+    """How many events :func:`iter_audit_events` yields with the same filters (no limit)."""
+    table = AuditEvent.__table__  # type: ignore[attr-defined]
+    query = core_select(func.count()).select_from(table)
+    query = _filters(since, until, target, action).where(query, after)
     with read_session(ws.open_registry()) as session:
         return int(session.execute(query).scalar_one())
 
