@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from helpers import Cli, FrozenClock
+from helpers import REPO, Cli, FrozenClock
+from helpers.cli import child_env
 from sqlalchemy import text
 
 from fleet.registry import audit
@@ -283,3 +286,16 @@ def test_log_output_forms(chain_ws: Workspace, cli: Cli) -> None:
     assert bad.exit_code == 2 and "--after" in bad.stderr
     both = cli("audit", "log", "--json", "--jsonl")
     assert both.exit_code == 2
+
+
+def test_bench_runs_at_tiny_n() -> None:
+    """bench/audit_verify.py at a tiny N, as a correctness check (no timing is asserted)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "audit_verify.py"), "--events", "1500", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok=True" in result.stdout and "x of it" in result.stdout

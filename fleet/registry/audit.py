@@ -527,6 +527,8 @@ def _seq_bounds(
     """The first and last ``seq`` within ``[since, until)``, found on the ``ts`` index, so a
     scan in ``seq`` order starts and stops there (``None``: no event is in the window)."""
     seq, ts = AuditEvent.__table__.c.seq, AuditEvent.__table__.c.ts  # type: ignore[attr-defined]
+    # ``seq + 0``: on the bare key SQLite would walk the table in key order to the first match.
+    seq = seq + 0
     low = high = None
     if since is not None:
         low = session.execute(core_select(func.min(seq)).where(ts >= format_ts(since))).scalar()
