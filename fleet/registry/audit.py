@@ -243,7 +243,11 @@ def verify(
     ``VerifyResult.events`` then counts the events from ``start`` on.
 
     Rows are streamed in one ordered query (a server-side cursor on PostgreSQL), so memory
-    stays flat; ``progress`` is called after every :data:`PROGRESS_EVERY` events.
+    stays flat; ``progress`` is called after every :data:`PROGRESS_EVERY` events. Each hash
+    is first computed around the stored details text (canonical as fleet writes it); only a
+    mismatch is re-checked over the re-serialised details, so reformatted but equal details
+    verify as before. (A hash forged over non-canonical text is accepted like any consistent
+    rewrite: the links and the anchors still bound it.)
     """
     if start < 1:
         raise InvalidInput(f"--from must be at least 1, not {start}")
