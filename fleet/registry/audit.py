@@ -243,22 +243,17 @@ def verify(
     ``VerifyResult.events`` then counts the events from ``start`` on.
 
     Rows are streamed in one ordered query (a server-side cursor on PostgreSQL), so memory
-    stays flat; ``progress`` is called after every :data:`PROGRESS_EVERY` events. Each hash
-    is first computed around the stored details text (canonical as fleet writes it); only a
-    mismatch is re-checked over the re-serialised details, so reformatted but equal details
-    verify as before. (A hash forged over non-canonical text is accepted like any consistent
-    rewrite: the links and the anchors still bound it.)
+    stays flat; ``progress`` is called after every :data:`PROGRESS_EVERY` events. Hashes are
+    computed around the stored details text (canonical as fleet writes it), a mismatch again
+    over the re-serialised details: equal but reformatted details verify as they always did.
     """
     if start < 1:
         raise InvalidInput(f"--from must be at least 1, not {start}")
     event_table = AuditEvent.__table__  # type: ignore[attr-defined]
     head_seq, _ = _head(session)
-    if start > 1:
-        last = session.execute(core_select(func.max(event_table.c.seq))).scalar()
-        if start > max(head_seq, last or 0):
-            raise InvalidInput(
-                f"--from {start} is beyond the chain's head (event {max(head_seq, last or 0)})"
-            )
+    last = max(head_seq, session.execute(core_select(func.max(event_table.c.seq))).scalar() or 0)
+    if start > max(last, 1):
+        raise InvalidInput(f"--from {start} is beyond the chain's head (event {last})")
     pinned: dict[int, list[Anchor]] = {}
     for anchor in anchors:
         if anchor.seq >= start - 1:
@@ -275,12 +270,9 @@ def verify(
             broken = chain.check(rows)
             if broken is not None:
                 return broken
-    if not linked:
-        broken = chain.link_into_start(None)
-        if broken is not None:
-            return broken
-    if chain.rewritten is not None:
-        return chain.rewritten
+    broken = chain.rewritten if linked else chain.link_into_start(None)
+    if broken is not None:
+        return broken
     return _check_end(session, anchors, start, chain.count, chain.prev)
 
 
@@ -290,8 +282,7 @@ def _row_batches(session: Session, first: int) -> Generator[Sequence[Any], None,
     connection = session.connection()
     dialect = connection.dialect
     if dialect.name == "sqlite" or dialect.driver == "psycopg":
-        # The driver's own cursor (on psycopg a named, server-side one): SQLAlchemy's row
-        # objects cost ~15% of verify's time, and the columns need no conversion.
+        # The driver's cursor (psycopg: server-side): SQLAlchemy's rows cost ~15% of the time.
         driver = connection.connection.dbapi_connection
         assert driver is not None
         named = dialect.name != "sqlite"
