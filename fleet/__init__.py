@@ -61,6 +61,7 @@ _PUBLIC_NAMES: dict[str, str] = {
     "verify_export": "fleet.export",
     "VerifyReport": "fleet.export",
     "iter_audit_events": "fleet.registry.audit",
+    "count_audit_events": "fleet.registry.audit",
     "verify_audit": "fleet.registry.audit",
     "VerifyResult": "fleet.registry.audit",
     "add_cloud": "fleet.cloud.clouds",

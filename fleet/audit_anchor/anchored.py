@@ -30,7 +30,7 @@ from fleet.pki import ca
 from fleet.pki.audit_key import create_audit_key, load_audit_key, remove_audit_key
 from fleet.pki.authority import record_audit_key
 from fleet.registry import audit
-from fleet.registry.audit import Anchor, VerifyResult
+from fleet.registry.audit import Anchor, ProgressCallback, VerifyResult
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import AuditEvent
 from fleet.workspace import Passphrase, Workspace, require_passphrase
@@ -48,9 +48,16 @@ class AnchoredResult:
     files: int
 
 
-def verify_anchored(ws: Workspace, against: Sequence[Path] = ()) -> AnchoredResult:
-    """Re-hash the trail and check that it still holds every checkpoint in
-    ``<home>/audit/checkpoints.jsonl`` and the head each file in ``against`` recorded.
+def verify_anchored(
+    ws: Workspace,
+    against: Sequence[Path] = (),
+    *,
+    start: int = 1,
+    progress: ProgressCallback | None = None,
+) -> AnchoredResult:
+    """Re-hash the trail (from event ``start`` on) and check that it still holds every
+    checkpoint in ``<home>/audit/checkpoints.jsonl`` and the head each file in ``against``
+    recorded (those from event ``start - 1`` on); see :func:`fleet.registry.audit.verify`.
 
     Raises :class:`IntegrityError` when a checkpoint or a file does not verify itself, or
     when the trail records an audit key but no checkpoint exists (the file was removed).
@@ -67,7 +74,7 @@ def verify_anchored(ws: Workspace, against: Sequence[Path] = ()) -> AnchoredResu
                 f"no checkpoints in {checkpoint_path(ws.home)}, but the trail records an audit "
                 f"key at event {first_key} (checkpoints removed?)"
             )
-    result = audit.verify_audit(ws, pinned)
+    result = audit.verify_audit(ws, pinned, start=start, progress=progress)
     newest = max(own, key=lambda c: c.seq) if own else None
     return AnchoredResult(result, len(own), newest, len(against))
 

@@ -127,12 +127,17 @@ class AuditEvent(SQLModel, table=True):
     """
 
     __tablename__ = "audit_event"
+    # `audit log --target X` / `--action A` page in seq order straight off these (migration 0005)
+    __table_args__ = (
+        Index("ix_audit_event_action_seq", "action", "seq"),
+        Index("ix_audit_event_target_seq", "target", "seq"),
+    )
 
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     ts: str = Field(max_length=32, index=True)
     actor: str = Field(max_length=128)
-    action: str = Field(max_length=64, index=True)
-    target: str = Field(max_length=128, index=True)
+    action: str = Field(max_length=64)
+    target: str = Field(max_length=128)
     details: str = Field(sa_column=Column(Text, nullable=False))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)

@@ -8,7 +8,8 @@ every device. Existing labels are carried over.
 Composite indexes put each filter before the key lists are ordered by, so a filtered page
 (``--model p200 --limit 100 --after X``) reads 100 index entries: (model, id) and (status, id)
 on devices, (status, not_after) on certificates (expiring soon), (cloud, device_id) and
-(cloud, status) on cloud registrations. They replace the single-column indexes they start with.
+(cloud, status) on cloud registrations, (action, seq) and (target, seq) on audit events.
+They replace the single-column indexes they start with.
 
 Revision ID: 0005
 Revises: 0004
@@ -41,6 +42,8 @@ REPLACED = (
         "cloud_registration",
         ["cloud", "device_id"],
     ),
+    ("ix_audit_event_action", "ix_audit_event_action_seq", "audit_event", ["action", "seq"]),
+    ("ix_audit_event_target", "ix_audit_event_target_seq", "audit_event", ["target", "seq"]),
     (
         "ix_cloud_registration_status",
         "ix_cloud_registration_cloud_status",
