@@ -131,6 +131,30 @@ class CertificateView:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionView:
+    """A device's current connection state, from its newest connection event (``state``
+    ``None``: never seen by any source)."""
+
+    state: str | None = None
+    since: datetime | None = None
+    last_seen: datetime | None = None
+    source: str | None = None
+    reason: str | None = None
+    reported_firmware: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as ``--json`` shows it."""
+        return {
+            "state": self.state,
+            "since": iso(self.since),
+            "last_seen": iso(self.last_seen),
+            "source": self.source,
+            "reason": self.reason,
+            "reported_firmware": self.reported_firmware,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceView:
     """A device with every certificate it was ever issued, newest first."""
 
@@ -144,6 +168,8 @@ class DeviceView:
     decommissioned_at: datetime | None
     decommission_reason: str | None
     certificates: tuple[CertificateView, ...]
+    # where the device's connection stands (``device show``); lists leave it out
+    connection: ConnectionView | None = None
 
     @classmethod
     def from_rows(
@@ -177,6 +203,8 @@ class DeviceView:
         shape = _shape(self, DEVICE_FIELDS)
         shape["labels"] = dict(self.labels)
         shape["certificates"] = [c.to_dict() for c in self.certificates]
+        if self.connection is not None:
+            shape["connection"] = self.connection.to_dict()
         return shape
 
 

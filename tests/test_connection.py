@@ -107,7 +107,7 @@ def test_ingest_reads_every_shape_and_reports_bad_lines(
     assert [n for n, _ in report.bad] == [5, 6, 7]
     assert report_path.read_text().splitlines()[0] == "line,error"
     gw1, gw2 = connection_of(fleet_ws, "gw-1"), connection_of(fleet_ws, "gw-2")
-    assert (gw1.state, gw1.reason, gw1.firmware) == ("offline", "power", "1.2.0")
+    assert (gw1.state, gw1.reason, gw1.reported_firmware) == ("offline", "power", "1.2.0")
     assert (gw2.state, gw2.since) == ("offline", at(3))
     history = [e.source for e in iter_history(fleet_ws, "gw-1")]
     assert history == ["aws", "ingest"]
@@ -150,3 +150,34 @@ def test_device_list_by_connection_state(fleet_ws: Workspace, fleet_clock: Froze
     assert [d["id"] for d in listing.iter_device_dicts(fleet_ws, connection="online")] == ["gw-2"]
     with pytest.raises(Exception, match="excludes --online"):
         ids(connection="online", offline_for=timedelta(hours=1))
+
+
+def test_cli_show_history_and_list(fleet_ws: Workspace, fleet_clock: FrozenClock) -> None:
+    from helpers import Cli
+
+    cli = Cli(fleet_ws)
+    fleet_clock.now = at(60 * 48)
+    record(fleet_ws, [seen("gw-1", ON, 0), seen("gw-1", OFF, 5, reason="power")])
+    shown = json.loads(cli("device", "show", "gw-1", "--json").stdout)
+    assert shown["connection"] == {
+        "state": "offline", "since": "2027-03-01T08:05:00Z", "last_seen": "2027-03-01T08:05:00Z",
+        "source": "ingest", "reason": "power", "reported_firmware": None,
+    }  # fmt: skip
+    assert json.loads(cli("device", "show", "gw-2", "--json").stdout)["connection"]["state"] is None
+    table = cli("device", "show", "gw-2")
+    assert "never seen" in table.stdout
+    assert "connection" not in json.loads(cli("device", "list", "--json").stdout)[0]
+
+    events = json.loads(cli("device", "history", "gw-1", "--json").stdout)
+    assert [(e["state"], e["time"]) for e in events] == [
+        ("online", "2027-03-01T08:00:00Z"), ("offline", "2027-03-01T08:05:00Z"),
+    ]  # fmt: skip
+    page = json.loads(cli("device", "history", "gw-1", "--json", "--limit", "1").stdout)
+    assert page["next_after"] == str(events[0]["id"])
+    missing = cli("device", "history", "nope")
+    assert missing.exit_code == 3 and "no device 'nope'" in missing.stderr
+
+    offline = cli("device", "list", "--offline-for", "24h", "--jsonl")
+    assert [json.loads(line)["id"] for line in offline.stdout.splitlines()] == ["gw-1"]
+    both = cli("device", "list", "--online", "--offline")
+    assert both.exit_code == 2 and "--online excludes" in both.stderr

@@ -28,11 +28,13 @@ from fleet.cli._listing import (
     emit,
 )
 from fleet.cli._listing import JsonOption as JsonListOption
-from fleet.identifiers import parse_labels
+from fleet.errors import InvalidInput
+from fleet.identifiers import parse_duration, parse_labels, parse_timestamp
 from fleet.statuses import CertStatus, DeviceStatus
 from fleet.views import iso
 
 if TYPE_CHECKING:
+    from fleet.status.history import EventView
     from fleet.views import DeviceView
 
 app = typer.Typer(help="Add, list, show, update and decommission devices.", no_args_is_help=True)
@@ -122,6 +124,21 @@ def list_(
     status: Annotated[
         str | None, typer.Option(help=f"Only devices in this state: {', '.join(DeviceStatus)}.")
     ] = None,
+    online: Annotated[
+        bool, typer.Option("--online", help="Only devices whose last connection event is online.")
+    ] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Only devices whose last event is offline.")
+    ] = False,
+    offline_for: Annotated[
+        str | None,
+        typer.Option(
+            "--offline-for",
+            metavar="SPAN",
+            help="Only devices offline at least SPAN (24h, 7d); implies --offline.",
+            show_default=False,
+        ),
+    ] = None,
     limit: LimitOption = None,
     after: AfterOption = None,
     all_rows: AllOption = False,
@@ -129,7 +146,8 @@ def list_(
     jsonl: JsonlOption = False,
     count: CountOption = False,
 ) -> None:
-    """List devices in ID order, optionally filtered; a table shows the first 100.
+    """List devices in ID order, optionally filtered; a table shows the first 100. Devices
+    never seen by any source are neither --online nor --offline.
 
     Example:
 
@@ -138,6 +156,8 @@ def list_(
         fleet device list --status active --jsonl | jq -r .id
 
         fleet device list --label site=hamburg --count
+
+        fleet device list --offline-for 24h --jsonl
     """
     from fleet import listing
 
@@ -145,9 +165,17 @@ def list_(
     options = ListOptions(
         limit=limit, after=after, all=all_rows, json=json_out, jsonl=jsonl, count=count
     )
-    labels = parse_labels(label or [])
-    devices_of = partial(listing.iter_device_dicts, ws, model=model, labels=labels, status=status)
-    count_of = partial(listing.count_devices, ws, model=model, labels=labels, status=status)
+    if online and (offline or offline_for is not None):
+        raise InvalidInput("--online excludes --offline and --offline-for")
+    where: dict[str, Any] = {
+        "model": model,
+        "labels": parse_labels(label or []),
+        "status": status,
+        "connection": "online" if online else "offline" if offline else None,
+        "offline_for": None if offline_for is None else parse_duration(offline_for),
+    }
+    devices_of = partial(listing.iter_device_dicts, ws, **where)
+    count_of = partial(listing.count_devices, ws, **where)
     emit(
         Listing(
             fetch=lambda n: devices_of(after=after, limit=n),
@@ -211,6 +239,16 @@ def render_device(device: DeviceView) -> None:
     if device.decommissioned_at:
         fields.add_row("decommissioned_at", iso(device.decommissioned_at))
         fields.add_row("decommission_reason", device.decommission_reason or "")
+    if device.connection is not None:
+        link = device.connection
+        fields.add_row("connection", link.state or "never seen")
+        if link.state is not None:
+            fields.add_row("since", f"{iso(link.since)} ({link.source})")
+            fields.add_row("last_seen", iso(link.last_seen) or "")
+            if link.reason:
+                fields.add_row("reason", link.reason)
+            if link.reported_firmware:
+                fields.add_row("reported_firmware", link.reported_firmware)
     render(fields)
     certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
     for cert in device.certificates:
@@ -218,6 +256,80 @@ def render_device(device: DeviceView) -> None:
             cert.serial, cert.status, iso(cert.not_after), cert.profile, cert.fingerprint_sha256
         )
     render(certs)
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument()],
+    since: Annotated[
+        str | None, typer.Option(help="From this time on (ISO 8601, or an age: 24h, 7d).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Before this time (ISO 8601 or an age).")
+    ] = None,
+    limit: LimitOption = None,
+    after: AfterOption = None,
+    all_rows: AllOption = False,
+    json_out: JsonListOption = False,
+    jsonl: JsonlOption = False,
+    count: CountOption = False,
+) -> None:
+    """A device's connection events (online/offline, from MQTT, the clouds or ingested
+    files), oldest first.
+
+    Example:
+
+        fleet device history pump-0042 --since 7d
+
+        fleet device history pump-0042 --jsonl | jq -r '.time + " " + .state'
+    """
+    from fleet.status.history import count_history, iter_history
+
+    ws = workspace(ctx)
+    start = parse_timestamp(since) if since is not None else None
+    end = parse_timestamp(until) if until is not None else None
+    first = _event_cursor(after)
+    emit(
+        Listing(
+            fetch=lambda n: iter_history(
+                ws, device_id, since=start, until=end, after=first, limit=n
+            ),
+            cursor=lambda event: str(event.id),
+            to_dict=lambda event: event.to_dict(),
+            count=lambda: count_history(ws, device_id, since=start, until=end),
+            count_after=lambda key: sum(
+                1 for _ in iter_history(ws, device_id, since=start, until=end, after=int(key))
+            ),
+            noun="events",
+        ),
+        ListOptions(
+            limit=limit, after=after, all=all_rows, json=json_out, jsonl=jsonl, count=count
+        ),
+        _history_table,
+    )
+
+
+def _event_cursor(after: str | None) -> int | None:
+    if after is None:
+        return None
+    if not after.isdigit():
+        raise InvalidInput(f"--after {after!r}: give an event ID (a number)")
+    return int(after)
+
+
+def _history_table(rows: list[EventView]) -> None:
+    view = table("ID", "Time (UTC)", "State", "Source", "Session", "Reason")
+    for event in rows:
+        view.add_row(
+            str(event.id),
+            iso(event.source_time) or "",
+            event.state,
+            event.source,
+            event.session or "",
+            event.reason or "",
+        )
+    render(view)
 
 
 @app.command("update")

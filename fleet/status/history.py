@@ -14,7 +14,7 @@ from fleet.errors import InvalidInput, NotFound
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Device
 from fleet.status.models import ConnectionEvent, ConnectionStatus, StrayConnectionEvent
-from fleet.views import iso
+from fleet.views import ConnectionView, iso
 
 if TYPE_CHECKING:
     from fleet.workspace import Workspace
@@ -23,30 +23,6 @@ _event = ConnectionEvent.__table__  # type: ignore[attr-defined]
 _state = ConnectionStatus.__table__  # type: ignore[attr-defined]
 _stray = StrayConnectionEvent.__table__  # type: ignore[attr-defined]
 _device = Device.__table__  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionView:
-    """A device's current connection state (``None`` fields: never seen)."""
-
-    device_id: str
-    state: str | None
-    since: datetime | None
-    last_seen: datetime | None
-    source: str | None
-    reason: str | None
-    firmware: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The state as ``--json`` shows it."""
-        return {
-            "state": self.state,
-            "since": iso(self.since),
-            "last_seen": iso(self.last_seen),
-            "source": self.source,
-            "reason": self.reason,
-            "reported_firmware": self.firmware,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +61,8 @@ def connection_of(ws: Workspace, device_id: str) -> ConnectionView:
     with read_session(ws.open_registry()) as session:
         row = session.execute(select(_state).where(_state.c.device_id == device_id)).first()
     if row is None:
-        return ConnectionView(device_id, None, None, None, None, None, None)
-    return ConnectionView(
-        device_id, row.state, row.since, row.last_seen, row.source, row.reason, row.firmware
-    )
+        return ConnectionView()
+    return ConnectionView(row.state, row.since, row.last_seen, row.source, row.reason, row.firmware)
 
 
 def iter_history(
