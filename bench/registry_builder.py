@@ -12,8 +12,8 @@ filled by the registry's own triggers.
 
 Each device gets two events: ``device.add``, then ``device.update`` (moved to another
 rack) or, for 1 in 100, ``device.decommission`` (its certificate revoked); the rows hold
-the state after both. Certificates were issued over the last ~2 years with 730-day
-validity: ~4 % expire within 30 days, ~1.4 % have expired while still active.
+the state after both. Devices were provisioned in 100+ batches over the last ~2 years, with
+730-day certificates: ~4 % expire within 30 days, ~1 % have expired while still active.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 PASSPHRASE = "bench passphrase, not a secret"
 BATCH = 10_000  # under the export cache's FULL_REFRESH, as a provisioning batch is
+BATCHES = 100  # at least
 POOL = 200  # real certificates signed; rows reuse their PEMs
 VALIDITY = timedelta(days=730)
 ISSUED_OVER = timedelta(days=735)  # oldest certificate issued this long (+5 days) ago
@@ -197,22 +198,24 @@ def fill(
     engine = ws.open_registry()
     now = datetime.now(UTC).replace(microsecond=0)
     oldest = now - ISSUED_OVER - timedelta(days=5)
-    over = int(ISSUED_OVER.total_seconds())  # certificate times are whole seconds
-    # provisioning ran in batches over the same two years; updates came a day later
-    span = ISSUED_OVER / max((devices + BATCH - 1) // BATCH, 1)
+    # Provisioning ran in at least BATCHES batches over those two years (a batch shares one
+    # time, as in `fleet provision`), so expiry dates spread alike at every N; each device's
+    # second event came a day after its batch.
+    size = min(BATCH, max(100, -(-devices // BATCHES)))
+    count = -(-devices // size)
+    over = int(ISSUED_OVER.total_seconds())
     device_t, cert_t = Device.__table__, Certificate.__table__  # type: ignore[attr-defined]
     started = time.perf_counter()
-    for number, first in enumerate(range(0, devices, BATCH)):
-        added_at = oldest + span * number
+    for number, first in enumerate(range(0, devices, size)):
+        added_at = oldest + timedelta(seconds=over * number // count)
         changed_at = added_at + timedelta(days=1)
         rows: list[dict[str, Any]] = []
         certs: list[dict[str, Any]] = []
         adds: list[audit.PendingEvent] = []
-        seconds: list[audit.PendingEvent] = []
-        for i in range(first, min(first + BATCH, devices)):
+        later: list[audit.PendingEvent] = []
+        for i in range(first, min(first + size, devices)):
             ident = device_id(i)
             sample = pool[i % POOL]
-            issued_at = oldest + timedelta(seconds=over * i // max(devices, 1))
             cert = certificate_values(
                 ident,
                 dataclasses.replace(
@@ -220,8 +223,8 @@ def fill(
                     serial=hashlib.sha1(b"%d" % i).hexdigest()[:32].lstrip("0"),
                     fingerprint_sha256=hashlib.sha256(b"fp%d" % i).hexdigest(),
                     subject=sample.subject.replace(f"CN=pool-{i % POOL}", f"CN={ident}"),
-                    not_before=issued_at - timedelta(seconds=60),
-                    not_after=issued_at + VALIDITY,
+                    not_before=added_at - timedelta(seconds=60),
+                    not_after=added_at + VALIDITY,
                 ),
                 "default",
                 added_at,
@@ -238,7 +241,7 @@ def fill(
                 "decommission_reason": None,
             }
             adds.append(_device_added(device, cert))
-            seconds.append(_second_event(device, cert, i, changed_at))
+            later.append(_second_event(device, cert, i, changed_at))
             rows.append(device)
             certs.append(cert)
         with write_session(engine) as session:
@@ -249,11 +252,9 @@ def fill(
                 bulk_insert(session, table, batch)
 
             audit.append_many(session, adds, actor="bench", at=added_at, insert_rows=insert_rows)
-            audit.append_many(
-                session, seconds, actor="bench", at=changed_at, insert_rows=insert_rows
-            )
-        done = min(first + BATCH, devices)
-        if number % 10 == 9 or done == devices:
+            audit.append_many(session, later, actor="bench", at=changed_at, insert_rows=insert_rows)
+        done = min(first + size, devices)
+        if done % 100_000 < size or done == devices:
             rate = done / (time.perf_counter() - started)
             progress(f"  {done:,}/{devices:,} devices, {rate:,.0f}/s")
     ws.close()
