@@ -42,6 +42,7 @@ MODELS = (("p200", 40), ("p300", 30), ("p400", 15), ("g10", 10), ("s7", 5))
 SITES = (("hh", 30), ("ber", 25), ("muc", 20), ("fra", 15), ("osl", 10))  # site=hh: 30 %
 RACKS = 40  # rack=r07: 2.5 %
 DECOMMISSION_EVERY = 100  # 1 %
+LAYOUT = "everyday-1"  # change when the rows built change: cached registries are rebuilt
 
 
 def _weighted(choices: tuple[tuple[str, int], ...]) -> list[str]:
@@ -128,7 +129,9 @@ def ensure_registry(
     """The registry of ``devices`` devices in ``home`` (or at ``db_url``): reused when it is
     there with that many devices, else (re)built (``fleet init``, then :func:`fill`)."""
     start = time.perf_counter()
-    if rebuild or device_count(home, db_url) != devices:
+    marker = home / "bench-layout"
+    fresh = marker.exists() and marker.read_text() == f"{LAYOUT} {devices} {db_url or ''}"
+    if rebuild or not fresh or device_count(home, db_url) != devices:
         if home.exists():
             shutil.rmtree(home)
         if db_url:
@@ -143,6 +146,7 @@ def ensure_registry(
         if init.returncode:
             raise SystemExit(f"fleet init failed: {init.stderr.strip()}")
         fill(home, devices, db_url=db_url, progress=progress)
+        marker.write_text(f"{LAYOUT} {devices} {db_url or ''}")
         seconds: float | None = time.perf_counter() - start
     else:
         seconds = None
