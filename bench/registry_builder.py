@@ -114,6 +114,7 @@ class Built:
     devices: int
     events: int
     labels: int
+    expiring_30: int  # active certificates expiring within 30 days (what cert list shows)
     seconds: float | None  # None: reused
     size_mib: float
 
@@ -154,7 +155,10 @@ def ensure_registry(
 
 
 def _describe(home: Path, db_url: str | None, seconds: float | None) -> Built:
-    from sqlalchemy import create_engine, text
+    sys.path.insert(0, str(REPO))
+    from sqlalchemy import and_, create_engine, func, select, text
+
+    from fleet.registry.models import Certificate
 
     url = db_url or f"sqlite:///{home / 'registry.db'}"
     engine = create_engine(url)
@@ -167,13 +171,17 @@ def _describe(home: Path, db_url: str | None, seconds: float | None) -> Built:
             found = one("SELECT count(*) FROM device")
             events = one("SELECT seq FROM audit_head")
             labels = one("SELECT count(*) FROM device_label")
+            c, now = Certificate.__table__.c, datetime.now(UTC)  # type: ignore[attr-defined]
+            window = and_(c.status == "active", c.not_after > now)
+            window = and_(window, c.not_after <= now + timedelta(days=30))
+            expiring = int(conn.execute(select(func.count()).where(window)).scalar_one())
             if conn.dialect.name == "postgresql":
                 size = one("SELECT pg_database_size(current_database())") / 2**20
             else:
                 size = sum(p.stat().st_size for p in home.glob("registry.db*")) / 2**20
     finally:
         engine.dispose()
-    return Built(found, events, labels, seconds, size)
+    return Built(found, events, labels, expiring, seconds, size)
 
 
 def fill(
