@@ -317,7 +317,11 @@ def main() -> int:
         help="Where the registries are built and kept (one per size, reused by later runs); "
         "default: a temporary folder, removed afterwards. /dev/shm is a good place.",
     )
-    parser.add_argument("--db", help="PostgreSQL URL to build in instead of SQLite (emptied!).")
+    parser.add_argument(
+        "--db",
+        help="PostgreSQL URL to build in instead of SQLite: the database is EMPTIED, and "
+        "rebuilt for each size (give one size per run).",
+    )
     parser.add_argument("--rebuild", action="store_true", help="Build even if a registry exists.")
     parser.add_argument("--timeout", type=float, default=900, help="Seconds per command run.")
     parser.add_argument("--json-out", type=Path, help="Also save the figures as JSON here.")

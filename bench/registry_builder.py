@@ -131,7 +131,9 @@ def ensure_registry(
     there with that many devices, else (re)built (``fleet init``, then :func:`fill`)."""
     start = time.perf_counter()
     marker = home / "bench-layout"
-    fresh = marker.exists() and marker.read_text() == f"{LAYOUT} {devices} {db_url or ''}"
+    # which registry this home describes (the URL hashed: it may hold a password)
+    signature = f"{LAYOUT} {devices} {hashlib.sha256((db_url or '').encode()).hexdigest()[:16]}"
+    fresh = marker.exists() and marker.read_text() == signature
     if rebuild or not fresh or device_count(home, db_url) != devices:
         if home.exists():
             shutil.rmtree(home)
@@ -147,7 +149,7 @@ def ensure_registry(
         if init.returncode:
             raise SystemExit(f"fleet init failed: {init.stderr.strip()}")
         fill(home, devices, db_url=db_url, progress=progress)
-        marker.write_text(f"{LAYOUT} {devices} {db_url or ''}")
+        marker.write_text(signature)
         seconds: float | None = time.perf_counter() - start
     else:
         seconds = None
