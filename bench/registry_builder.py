@@ -14,6 +14,10 @@ Each device gets two events: ``device.add``, then ``device.update`` (moved to an
 rack) or, for 1 in 100, ``device.decommission`` (its certificate revoked); the rows hold
 the state after both. Devices were provisioned in 100+ batches over the last ~2 years, with
 730-day certificates: ~4 % expire within 30 days, ~1 % have expired while still active.
+
+One core builds ~1,800-2,000 devices/s (100k in 56 s, 1M in 9.5 min on a busy 2-core
+machine, 3.8 GB of SQLite); about a third each is SQLite with fleet's triggers, the export
+cache's re-rendering, and building and hashing the rows.
 """
 
 from __future__ import annotations
