@@ -133,10 +133,15 @@ def ensure_registry(
 ) -> Built:
     """The registry of ``devices`` devices in ``home`` (or at ``db_url``): reused when it is
     there with that many devices, else (re)built (``fleet init``, then :func:`fill`)."""
+    sys.path.insert(0, str(REPO))
+    from fleet.registry.migrations import SCHEMA_HEAD
+
     start = time.perf_counter()
     marker = home / "bench-layout"
-    # which registry this home describes (the URL hashed: it may hold a password)
-    signature = f"{LAYOUT} {devices} {hashlib.sha256((db_url or '').encode()).hexdigest()[:16]}"
+    # which registry this home holds: a new schema or layout is rebuilt, not reused (the URL
+    # hashed: it may hold a password)
+    url_hash = hashlib.sha256((db_url or "").encode()).hexdigest()[:16]
+    signature = f"{LAYOUT} schema {SCHEMA_HEAD} {devices} {url_hash}"
     fresh = marker.exists() and marker.read_text() == signature
     if rebuild or not fresh or device_count(home, db_url) != devices:
         if home.exists():
