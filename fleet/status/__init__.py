@@ -1,0 +1,1 @@
+"""Where the fleet stands: the one-screen summary (:mod:`fleet.status.summary`)."""
