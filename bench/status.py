@@ -181,6 +181,10 @@ def show_plans(ws: Workspace) -> None:
             cursor.execute(explain + statement, params)
             for row in cursor.fetchall():
                 print("        ", row[-1])
+            start = time.perf_counter()
+            cursor.execute(statement, params)
+            cursor.fetchall()
+            print(f"         ({(time.perf_counter() - start) * 1000:.1f} ms)")
 
 
 # What `fleet status` imports before it does any work.
