@@ -19,11 +19,10 @@ from fleet.cloud.clouds import add_cloud
 from fleet.cloud.pacing import PushPolicy
 from fleet.cloud.push import push
 from fleet.errors import InvalidInput
-from fleet.identifiers import parse_duration
 from fleet.pki.crl import publish_crl
 from fleet.registry.db import read_session
 from fleet.registry.models import AuditEvent
-from fleet.status.summary import FleetStatus, fleet_status, format_span
+from fleet.status.summary import fleet_status, format_span
 from fleet.workspace import Workspace
 
 FAST = PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=30.0)
@@ -263,8 +262,8 @@ def test_bad_options(ready_sqlite_ws: Workspace) -> None:
     cli = Cli(ready_sqlite_ws)
     for args, text in [
         (("--top", "0"), "--top must be 1 to 1000"),
-        (("--crl-warn", "soon"), "cannot parse --crl-warn 'soon'"),
-        (("--crl-warn", "-1h"), "cannot parse --crl-warn '-1h'"),
+        (("--crl-warn", "soon"), "--crl-warn 'soon': use a number with a unit"),
+        (("--crl-warn", "-1h"), "--crl-warn '-1h': use a number with a unit"),
     ]:
         result = cli("status", *args)
         assert result.exit_code == 2, args
@@ -278,15 +277,7 @@ def test_no_workspace(tmp_path: Path) -> None:
     assert result.exit_code == 5 and "run `fleet init`" in result.stderr
 
 
-def test_parse_duration_and_format_span() -> None:
-    assert parse_duration("24h") == timedelta(hours=24)
-    assert parse_duration(" 30 ") == timedelta(days=30)
-    assert parse_duration("2w") == timedelta(weeks=2)
-    assert parse_duration("90s") == timedelta(seconds=90)
-    for bad in ("", "h", "1.5h", "1y", "99999999999d"):
-        with pytest.raises(InvalidInput):
-            parse_duration(bad)
+def test_format_span() -> None:
     assert [format_span(s) for s in (0, 42, 60, 725, 3600, 18720, 86400, 273600, -90)] == [
         "0s", "42s", "1m", "12m 5s", "1h", "5h 12m", "1d", "3d 4h", "1m 30s",
     ]  # fmt: skip
-    assert isinstance(FleetStatus, type)
