@@ -188,7 +188,9 @@ def show_plans(ws: Workspace) -> None:
 
 
 # What `fleet status` imports before it does any work.
-FLOOR_IMPORTS = "import fleet.cli, fleet.cli.status_cmds, fleet.status.summary"
+FLOOR_IMPORTS = (
+    "import fleet.cli, fleet.cli.status_cmds, fleet.status.summary, fleet.registry.migrations"
+)
 
 
 def run_cli(home: Path, db: str | None, *args: str, runs: int) -> float:
