@@ -16,9 +16,9 @@ Prints, in the same run:
 
 Target: ``fleet_status()`` under 1 s at 1M devices (beyond start-up).
 
-    python bench/status.py                      # N=1,000,000, SQLite in a temporary folder
-    python bench/status.py --n 100000 --db postgresql+psycopg://fleet:fleet@127.0.0.1/bench
-    python bench/status.py --keep /tmp/status-1m  # keep (and reuse) the registry
+    python bench/summary.py                      # N=1,000,000, SQLite in a temporary folder
+    python bench/summary.py --n 100000 --db postgresql+psycopg://fleet:fleet@127.0.0.1/bench
+    python bench/summary.py --keep /tmp/status-1m  # keep (and reuse) the registry
 """
 
 from __future__ import annotations
