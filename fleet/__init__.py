@@ -80,6 +80,8 @@ _PUBLIC_NAMES: dict[str, str] = {
     "RegisterResult": "fleet.cloud.views",
     "RegistrationView": "fleet.cloud.views",
     "QueuedJob": "fleet.cloud.views",
+    "fleet_status": "fleet.status.summary",
+    "FleetStatus": "fleet.status.summary",
 }
 
 __all__ = list(_PUBLIC_NAMES)

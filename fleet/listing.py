@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -195,11 +196,18 @@ def iter_device_dicts(
         limit=limit,
     ):
         shape = dict(zip(DEVICE_FIELDS, row, strict=True))
-        shape["labels"] = json.loads(shape["labels"])
+        shape["labels"] = dict(_labels(shape["labels"]))  # a copy: the caller may change it
         shape["certificates"] = [
             dict(zip(CERTIFICATE_FIELDS, cert, strict=True)) for cert in certificates
         ]
         yield shape
+
+
+@lru_cache(maxsize=4096)
+def _labels(text: str) -> dict[str, str]:
+    """A stored labels text parsed (cached: a fleet shares a few label sets)."""
+    parsed: dict[str, str] = json.loads(text)
+    return parsed
 
 
 def _shown_columns(

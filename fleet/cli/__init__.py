@@ -71,6 +71,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Find what interrupted `device add`, `cert renew` or `provision` runs left in a bundle "
         "folder, and certificates the CA signed that the registry does not record.",
     ),
+    "status": (
+        "fleet.cli.status_cmds:app",
+        "How the fleet is doing: devices by status and model, certificates expiring within "
+        "7/30/90 days and expired ones still active, the CRL's next update, each cloud's "
+        "registrations and outbox, the audit trail's head.",
+    ),
 }
 
 

@@ -38,12 +38,14 @@ class CloudJob(SQLModel, table=True):
     """One outbox entry: register or deregister a device on a cloud."""
 
     __tablename__ = "cloud_job"
+    # `fleet status`: open jobs per cloud and the oldest, without reading the done ones
+    __table_args__ = (Index("ix_cloud_job_state_cloud_created", "state", "cloud", "created_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(foreign_key="device.id", max_length=64, index=True)
     cloud: str = Field(foreign_key="cloud.name", max_length=64, index=True)
     action: str = Field(max_length=16)  # a JobAction
-    state: str = Field(default=JobState.PENDING, max_length=16, index=True)  # a JobState
+    state: str = Field(default=JobState.PENDING, max_length=16)  # a JobState
     attempts: int = 0
     next_attempt_at: datetime | None = utc_column(nullable=True)
     last_error: str | None = Field(default=None, max_length=512)

@@ -8,8 +8,9 @@ every device. Existing labels are carried over.
 Composite indexes put each filter before the key lists are ordered by, so a filtered page
 (``--model p200 --limit 100 --after X``) reads 100 index entries: (model, id) and (status, id)
 on devices, (status, not_after) on certificates (expiring soon), (cloud, device_id) and
-(cloud, status) on cloud registrations, (action, seq) and (target, seq) on audit events.
-They replace the single-column indexes they start with.
+(cloud, status) on cloud registrations, (action, seq) and (target, seq) on audit events,
+(state, cloud, created_at) on cloud jobs. They replace the single-column indexes they start
+with.
 
 Revision ID: 0005
 Revises: 0004
@@ -41,6 +42,12 @@ REPLACED = (
         "ix_cloud_registration_cloud_device_id",
         "cloud_registration",
         ["cloud", "device_id"],
+    ),
+    (
+        "ix_cloud_job_state",
+        "ix_cloud_job_state_cloud_created",
+        "cloud_job",
+        ["state", "cloud", "created_at"],
     ),
     ("ix_audit_event_action", "ix_audit_event_action_seq", "audit_event", ["action", "seq"]),
     ("ix_audit_event_target", "ix_audit_event_target_seq", "audit_event", ["target", "seq"]),
