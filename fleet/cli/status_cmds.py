@@ -7,6 +7,7 @@ imported inside the callback: ``fleet status --help`` stays light.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -131,3 +132,83 @@ def _screen(result: FleetStatus) -> RenderableType:
     head = audit.head_hash or "-"
     parts.append(Text(f"\nAudit trail: {audit.events} events, head {head}"))
     return Group(*parts)
+
+
+@app.command("ingest")
+def ingest(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(metavar="FILE|-", help="JSON Lines; - reads stdin.")],
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write refused lines here (CSV line,error).", show_default=False),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Record connection events from JSON Lines: AWS IoT lifecycle events, Azure IoT Hub
+    DeviceConnected/DeviceDisconnected (Event Grid), or fleet's own
+    {"device_id", "state": "online"|"offline", "time"}. Bad lines are reported with their
+    number; the others are recorded (once: a re-run records nothing new).
+
+    Example:
+
+        fleet status ingest presence.jsonl --report bad-lines.csv
+
+        aws-export-events | fleet status ingest - --json
+    """
+    import sys
+
+    from fleet.errors import InvalidInput
+    from fleet.status.ingest import ingest as ingest_events
+
+    ws = workspace(ctx)
+    if source == "-":
+        result = ingest_events(ws, sys.stdin.buffer, report_path=report)
+    else:
+        try:
+            stream = open(source, "rb")  # noqa: SIM115  (closed below)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
+        with stream:
+            result = ingest_events(ws, stream, report_path=report)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        recorded = result.recorded
+        message(
+            f"{result.lines} line(s): {recorded.recorded} event(s) recorded, "
+            f"{recorded.duplicates} already known, {recorded.stray} for unknown or "
+            f"decommissioned devices (kept aside), {result.bad_count} bad; "
+            f"{recorded.changed} device(s) changed state"
+        )
+        for number, error in result.bad[:5]:
+            message(f"  line {number}: {error}")
+    if result.bad_count:
+        raise typer.Exit(1)
+
+
+@app.command("prune")
+def prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", metavar="SPAN", help="Remove events older than SPAN (90d)."),
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Remove old connection history; each device's current state is kept.
+
+    Example:
+
+        fleet status prune --older-than 90d
+    """
+    from fleet.identifiers import parse_duration
+    from fleet.status.history import prune as prune_history
+
+    result = prune_history(workspace(ctx), parse_duration(older_than, what="--older-than"))
+    if json_out:
+        print_json(result.to_dict())
+        return
+    message(
+        f"Removed {result.events} connection event(s) and {result.stray} stray one(s) "
+        f"from before {result.to_dict()['before']}"
+    )
