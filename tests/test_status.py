@@ -218,8 +218,9 @@ def test_empty_registry(ready_ws: Workspace) -> None:
     assert data["audit"]["events"] == event_count(ready_ws)
     assert list(data) == [
         "at", "devices", "certificates", "crl", "crl_warn_seconds", "clouds", "audit",
-        "warnings",
+        "connections", "warnings",
     ]  # fmt: skip
+    assert data["connections"] == {"online": 0, "offline": 0, "longest_offline": []}
     (warning,) = data["warnings"]
     assert warning.startswith("no CRL was ever published: publish one with `fleet ca crl`")
     assert result.stderr == f"warning: {warning}\n"
@@ -281,3 +282,28 @@ def test_format_span() -> None:
     assert [format_span(s) for s in (0, 42, 60, 725, 3600, 18720, 86400, 273600, -90)] == [
         "0s", "42s", "1m", "12m 5s", "1h", "5h 12m", "1d", "3d 4h", "1m 30s",
     ]  # fmt: skip
+
+
+def test_connections_online_offline_and_longest_offline(
+    ready_ws: Workspace, tmp_path: Path, fleet_clock: FrozenClock
+) -> None:
+    """Counts from each device's last connection event; the longest offline first."""
+    from fleet.status.events import Seen, record
+    from fleet.statuses import ConnectionState, EventSource
+
+    for device_id in ("n1", "n2", "n3", "n4"):
+        devices.add_device(ready_ws, device_id, out_dir=tmp_path / "ids", passphrase=PASSPHRASE)
+    start = fleet_clock.now
+
+    def seen(device_id: str, state: ConnectionState, hours: int) -> Seen:
+        return Seen(device_id, state, EventSource.INGEST, start + timedelta(hours=hours))
+
+    on, off = ConnectionState.ONLINE, ConnectionState.OFFLINE
+    record(ready_ws, [seen("n1", on, 1), seen("n2", off, 2), seen("n3", off, 5), seen("n3", on, 4)])
+    fleet_clock.now = start + timedelta(hours=10)
+    data = fleet_status(ready_ws).to_dict()["connections"]
+    assert (data["online"], data["offline"]) == (1, 2)
+    assert [d["device_id"] for d in data["longest_offline"]] == ["n2", "n3"]
+    screen = Cli(ready_ws)("status")
+    assert "Connections: 1 online, 2 offline, 1 active never seen" in screen.stdout
+    assert "offline 8h" in screen.stdout and "n2" in screen.stdout

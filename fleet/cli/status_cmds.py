@@ -128,6 +128,19 @@ def _screen(result: FleetStatus) -> RenderableType:
     else:
         parts.append(Text("\nClouds: none configured"))
 
+    links = result.connections
+    if links is not None:
+        never = max(0, devices.by_status.get("active", 0) - links.online - links.offline)
+        parts.append(
+            Text(
+                f"\nConnections: {links.online} online, {links.offline} offline, "
+                f"{never} active never seen"
+            )
+        )
+        for device_id, since in links.longest_offline:
+            gone = format_span((result.at - since).total_seconds())
+            parts.append(Text(f"  offline {gone}: {device_id} (since {iso(since)})"))
+
     audit = result.audit
     head = audit.head_hash or "-"
     parts.append(Text(f"\nAudit trail: {audit.events} events, head {head}"))

@@ -31,7 +31,8 @@ from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
 from fleet.errors import InvalidInput
 from fleet.registry.db import read_session
 from fleet.registry.models import AuditHead, Certificate, CrlRecord, Device
-from fleet.statuses import CertStatus, DeviceStatus, JobState, RegistrationStatus
+from fleet.status.models import ConnectionStatus
+from fleet.statuses import CertStatus, ConnectionState, DeviceStatus, JobState, RegistrationStatus
 from fleet.views import iso
 
 if TYPE_CHECKING:
@@ -176,6 +177,26 @@ class AuditSummary:
 
 
 @dataclass(frozen=True)
+class ConnectionSummary:
+    """Devices by their last connection event, and those offline longest."""
+
+    online: int
+    offline: int
+    # (device ID, offline since), longest first
+    longest_offline: tuple[tuple[str, datetime], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "online": self.online,
+            "offline": self.offline,
+            "longest_offline": [
+                {"device_id": device_id, "since": iso(since)}
+                for device_id, since in self.longest_offline
+            ],
+        }
+
+
+@dataclass(frozen=True)
 class FleetStatus:
     """The fleet at ``at``: what ``fleet status`` shows; ``to_dict()`` is its JSON."""
 
@@ -187,6 +208,7 @@ class FleetStatus:
     audit: AuditSummary
     crl_warn_seconds: int
     warnings: tuple[str, ...] = field(default=())
+    connections: ConnectionSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +219,7 @@ class FleetStatus:
             "crl_warn_seconds": self.crl_warn_seconds,
             "clouds": [c.to_dict() for c in self.clouds],
             "audit": self.audit.to_dict(),
+            "connections": None if self.connections is None else self.connections.to_dict(),
             "warnings": list(self.warnings),
         }
 
@@ -224,6 +247,7 @@ def fleet_status(
         crl = _crl_summary(conn, now)
         clouds = _clouds(conn, now)
         audit = _audit(conn)
+        connections = _connections(conn)
     return FleetStatus(
         at=now,
         devices=devices,
@@ -233,6 +257,7 @@ def fleet_status(
         audit=audit,
         crl_warn_seconds=int(crl_warn.total_seconds()),
         warnings=tuple(crl_warnings(crl, crl_warn)),
+        connections=connections,
     )
 
 
@@ -376,3 +401,21 @@ def _audit(conn: Connection) -> AuditSummary:
     if row is None:
         return AuditSummary(events=0, head_hash=None)
     return AuditSummary(events=int(row[0]), head_hash=str(row[1]))
+
+
+LONGEST_OFFLINE = 5
+
+
+def _connections(conn: Connection) -> ConnectionSummary:
+    """Online and offline counts and the longest offline, from connection_state's
+    (state, device_id) and (state, since) indexes."""
+    state = ConnectionStatus.__table__  # type: ignore[attr-defined]
+    online = _count(conn, state, state.c.state == ConnectionState.ONLINE)
+    offline = _count(conn, state, state.c.state == ConnectionState.OFFLINE)
+    longest = conn.execute(
+        select(state.c.device_id, state.c.since)
+        .where(state.c.state == ConnectionState.OFFLINE)
+        .order_by(state.c.since, state.c.device_id)
+        .limit(LONGEST_OFFLINE)
+    )
+    return ConnectionSummary(online, offline, tuple((r.device_id, r.since) for r in longest))
