@@ -20,9 +20,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
@@ -36,7 +36,7 @@ from fleet.statuses import ConnectionState, DeviceStatus, EventSource
 if TYPE_CHECKING:
     from fleet.workspace import Workspace
 
-CHUNK = 500  # IDs per IN (...) lookup
+CHUNK = 2000  # IDs per IN (...) lookup, rows per multi-row INSERT
 
 _event = ConnectionEvent.__table__  # type: ignore[attr-defined]
 _state = ConnectionStatus.__table__  # type: ignore[attr-defined]
@@ -44,9 +44,9 @@ _stray = StrayConnectionEvent.__table__  # type: ignore[attr-defined]
 _device = Device.__table__  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """A source saw ``device_id`` go ``state`` at ``source_time``.
+class Seen(NamedTuple):
+    """A source saw ``device_id`` go ``state`` at ``source_time`` (a tuple: ingest makes
+    millions).
 
     ``marker``: the source's ordering, comparable as text within that source (fixed width);
     ``session``: what identifies the connection (Sparkplug bdSeq, AWS sessionIdentifier),
@@ -70,7 +70,7 @@ class Seen:
                 self.source,
                 self.device_id,
                 self.state,
-                self.source_time.astimezone(UTC).isoformat(),
+                self.source_time.astimezone(UTC).isoformat(),  # one text per moment
                 self.marker or "",
                 self.session or "",
             )
@@ -124,37 +124,44 @@ def record_in(
     if not events:
         return report
     received = now or clock.now()
-    conn = session.connection()
     unique = {event.key: event for event in events}
-    report.duplicates = len(events) - len(unique)
-    known = _known_keys(conn, list(unique))
-    report.duplicates += len(known)
-    fresh = [event for key, event in unique.items() if key not in known]
-    statuses = _device_statuses(conn, sorted({event.device_id for event in fresh}))
-    kept: list[Seen] = []
+    statuses = _device_statuses(session.connection(), sorted({e.device_id for e in events}))
+    kept: list[dict[str, Any]] = []
     stray: list[dict[str, Any]] = []
-    for event in fresh:
+    applied: list[Seen] = []
+    for key, event in unique.items():
         status = statuses.get(event.device_id)
         if status == DeviceStatus.ACTIVE:
-            kept.append(event)
+            kept.append(_event_row(key, event, received))
+            applied.append(event)
         else:
             why = "unknown" if status is None else "decommissioned"
-            stray.append(_stray_row(event, why, received))
-    report.stray, report.stray_ids = len(stray), [row["device_id"] for row in stray[:20]]
-    bulk_insert(session, _stray, stray)
-    bulk_insert(session, _event, [_event_row(event, received) for event in kept])
-    report.recorded = len(kept)
-    report.changed = _advance_states(session, kept)
+            stray.append(_stray_row(key, event, why, received))
+    # The unique key drops what was recorded before; re-applying such an event to the
+    # state changes nothing (it is not newer than itself).
+    report.stray = _insert_new(session, _stray, stray)
+    report.recorded = _insert_new(session, _event, kept)
+    report.duplicates = len(events) - report.recorded - report.stray
+    report.stray_ids = [row["device_id"] for row in stray[:20]]
+    report.changed = _advance_states(session, applied)
     return report
 
 
-def _known_keys(conn: Connection, keys: list[str]) -> set[str]:
-    found: set[str] = set()
-    for table in (_event, _stray):
-        for start in range(0, len(keys), CHUNK):
-            chunk = keys[start : start + CHUNK]
-            found.update(conn.execute(select(table.c.key).where(table.c.key.in_(chunk))).scalars())
-    return found
+def _insert_new(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
+    """Insert ``rows``, skipping those whose ``key`` is already there; how many went in."""
+    if not rows:
+        return 0
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        statement = (
+            insert(table).on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key)
+        )
+        return len(conn.execute(statement, rows).all())  # the keys that went in
+    before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
+    bulk_insert(session, table, rows, verb="INSERT OR IGNORE")
+    return int(conn.exec_driver_sql("SELECT total_changes()").scalar_one()) - int(before)
 
 
 def _device_statuses(conn: Connection, ids: list[str]) -> dict[str, str]:
@@ -162,13 +169,13 @@ def _device_statuses(conn: Connection, ids: list[str]) -> dict[str, str]:
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         query = select(_device.c.id, _device.c.status).where(_device.c.id.in_(chunk))
-        statuses.update({row.id: row.status for row in conn.execute(query)})
+        statuses.update((row[0], row[1]) for row in conn.execute(query))
     return statuses
 
 
-def _event_row(event: Seen, received: datetime) -> dict[str, Any]:
+def _event_row(key: str, event: Seen, received: datetime) -> dict[str, Any]:
     return {
-        "key": event.key,
+        "key": key,
         "device_id": event.device_id,
         "state": event.state,
         "source": event.source,
@@ -181,9 +188,9 @@ def _event_row(event: Seen, received: datetime) -> dict[str, Any]:
     }
 
 
-def _stray_row(event: Seen, why: str, received: datetime) -> dict[str, Any]:
+def _stray_row(key: str, event: Seen, why: str, received: datetime) -> dict[str, Any]:
     return {
-        "key": event.key,
+        "key": key,
         "device_id": event.device_id[:128],
         "why": why,
         "state": event.state,
@@ -238,10 +245,16 @@ def _advance_states(session: Session, events: list[Seen]) -> int:
             firmware=event.firmware or state["firmware"],
         )
     updated = [row for device_id, row in current.items() if before.get(device_id) != row]
-    old = [row["device_id"] for row in updated if row["device_id"] in before]
-    for start in range(0, len(old), CHUNK):
-        conn.execute(delete(_state).where(_state.c.device_id.in_(old[start : start + CHUNK])))
-    bulk_insert(session, _state, updated)
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        upsert = insert(_state)
+        fresh = {c.name: upsert.excluded[c.name] for c in _state.columns if c.name != "device_id"}
+        for start in range(0, len(updated), CHUNK):
+            statement = upsert.on_conflict_do_update(index_elements=["device_id"], set_=fresh)
+            conn.execute(statement, updated[start : start + CHUNK])
+    else:
+        bulk_insert(session, _state, updated, verb="INSERT OR REPLACE")
     return len(changed)
 
 
