@@ -250,9 +250,17 @@ def count_devices(
     labels: Mapping[str, str] | None = None,
     status: str | None = None,
     after: str | None = None,
+    at_most: int | None = None,
 ) -> int:
-    """How many devices match the filters (after ``after``), counted in the indexes."""
-    query, _ = _device_query([func.count()], model=model, labels=labels, status=status, after=after)
+    """How many devices match the filters (after ``after``), counted in the indexes; with
+    ``at_most``, counting stops at ``at_most + 1``."""
+    query, key = _device_query(
+        [func.count()], model=model, labels=labels, status=status, after=after
+    )
+    if at_most is not None:
+        # count the first at_most + 1 keys only: the index range stops there
+        query, _ = _device_query([key], model=model, labels=labels, status=status, after=after)
+        query = select(func.count()).select_from(query.limit(at_most + 1).subquery())
     with read_session(ws.open_registry()) as session:
         return int(session.execute(query).scalar_one())
 
