@@ -279,10 +279,16 @@ def count_devices(
     connection: str | None = None,
     offline_for: timedelta | None = None,
     after: str | None = None,
+    at_most: int | None = None,
 ) -> int:
-    """How many devices match the filters (after ``after``), counted in the indexes."""
+    """How many devices match the filters (after ``after``), counted in the indexes; with
+    ``at_most``, counting stops at ``at_most + 1``."""
     where = DeviceFilter(model, labels, status, connection, offline_for)
-    query, _ = _device_query([func.count()], where, after=after)
+    query, key = _device_query([func.count()], where, after=after)
+    if at_most is not None:
+        # count the first at_most + 1 keys only: the index range stops there
+        query, _ = _device_query([key], where, after=after)
+        query = select(func.count()).select_from(query.limit(at_most + 1).subquery())
     with read_session(ws.open_registry()) as session:
         return int(session.execute(query).scalar_one())
 

@@ -343,3 +343,21 @@ def test_cloud_status_pages_across_clouds(
     assert cli("cloud", "status", "b-cloud", "--count").stdout == "5\n"
     table = cli("cloud", "status", "--limit", "3")
     assert "7 more: `--after a-cloud/dev-0002`" in table.stderr
+
+
+def test_the_more_line_stops_counting_at_its_cap(
+    sqlite_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MORE_CAP the table says "more than N" instead of counting a million rows."""
+    from fleet.cli import _listing
+    from fleet.pki.authority import init_workspace
+
+    init_workspace(sqlite_cli.ws, name="Lists", passphrase=PASSPHRASE)
+    provision_rows(sqlite_cli.ws, tmp_path, fleet_of(12), "few")
+    monkeypatch.setattr(_listing, "MORE_CAP", 5)
+    monkeypatch.setattr("fleet.cli.device_cmds.MORE_CAP", 5)
+    assert listing.count_devices(sqlite_cli.ws, after="dev-0001", at_most=5) == 6
+    capped = sqlite_cli("device", "list", "--limit", "2")
+    assert "2 devices shown, more than 5 more: `--after dev-0001`" in capped.stderr
+    exact = sqlite_cli("device", "list", "--limit", "8")
+    assert "8 devices shown, 4 more" in exact.stderr

@@ -27,6 +27,9 @@ from fleet.cli._common import json_line, message, print_json, print_json_array
 from fleet.errors import InvalidInput
 
 TABLE_LIMIT = 100
+# A table's "N more" line counts at most this far (a count may stop at MORE_CAP + 1): counting
+# the rest of a million-row range would cost more than the page itself.
+MORE_CAP = 100_000
 
 Row = TypeVar("Row")
 
@@ -141,9 +144,10 @@ def emit(
         message(f"next: --after {shown}")
     elif more:
         rest = listing.count_after(str(shown))
+        rest_text = f"more than {MORE_CAP:,}" if rest > MORE_CAP else f"{rest}"
         message(
-            f"{count_shown} {listing.noun} shown, {rest} more: `--after {shown}` shows the next "
-            "page, `--all` shows every one"
+            f"{count_shown} {listing.noun} shown, {rest_text} more: `--after {shown}` shows "
+            "the next page, `--all` shows every one"
         )
     elif not options.machine:
         message(f"{count_shown} {listing.noun}")

@@ -18,6 +18,7 @@ from fleet.cli._common import (
     workspace,
 )
 from fleet.cli._listing import (
+    MORE_CAP,
     AfterOption,
     AllOption,
     CountOption,
@@ -182,7 +183,7 @@ def list_(
             cursor=lambda device: str(device["id"]),
             to_dict=lambda device: device,
             count=lambda: count_of(after=after),
-            count_after=lambda key: count_of(after=key),
+            count_after=lambda key: count_of(after=key, at_most=MORE_CAP),
             noun="devices",
         ),
         options,
