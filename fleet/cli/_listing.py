@@ -146,8 +146,8 @@ def emit(
         rest = listing.count_after(str(shown))
         rest_text = f"more than {MORE_CAP:,}" if rest > MORE_CAP else f"{rest}"
         message(
-            f"{count_shown} {listing.noun} shown, {rest_text} more: `--after {shown}` shows the next "
-            "page, `--all` shows every one"
+            f"{count_shown} {listing.noun} shown, {rest_text} more: `--after {shown}` shows "
+            "the next page, `--all` shows every one"
         )
     elif not options.machine:
         message(f"{count_shown} {listing.noun}")
