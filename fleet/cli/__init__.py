@@ -45,6 +45,7 @@ COMMANDS = {
     "export": "fleet.cli.export_cmds:app",
     "db": "fleet.cli.db_cmds:app",
     "cloud": "fleet.cli.cloud_cmds:app",
+    "broker": "fleet.cli.broker_cmds:app",
     "doctor": "fleet.cli.doctor_cmds:doctor",
 }
 
