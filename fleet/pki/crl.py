@@ -341,6 +341,7 @@ def _read_pidfile(path: Path) -> int:
 def _span(span: timedelta) -> str:
     seconds = int(span.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
+        # a day or two reads better in hours (24h, as --within's default says)
+        if seconds % size == 0 and seconds >= (2 * size if unit == "d" else size):
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
