@@ -37,6 +37,7 @@ FEATURES = (
     "fleet.cloud",
     "fleet.doctor",
     "fleet.audit_anchor",
+    "fleet.broker",
 )
 CLI = ("fleet.cli", "fleet.__main__")
 

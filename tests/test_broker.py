@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,6 +33,7 @@ from helpers.mosquitto import (
     find_mosquitto,
     start_mosquitto,
 )
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pkitools import openssl_verify, pkilint_cert, pkilint_chain
 from sqlmodel import select
 
@@ -43,9 +45,6 @@ from fleet.pki.keys import serial_hex, verify_issued_by
 from fleet.registry.db import read_session
 from fleet.registry.models import AuditEvent
 from fleet.workspace import Workspace
-
-paho = pytest.importorskip("paho.mqtt.client")  # a test dependency (pyproject)
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
 TIMEOUT = 10.0
 
@@ -543,3 +542,27 @@ def test_a_revoked_device_is_refused_after_crl_and_sighup(site: Site, sqlite_cli
     # the session opened before the reload is not dropped (documented)
     open_session.publish("fleet/dev-3/status", b"still here")
     assert host.received_until("fleet/dev-3/status") == ["fleet/dev-3/status"]
+
+
+def test_an_expired_crl_locks_everyone_out_until_if_due_reissues_it(
+    site: Site, sqlite_cli: Cli
+) -> None:
+    """Why `fleet ca crl --if-due` runs from cron: Mosquitto refuses every client once its
+    CRL's next update has passed."""
+    from fleet import clock
+    from fleet.pki.crl import publish_crl
+
+    crl = site.setup.out_dir / "crl.pem"
+    with clock.frozen(FrozenClock(datetime.now(UTC) - timedelta(days=8))):
+        crl.write_bytes(publish_crl(site.ws, passphrase=PASSPHRASE))
+    site.broker.reload()
+    deadline = time.monotonic() + TIMEOUT
+    while site.peer("dev-1").connect(site.broker.port) is None:
+        assert time.monotonic() < deadline, "an expired CRL still lets devices in"
+        time.sleep(0.2)
+    report = crl_if_due(sqlite_cli, crl, "--reload-pid", str(site.broker.pid_file))
+    assert report["issued"] is True and "expired" in str(report["reason"])
+    deadline = time.monotonic() + TIMEOUT
+    while (refused := site.peer("dev-1").connect(site.broker.port)) is not None:
+        assert time.monotonic() < deadline, refused
+        time.sleep(0.2)
