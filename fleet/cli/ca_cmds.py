@@ -121,7 +121,8 @@ def crl(
         passphrase=ask_passphrase,
     )
     if result.issued:
-        message(f"Wrote CRL {result.number} to {out} ({result.reason})")
+        why = f" ({result.reason})" if if_due else ""
+        message(f"Wrote CRL {result.number} to {out}{why}")
         if result.reloaded_pid is not None:
             message(f"Sent SIGHUP to process {result.reloaded_pid} to reload it")
     else:

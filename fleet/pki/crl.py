@@ -304,7 +304,7 @@ def write_crl_file(
                 next_update=current.next_update_utc,
             )
     else:
-        reason = "asked for a new CRL"
+        reason = "requested"
     # Created (empty, under a temporary name) before the CRL number is taken: an unwritable
     # file fails with nothing recorded.
     with PendingFile(path) as pending:
