@@ -248,6 +248,30 @@ def test_a_killed_run_leaves_no_output_and_no_unrecorded_certificate(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broker", "home"]
 
 
+def test_a_replacement_killed_midway_puts_the_previous_output_back(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    ws, out = ready_sqlite_ws, tmp_path / "broker"
+    args = [*fleet_args(ws), "broker", "mosquitto", "--out", str(out), "--ip", "127.0.0.1"]
+    assert run_fleet(*args).returncode == 0
+    before = snapshot(ws, out)["dir:" + str(out)]
+    child = subprocess.run(
+        [sys.executable, "-m", "fleet", *args, "--force"],
+        env=child_env({FAULT_ENV: "after-set-aside"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert not out.exists()  # killed between the two renames
+    again = run_fleet(*args)  # puts the previous output back, then refuses without --force
+    assert again.returncode == 4, again.stderr
+    assert snapshot(ws, out)["dir:" + str(out)] == before
+    forced = run_fleet(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broker", "home"]
+
+
 # --- fleet ca crl --if-due --------------------------------------------------------------------
 
 

@@ -214,6 +214,8 @@ def write_mosquitto(
         write_mosquitto(ws, BrokerRequest(Path("/etc/mosquitto/fleet"),
                                           hostnames=("broker.example.com",), owner="mosquitto"))
     """
+    out_dir = request.out_dir.absolute()
+    _remove_stale_staging(out_dir)  # first: a killed run may have set the previous DIR aside
     check_request(request)
     server_profile = load_profile(SERVER_PROFILE, ws.home)
     host_profile = load_profile(HOST_PROFILE, ws.home)
@@ -227,8 +229,6 @@ def write_mosquitto(
                 "rights on the broker; choose another host ID"
             )
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
-    out_dir = request.out_dir.absolute()
-    _remove_stale_staging(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         staging.mkdir(0o700)
@@ -291,6 +291,7 @@ def _write(
         write_new_file(host_dir / HOST_CHAIN_FILE, chain)
         os.chmod(host_dir, folder_mode())
         os.chmod(staging, folder_mode())
+        faults.hit("after-complete")
         replaced = _publish(staging, out_dir)
     except OSError as exc:
         raise InvalidInput(f"cannot write {out_dir}: {exc.strerror}") from exc
@@ -343,6 +344,7 @@ def _publish(staging: Path, out_dir: Path) -> bool:
             raise
     aside = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
     os.rename(out_dir, aside)
+    faults.hit("after-set-aside")
     try:
         os.rename(staging, out_dir)
     except OSError:
@@ -383,16 +385,21 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def _remove_stale_staging(out_dir: Path) -> None:
-    """Remove what killed runs left beside ``out_dir``: staged keys nothing was published
-    with, or a set-aside previous output (whose replacement is in place)."""
+    """Clear what killed runs left beside ``out_dir``: staged files nothing was published
+    with are removed; a set-aside previous output is removed once a replacement is in
+    place, and put back if there is none (killed between the two renames)."""
     pattern = re.compile(_STAGING_RE.format(name=re.escape(out_dir.name)))
     parent = out_dir.parent
     if not parent.is_dir():
         return
-    for entry in parent.iterdir():
+    for entry in sorted(parent.iterdir()):
         match = pattern.fullmatch(entry.name)
         stale = match is not None and not pid_alive(int(match["pid"]))
-        if stale and entry.is_dir() and not entry.is_symlink():
+        if not stale or not entry.is_dir() or entry.is_symlink():
+            continue
+        if ".old-" in entry.name and not os.path.lexists(out_dir):
+            os.rename(entry, out_dir)
+        else:
             shutil.rmtree(entry, ignore_errors=True)
 
 
