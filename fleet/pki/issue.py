@@ -145,9 +145,14 @@ def issue_certificate(
         key = generate_key(chosen)
         public_key, key_pem = key.public_key(), private_key_pem(key)
     cert = sign_leaf(
-        issuer, common_name, public_key, profile, now=now, dns_names=dns_names,
+        issuer,
+        common_name,
+        public_key,
+        profile,
+        now=now,
+        dns_names=dns_names,
         ip_addresses=ip_addresses,
-    )  # fmt: skip
+    )
     return IssuedCertificate(
         cert_pem=cert_pem(cert).decode("ascii"),
         serial=serial_hex(cert.serial_number),
