@@ -10,10 +10,11 @@ It checks an output folder and the CA folder for:
   fleet, an unrecorded certificate); ``fix`` removes them;
 * bundles a renewal set aside (``OUT/.ID.old-*``): ``fix`` removes them once ``OUT/ID``
   holds the new bundle, and puts them back otherwise;
-* certificates this CA signed that the registry (or, for the export signer, the audit
-  trail) does not know, in place in ``OUT/ID`` or in the CA folder. ``fix`` never touches
-  these: it cannot vouch for where their key has been. They are reported with serial and
-  path so an operator can destroy the key (and, if it left the machine, rotate the CA).
+* certificates this CA signed that the registry (or, for the export signer and a broker's
+  host identity, the audit trail) does not know, in place in ``OUT/ID`` or in the CA
+  folder. ``fix`` never touches these: it cannot vouch for where their key has been. They
+  are reported with serial and path so an operator can destroy the key (and, if it left
+  the machine, rotate the CA).
 
 Folders of processes still running are left alone. Nothing needs the CA passphrase.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from fleet.pki import ca
@@ -101,19 +103,31 @@ def check(ws: Workspace, out_dir: Path, *, fix: bool = False) -> DoctorReport:
     )
     for path in [f / CERT_FILE for f in folders if f.is_dir()]:
         serial = _signed_serial(path, issuing)
-        if serial is not None and lookup(serial) is None:
+        # a broker's host identity (`fleet broker mosquitto`: OUT/host/cert.pem) has no
+        # device: the audit trail alone records it
+        if serial is not None and lookup(serial) is None and not _in_trail(engine, serial):
             report.unrecorded.append(Unrecorded(serial, str(path)))
     signer = ca.ca_dir(ws.home) / SIGNER_CERT_FILE
     serial = _signed_serial(signer, issuing)
-    if serial is not None:
-        with read_session(engine) as session:
-            query = select(AuditEvent.seq).where(
-                AuditEvent.action == "ca.export_signer",
-                col(AuditEvent.details).contains(f'"{serial}"'),
-            )
-            if session.exec(query).first() is None:
-                report.unrecorded.append(Unrecorded(serial, str(signer)))
+    if serial is not None and not _in_trail(engine, serial, ("ca.export_signer",)):
+        report.unrecorded.append(Unrecorded(serial, str(signer)))
     return report
+
+
+# The audit events that record certificates the CA issued to no device.
+OWN_CERTIFICATE_ACTIONS = ("ca.export_signer", "ca.server_cert", "ca.host_cert")
+
+
+def _in_trail(
+    engine: Engine, serial: str, actions: tuple[str, ...] = OWN_CERTIFICATE_ACTIONS
+) -> bool:
+    """Whether one of the audit events ``actions`` records the certificate ``serial``."""
+    with read_session(engine) as session:
+        query = select(AuditEvent.seq).where(
+            col(AuditEvent.action).in_(actions),
+            col(AuditEvent.details).contains(f'"{serial}"'),
+        )
+        return session.exec(query).first() is not None
 
 
 def _signed_serial(path: Path, issuing: x509.Certificate) -> str | None:

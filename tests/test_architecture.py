@@ -38,6 +38,8 @@ FEATURES = (
     "fleet.doctor",
     "fleet.audit_anchor",
     "fleet.status",
+    "fleet.broker",
+    "fleet.listing",
 )
 CLI = ("fleet.cli", "fleet.__main__")
 

@@ -77,6 +77,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "7/30/90 days and expired ones still active, the CRL's next update, each cloud's "
         "registrations and outbox, the audit trail's head.",
     ),
+    "broker": (
+        "fleet.cli.broker_cmds:app",
+        "Set up an MQTT broker that accepts only fleet's devices.",
+    ),
 }
 
 

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
-from fleet.files import PendingFile, atomic_write
+from fleet.errors import InvalidInput
+from fleet.files import atomic_write
 from fleet.views import iso
 
 app = typer.Typer(help="Inspect the CA, export its chain, publish CRLs.", no_args_is_help=True)
@@ -69,21 +70,62 @@ def chain(
 def crl(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    if_due: Annotated[
+        bool,
+        typer.Option(
+            "--if-due",
+            help="Only re-issue when the CRL in --out is due: missing, another CA's, its next "
+            "update within --within (or past), or missing a revocation made since.",
+        ),
+    ] = False,
+    within: Annotated[
+        str, typer.Option(help="With --if-due: how close the next update may come (30m, 24h, 2d).")
+    ] = "24h",
+    reload_pid: Annotated[
+        Path | None,
+        typer.Option(
+            "--reload-pid",
+            help="After writing a new CRL to --out, send SIGHUP to the process in this PID "
+            "file (Mosquitto re-reads its crlfile; open connections stay open).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="With --out: print what was done as JSON.")
+    ] = False,
 ) -> None:
-    """Sign and print a new CRL (PEM) listing every revoked certificate.
+    """Sign a new CRL (PEM) listing every revoked certificate; print it or write it to --out.
+
+    A CRL is valid for 7 days: a broker checking it refuses every client after that. Keep it
+    current from cron with --if-due, which re-issues only when needed and exits 0 either way
+    (stderr says which; --json prints {"issued": ...}).
 
     Example:
 
-        fleet ca crl --out fleet.crl.pem
+        fleet ca crl --out crl.pem --if-due --reload-pid /run/mosquitto/mosquitto.pid
     """
-    from fleet.pki.crl import publish_crl
+    from fleet.identifiers import parse_duration
+    from fleet.pki.crl import publish_crl, write_crl_file
 
     if out is None:
+        if if_due or reload_pid is not None or json_out:
+            raise InvalidInput("--if-due, --reload-pid and --json need --out FILE")
         _emit(publish_crl(workspace(ctx), passphrase=ask_passphrase), None, "the CRL")
         return
-    # The file is created (empty, under a temporary name) before the CRL number is taken:
-    # an unwritable --out fails with nothing recorded.
-    with PendingFile(out) as pending:
-        pending.write(publish_crl(workspace(ctx), passphrase=ask_passphrase))
-        pending.commit()
-    message(f"Wrote the CRL to {out}")
+    window = parse_duration(within, what="--within") if if_due else None
+    result = write_crl_file(
+        workspace(ctx),
+        out,
+        if_due_within=window,
+        reload_pidfile=reload_pid,
+        passphrase=ask_passphrase,
+    )
+    if result.issued:
+        why = f" ({result.reason})" if if_due else ""
+        message(f"Wrote CRL {result.number} to {out}{why}")
+        if result.reloaded_pid is not None:
+            message(f"Sent SIGHUP to process {result.reloaded_pid} to reload it")
+    else:
+        message(f"Not re-issued: {result.reason}")
+    if json_out:
+        print_json(result.to_dict())

@@ -1,11 +1,22 @@
-"""Revocation: marking certificates revoked in the registry, and the CRLs that publish it."""
+"""Revocation: marking certificates revoked in the registry, and the CRLs that publish it.
+
+A relying party that checks CRLs (a Mosquitto broker with ``crlfile``) refuses every client
+once its CRL's next update has passed, so a CRL file must be kept current:
+:func:`write_crl_file` with ``if_due_within`` re-issues it only when it is due (missing,
+another CA's, expiring within the window, or missing a revocation made since it was
+issued), and can signal the process that reads it to reload it.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -13,14 +24,16 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from fleet import clock
-from fleet.errors import IntegrityError, InvalidInput
+from fleet.errors import FleetError, IntegrityError, InvalidInput
+from fleet.files import PendingFile
 from fleet.pki import ca
 from fleet.pki.issuer import Issuer
 from fleet.pki.keys import authority_key_identifier
 from fleet.registry import audit
-from fleet.registry.db import write_session
+from fleet.registry.db import read_session, write_session
 from fleet.registry.models import AuditEvent, Certificate, CrlRecord
 from fleet.statuses import CertStatus
+from fleet.views import iso
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 CRL_VALIDITY = timedelta(days=7)
@@ -138,9 +151,13 @@ def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
-def publish_crl(ws: Workspace, *, passphrase: Passphrase | None = None) -> bytes:
-    """Sign a new CRL (next CRL number) listing every revoked certificate; returns PEM."""
-    issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
+def publish_crl(
+    ws: Workspace, *, passphrase: Passphrase | None = None, issuer: Issuer | None = None
+) -> bytes:
+    """Sign a new CRL (next CRL number) listing every revoked certificate; returns PEM.
+    ``issuer``: the issuing CA already loaded (else it is, with ``passphrase``)."""
+    if issuer is None:
+        issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
     now = clock.now()
     with write_session(ws.open_registry()) as session:
         last = session.exec(select(func.max(CrlRecord.number))).one()
@@ -173,3 +190,158 @@ def publish_crl(ws: Workspace, *, passphrase: Passphrase | None = None) -> bytes
             at=now,
         )
     return crl_pem(crl)
+
+
+# --- keeping a CRL file current (`fleet ca crl --out FILE --if-due`) -------------------------
+
+PIDFILE_MAX = 64
+
+
+@dataclass(frozen=True)
+class CrlFileResult:
+    """What :func:`write_crl_file` did: whether it issued a CRL, why (or why not), the CRL
+    the file now holds, and the process it signalled to reload it."""
+
+    path: Path
+    issued: bool
+    reason: str
+    number: int | None
+    next_update: datetime | None
+    reloaded_pid: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (``fleet ca crl --out FILE --if-due --json``)."""
+        return {
+            "out": str(self.path),
+            "issued": self.issued,
+            "reason": self.reason,
+            "crl_number": self.number,
+            "next_update": iso(self.next_update),
+            "reloaded_pid": self.reloaded_pid,
+        }
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    """A CRL's CRL number, or ``None`` when it has none."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return None
+
+
+def crl_due(
+    ws: Workspace, path: Path, within: timedelta, *, now: datetime | None = None
+) -> tuple[str | None, x509.CertificateRevocationList | None]:
+    """Why the CRL file ``path`` needs re-issuing (``None`` if it does not), and the CRL it
+    holds if it is this CA's. Due: no file, not a CRL, not signed by the issuing CA, no next
+    update, a next update within ``within`` of ``now`` (or past), or a certificate revoked
+    since it was issued that it does not list."""
+    now = now or clock.now()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"there is no CRL at {path}", None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError:
+        return f"{path} holds no PEM CRL", None
+    issuing, _root = ca.load_ca_certificates(ws.home)
+    if crl.issuer != issuing.subject or not crl.is_signature_valid(issuing.public_key()):  # type: ignore[arg-type]
+        return f"the CRL in {path} was not signed by this workspace's issuing CA", None
+    label = f"CRL {crl_number(crl)}"
+    next_update = crl.next_update_utc
+    if next_update is None:
+        return f"{label} has no next update", crl
+    if next_update <= now:
+        return f"{label} expired at {iso(next_update)}", crl
+    if next_update - now <= within:
+        return f"{label}'s next update {iso(next_update)} is within {_span(within)}", crl
+    # CRL times are whole seconds, revocation times are not: look a second further back.
+    since = crl.last_update_utc - timedelta(seconds=1)
+    with read_session(ws.open_registry()) as session:
+        serials = session.exec(
+            select(Certificate.serial).where(
+                Certificate.status == CertStatus.REVOKED, col(Certificate.revoked_at) >= since
+            )
+        ).all()
+    missing = [
+        s for s in serials if crl.get_revoked_certificate_by_serial_number(int(s, 16)) is None
+    ]
+    if missing:
+        return f"{label} misses {len(missing)} revocation(s) made since it was issued", crl
+    return None, crl
+
+
+def write_crl_file(
+    ws: Workspace,
+    path: Path,
+    *,
+    if_due_within: timedelta | None = None,
+    reload_pidfile: Path | None = None,
+    passphrase: Passphrase | None = None,
+) -> CrlFileResult:
+    """Write a new CRL to ``path`` (all or nothing); with ``if_due_within``, only when
+    :func:`crl_due` says it is due (the passphrase is asked for only then). With
+    ``reload_pidfile``, the process it names gets SIGHUP after a new CRL is written (Mosquitto
+    then re-reads its ``crlfile``; connections already open stay open). Example::
+
+        write_crl_file(ws, Path("/etc/mosquitto/fleet/crl.pem"),
+                       if_due_within=timedelta(hours=24),
+                       reload_pidfile=Path("/run/mosquitto/mosquitto.pid"))
+    """
+    pid = _read_pidfile(reload_pidfile) if reload_pidfile is not None else None
+    if if_due_within is not None:
+        reason, current = crl_due(ws, path, if_due_within)
+        if reason is None and current is not None:
+            return CrlFileResult(
+                path,
+                issued=False,
+                reason=f"CRL {crl_number(current)} is current (next update "
+                f"{iso(current.next_update_utc)}, no revocation since)",
+                number=crl_number(current),
+                next_update=current.next_update_utc,
+            )
+    else:
+        reason = "requested"
+    # Created (empty, under a temporary name) before the CRL number is taken: an unwritable
+    # file fails with nothing recorded.
+    with PendingFile(path) as pending:
+        data = publish_crl(ws, passphrase=passphrase)
+        pending.write(data)
+        pending.commit()
+    crl = x509.load_pem_x509_crl(data)
+    result = CrlFileResult(
+        path, True, reason or "due", crl_number(crl), crl.next_update_utc, reloaded_pid=pid
+    )
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            raise FleetError(
+                f"wrote CRL {result.number} to {path}, but could not signal process {pid} "
+                f"(from {reload_pidfile}) to reload it: {exc.strerror}"
+            ) from exc
+    return result
+
+
+def _read_pidfile(path: Path) -> int:
+    """The process ID in ``path`` (checked before anything is signed)."""
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(PIDFILE_MAX + 1).decode("ascii", "replace").strip()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the PID file {path}: {exc.strerror}") from exc
+    if not text.isdigit() or not 1 < int(text) < 2**22 or len(text) > PIDFILE_MAX:
+        raise InvalidInput(f"the PID file {path} holds no process ID")
+    return int(text)
+
+
+def _span(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        # a day or two reads better in hours (24h, as --within's default says)
+        if seconds % size == 0 and seconds >= (2 * size if unit == "d" else size):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

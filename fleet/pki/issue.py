@@ -31,8 +31,9 @@ in what crosses the process boundary.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from cryptography import x509
@@ -42,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlmodel import SQLModel
 
 from fleet import clock
+from fleet.errors import InvalidInput
 from fleet.pki.issuer import Issuer
 from fleet.pki.keys import (
     authority_key_identifier,
@@ -53,6 +55,7 @@ from fleet.pki.keys import (
     private_key_pem,
     serial_hex,
 )
+from fleet.pki.names import dns_name_problem
 from fleet.pki.profiles import Profile
 from fleet.registry.models import Certificate, Device
 from fleet.statuses import CertStatus, KeyOrigin
@@ -75,6 +78,7 @@ _CERTIFICATE_DETAILS = (
     "serial", "fingerprint_sha256", "not_before", "not_after", "profile", "key_type", "key_origin",
 )  # fmt: skip
 _DEVICE_DETAILS = ("model", "serial", "labels", "status")
+IPAddress = IPv4Address | IPv6Address
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,6 +122,8 @@ def issue_certificate(
     key_type: str | None = None,
     csr: x509.CertificateSigningRequest | None = None,
     now: datetime | None = None,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[IPAddress] = (),
 ) -> IssuedCertificate:
     """Sign an identity for ``common_name`` (a device ID) following ``profile``.
 
@@ -125,9 +131,11 @@ def issue_certificate(
     no private key is returned; without, a key of ``key_type`` (default: the profile's) is
     generated and returned in ``key_pem``. A key that cannot have the profile's key usages,
     or a device ID that makes no DNS name in the profile's ``san_dns``, is refused
-    (:class:`~fleet.errors.InvalidInput`) before anything is signed.
+    (:class:`~fleet.errors.InvalidInput`) before anything is signed. ``dns_names`` and
+    ``ip_addresses`` are subjectAltNames given at issue time (a server's names, e.g. from
+    ``fleet broker mosquitto --hostname/--ip``), after the profile's own.
     """
-    check_issuable(profile, common_name, key_type=key_type, csr=csr)
+    check_issuable(profile, common_name, key_type=key_type, csr=csr, dns_names=dns_names)
     key_pem: bytes | None = None
     if csr is not None:
         public_key = csr.public_key()
@@ -136,7 +144,15 @@ def issue_certificate(
         chosen, origin = key_type or profile.key_type, KeyOrigin.GENERATED
         key = generate_key(chosen)
         public_key, key_pem = key.public_key(), private_key_pem(key)
-    cert = sign_leaf(issuer, common_name, public_key, profile, now=now)
+    cert = sign_leaf(
+        issuer,
+        common_name,
+        public_key,
+        profile,
+        now=now,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+    )
     return IssuedCertificate(
         cert_pem=cert_pem(cert).decode("ascii"),
         serial=serial_hex(cert.serial_number),
@@ -156,14 +172,19 @@ def check_issuable(
     *,
     key_type: str | None = None,
     csr: x509.CertificateSigningRequest | None = None,
+    dns_names: Sequence[str] = (),
 ) -> None:
     """Refuse (:class:`~fleet.errors.InvalidInput`) what :func:`issue_certificate` would
     refuse for these arguments: a key that cannot have the profile's key usages, a device ID
-    that makes no DNS name in its ``san_dns``. Callers that ask for the CA passphrase call it
-    first, so nobody is asked for a request that cannot succeed."""
+    that makes no DNS name in its ``san_dns``, a given DNS name that is none. Callers that ask
+    for the CA passphrase call it first, so nobody is asked for a request that cannot
+    succeed."""
     chosen = key_type_of(csr.public_key()) if csr is not None else key_type or profile.key_type
     profile.check_key_type(chosen)
     profile.dns_names(common_name)
+    for name in dns_names:
+        if problem := dns_name_problem(name):
+            raise InvalidInput(f"DNS name {name!r} {problem}")
 
 
 def sign_leaf(
@@ -173,13 +194,17 @@ def sign_leaf(
     profile: Profile,
     *,
     now: datetime | None = None,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[IPAddress] = (),
 ) -> x509.Certificate:
     """Sign an end-entity certificate for ``public_key`` following ``profile``.
 
     Subject: the profile's fields then CN = ``common_name``; ``{id}`` in the profile's DNS
-    names becomes ``common_name`` too (:meth:`~fleet.pki.profiles.Profile.dns_names`).
+    names becomes ``common_name`` too (:meth:`~fleet.pki.profiles.Profile.dns_names`). The
+    subjectAltName lists those names, then ``dns_names``, then ``ip_addresses`` (each once).
     """
-    dns_names = profile.dns_names(common_name)
+    names = list(dict.fromkeys([*profile.dns_names(common_name), *dns_names]))
+    addresses = list(dict.fromkeys(ip_addresses))
     now = now or clock.now()
     not_before = now - timedelta(seconds=profile.backdate_seconds)
     # A leaf must not outlive the CA that vouches for it.
@@ -208,9 +233,10 @@ def sign_leaf(
             x509.ExtendedKeyUsage([_EKU_OIDS[u] for u in profile.extended_key_usage]),
             critical=False,
         )
-    if dns_names:
-        names = [x509.DNSName(name) for name in dns_names]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if names or addresses:
+        general: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
+        general += [x509.IPAddress(address) for address in addresses]
+        builder = builder.add_extension(x509.SubjectAlternativeName(general), critical=False)
     return issuer.sign_certificate(builder)
 
 

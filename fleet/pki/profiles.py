@@ -12,7 +12,9 @@ usage must have a key usage consistent with it (RFC 5280 section 4.2.1.12); numb
 integers, never booleans. What depends on the device is checked when a certificate is
 issued (:meth:`Profile.dns_names`, :meth:`Profile.check_key_type`): ``{id}`` (the only
 placeholder) becomes the device ID, which must make a DNS name, and the key from a CSR or
-``--key-type`` must suit the key usages.
+``--key-type`` must suit the key usages. Names no profile can know, a server's DNS names
+and IP addresses (``fleet broker mosquitto --hostname/--ip``, the ``server`` profile), are
+given when the certificate is issued (:func:`fleet.pki.issue.issue_certificate`).
 """
 
 from __future__ import annotations
