@@ -12,17 +12,20 @@ batches, so memory stays flat however long the list.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
     Select,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     exists,
@@ -239,35 +242,102 @@ def _device_rows(
     after: str | None,
     limit: int | None,
 ) -> Iterator[tuple[Any, list[Any]]]:
-    """(device row, its certificate rows newest first) in ID order, a batch at a time."""
+    """(device row, its certificate rows newest first) in ID order. Pages are read by a
+    thread one page ahead: the database driver works without the GIL, so the next page is
+    read while this one is rendered."""
+    pages = _device_pages(
+        engine, device_columns, certificate_columns, where, after=after, limit=limit
+    )
+    for page in read_ahead(pages):
+        yield from page
+
+
+def _device_pages(
+    engine: Engine,
+    device_columns: list[Any],
+    certificate_columns: list[Any],
+    where: DeviceFilter,
+    *,
+    after: str | None,
+    limit: int | None,
+) -> Iterator[list[tuple[Any, list[Any]]]]:
+    """The pages of :func:`_device_rows`, each read in one go."""
     query, key = _device_query(device_columns, where, after=None)
+    # Two statements built once, run per page with new parameters: SQLAlchemy's compiled
+    # cache then costs nothing per page. The certificates' IN takes the page's IDs as a
+    # subquery: the database probes its own index instead of parsing a thousand parameters.
+    page = query.where(key > bindparam("last")).order_by(key).limit(bindparam("size"))
+    ids = page.with_only_columns(key).subquery()
+    newest_first = (
+        select(*certificate_columns)
+        .where(_cert.c.device_id.in_(select(ids.c[0])))
+        .order_by(_cert.c.device_id, _cert.c.issued_at.desc(), _cert.c.serial.desc())
+    )
     remaining = limit
-    last = after
-    while remaining is None or remaining > 0:
-        size = BATCH if remaining is None else min(BATCH, remaining)
-        page = (query if last is None else query.where(key > last)).order_by(key).limit(size)
-        with read_session(engine) as session:
-            rows = session.execute(page).all()
+    last = after or ""  # every ID is longer than ""
+    with read_session(engine) as session:  # one snapshot: pages cannot disagree
+        while remaining is None or remaining > 0:
+            size = BATCH if remaining is None else min(BATCH, remaining)
+            params = {"last": last, "size": size}
+            rows = session.execute(page, params).all()
             if not rows:
                 return
             by_device: dict[str, list[Any]] = {}
-            # the page's IDs again as a subquery: the database probes its own index instead of
-            # parsing a thousand bound parameters per page
-            ids = page.with_only_columns(key).subquery()
-            newest_first = session.execute(
-                select(*certificate_columns)
-                .where(_cert.c.device_id.in_(select(ids.c[0])))
-                .order_by(_cert.c.device_id, _cert.c.issued_at.desc(), _cert.c.serial.desc())
-            ).all()
-            for cert in newest_first:
+            for cert in session.execute(newest_first, params).all():
                 by_device.setdefault(cert.device_id, []).append(cert)
-        for row in rows:
-            yield row, by_device.get(row.id, [])
-        last = rows[-1].id
-        if remaining is not None:
-            remaining -= len(rows)
-        if len(rows) < size:
-            return
+            yield [(row, by_device.get(row.id, [])) for row in rows]
+            last = rows[-1].id
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < size:
+                return
+
+
+Item = TypeVar("Item")
+
+
+def read_ahead(items: Iterator[Item], depth: int = 2) -> Iterator[Item]:
+    """``items``, produced by a thread up to ``depth`` ahead of the consumer. The producer's
+    errors are raised here; a consumer that stops early stops the producer."""
+    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry: tuple[bool, Any]) -> bool:
+        """Queue ``entry`` unless the consumer has gone; whether it was queued."""
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((True, item)):
+                    return
+            offer((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # the generator's own cleanup (its read transaction), in its thread
+
+    worker = threading.Thread(target=produce, name="fleet-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, value = ready.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        worker.join()
 
 
 def count_devices(

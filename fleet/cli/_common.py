@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import typer
 
 from fleet.errors import AuthError
@@ -67,8 +68,10 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-# One encoder for every row: json.dumps(..., ensure_ascii=False) builds a new one per call.
-json_line = json.JSONEncoder(ensure_ascii=False).encode
+def json_line(value: Any) -> str:
+    """One value as compact JSON text, UTF-8 kept (a list's row, a JSON Lines line): orjson,
+    in C, several times the standard encoder's speed, for lists print a million of these."""
+    return orjson.dumps(value).decode("utf-8")
 
 
 def print_json_array(items: Iterable[Any]) -> None:
