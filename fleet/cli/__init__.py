@@ -46,6 +46,7 @@ COMMANDS = {
     "db": "fleet.cli.db_cmds:app",
     "cloud": "fleet.cli.cloud_cmds:app",
     "doctor": "fleet.cli.doctor_cmds:doctor",
+    "watch": "fleet.cli.watch_cmds:watch",
 }
 
 
