@@ -36,9 +36,9 @@ from sqlalchemy import func, select
 from fleet import devices
 from fleet.errors import InvalidInput
 from fleet.pki.ca import load_issuer
-from fleet.status.events import Seen
+from fleet.status.events import Seen, record
 from fleet.status.history import connection_of, iter_history, stray_summary
-from fleet.status.mapping import IdMap, Tracker
+from fleet.status.mapping import IdMap, Registry, Tracker
 from fleet.status.models import ConnectionEvent
 from fleet.status.sparkplug import decode_payload, encode_payload
 from fleet.status.watch import BrokerError, Watcher, WatchOptions, parse_broker_url
@@ -403,3 +403,44 @@ def test_mutual_tls_with_fleet_identities(fleet_ws: Workspace, tmp_path: Path) -
             Watcher(fleet_ws, stranger, lambda _line: None).run()
     with pytest.raises(InvalidInput, match="--cert, --key and --ca"):
         Watcher(fleet_ws, WatchOptions(url=url), lambda _line: None)
+
+
+def test_a_restarted_watcher_judges_deaths_by_what_was_recorded(fleet_ws: Workspace) -> None:
+    """The NBIRTH's bdSeq and the node's online devices come back from the registry."""
+    engine = fleet_ws.open_registry()
+    first = Tracker(IdMap(), Registry(engine))
+    arrived = T0 + timedelta(minutes=1)
+    record(
+        engine,
+        first.handle("spBv1.0/g/NBIRTH/gw-2", encode_payload(ms(T0), metrics={"bdSeq": 3}), arrived)
+        + first.handle("spBv1.0/g/DBIRTH/gw-2/fan", encode_payload(ms(T0) + 5), arrived),
+    )
+    again = Tracker(IdMap(), Registry(engine))
+    later = T0 + timedelta(minutes=9)
+    stale = encode_payload(ms(T0) + 100, metrics={"bdSeq": 2})
+    assert again.handle("spBv1.0/g/NDEATH/gw-2", stale, later) == []
+    will = encode_payload(ms(T0) - 500, metrics={"bdSeq": 3})  # composed before the birth
+    events = again.handle("spBv1.0/g/NDEATH/gw-2", will, later)
+    assert [(e.device_id, e.state, e.source_time) for e in events] == [
+        ("gw-2", "offline", later),
+        ("gw-2:fan", "offline", later),
+    ]
+    record(engine, events)
+    assert (state(fleet_ws, "gw-2"), state(fleet_ws, "gw-2:fan")) == ("offline", "offline")
+    # redelivered after another restart: already applied
+    assert Tracker(IdMap(), Registry(engine)).handle("spBv1.0/g/NDEATH/gw-2", will, later) == []
+
+
+def test_losing_the_broker_is_said_and_marks_nothing(fleet_ws: Workspace, broker: Broker) -> None:
+    publisher = Publisher(broker)
+    with InProcess(fleet_ws, broker.url) as watching:
+        publisher.publish("spBv1.0/g/NBIRTH/gw-1", encode_payload(ms(T0), metrics={"bdSeq": 1}))
+        wait_for(lambda: state(fleet_ws, "gw-1") == "online", what="NBIRTH")
+        publisher.close()
+        broker.stop()  # an in-memory broker: the session is gone with it
+        wait_for(lambda: any("lost the broker" in line for line in watching.lines))
+        broker.start()
+        wait_for(lambda: any("without a session" in line for line in watching.lines), 40)
+        assert state(fleet_ws, "gw-1") == "online"  # nothing assumed either way
+    assert "new broker session" in watching.lines[0]
+    assert any("1 nodes were online" in line for line in watching.lines)

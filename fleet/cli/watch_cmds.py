@@ -40,7 +40,7 @@ def watch(
     ] = "{node}:{device}",
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Commit after this many messages...")
-    ] = 1000,
+    ] = 5000,
     batch_ms: Annotated[int, typer.Option("--batch-ms", help="...or this many ms.")] = 200,
     session_expiry: Annotated[
         int, typer.Option("--session-expiry", help="Seconds the broker keeps the session.")

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.engine import Engine
 
 from fleet.errors import InvalidInput
-from fleet.status.events import Seen
+from fleet.status.events import CHUNK, Seen
 from fleet.status.models import ConnectionEvent, ConnectionStatus
 from fleet.status.sparkplug import MessageKind, Payload, decode_payload, parse_topic
 from fleet.statuses import ConnectionState, EventSource
@@ -96,19 +96,46 @@ class Registry:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def last_event(
-        self, device_id: str, source: EventSource
-    ) -> tuple[str, str | None, datetime] | None:
-        """(state, session, source time) of ``device_id``'s newest event from ``source``."""
-        query = (
-            select(_event.c.state, _event.c.session, _event.c.source_time)
-            .where(_event.c.device_id == device_id, _event.c.source == source)
-            .order_by(_event.c.source_time.desc(), _event.c.id.desc())
-            .limit(1)
+    def last_events(
+        self, ids: list[str], source: EventSource
+    ) -> dict[str, tuple[str, str | None, datetime]]:
+        """(state, session, source time) of each device's newest event from ``source``, for
+        the devices that have one: read through ``connection_state`` (one indexed query per
+        chunk), then event by event for the few whose state another source decided last."""
+        found: dict[str, tuple[str, str | None, datetime]] = {}
+        elsewhere: list[str] = []
+        same = and_(
+            _event.c.device_id == _state.c.device_id,
+            _event.c.source_time == _state.c.source_time,
+            _event.c.source == _state.c.source,
+            _event.c.state == _state.c.state,
         )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else (row.state, row.session, row.source_time)
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                query = (
+                    select(_state.c.device_id, _state.c.source, _state.c.state)
+                    .add_columns(_state.c.source_time, _event.c.session)
+                    .select_from(_state.outerjoin(_event, same))
+                    .where(_state.c.device_id.in_(chunk))
+                    .order_by(_event.c.id)
+                )
+                for row in conn.execute(query):
+                    if row.source == source:
+                        found[row.device_id] = (row.state, row.session, row.source_time)
+                    else:
+                        elsewhere.append(row.device_id)
+            for device_id in elsewhere:
+                latest = (
+                    select(_event.c.state, _event.c.session, _event.c.source_time)
+                    .where(_event.c.device_id == device_id, _event.c.source == source)
+                    .order_by(_event.c.source_time.desc(), _event.c.id.desc())
+                    .limit(1)
+                )
+                hit = conn.execute(latest).first()
+                if hit is not None:
+                    found[device_id] = (hit.state, hit.session, hit.source_time)
+        return found
 
     def online_sparkplug_devices(self) -> dict[str, set[str]]:
         """``"{group}/{node}"`` -> the IDs of its devices a DBIRTH left online."""
@@ -144,11 +171,46 @@ class Tracker:
         self.counts = Counts()
         self.nodes: dict[str, NodeMemory] = {}
         self.lwt: dict[str, str] = {}
+        self._looked_up: set[str] = set()  # node keys and LWT device IDs read from the registry
         self._devices_of = registry.online_sparkplug_devices() if registry else {}
 
     def online_nodes(self) -> int:
         """How many edge nodes are online as far as this tracker knows."""
         return sum(1 for node in self.nodes.values() if node.online)
+
+    def prefetch(self, topics: list[str]) -> None:
+        """Read what the registry says of the nodes and LWT devices these topics name that
+        this tracker has not seen yet: one query per chunk rather than one per message."""
+        if self.registry is None:
+            return
+        nodes: dict[str, str] = {}  # node ID -> node key
+        lwt: set[str] = set()
+        for topic in topics:
+            if topic.startswith(LWT_PREFIX) and topic.endswith(LWT_SUFFIX):
+                device_id = topic[len(LWT_PREFIX) : -len(LWT_SUFFIX)]
+                if device_id not in self.lwt and device_id not in self._looked_up:
+                    lwt.add(device_id)
+            elif (parsed := parse_topic(topic)) is not None:
+                key = f"{parsed.group}/{parsed.node}"
+                if key not in self.nodes and key not in self._looked_up:
+                    nodes[self.ids.node_id(parsed.group, parsed.node)] = key
+        if nodes:
+            found = self.registry.last_events(sorted(nodes), SPARKPLUG)
+            for node_id, key in nodes.items():
+                self._looked_up.add(key)
+                if node_id in found:
+                    self._remember(key, found[node_id])
+        if lwt:
+            found = self.registry.last_events(sorted(lwt), LWT)
+            self._looked_up.update(lwt)
+            self.lwt.update({device_id: row[0] for device_id, row in found.items()})
+
+    def _remember(self, node_key: str, last: tuple[str, str | None, datetime]) -> NodeMemory:
+        online = last[0] == ON
+        devices = self._devices_of.pop(node_key, set())
+        memory = NodeMemory(last[1], online, last[2] if online else None, devices)
+        self.nodes[node_key] = memory
+        return memory
 
     def handle(self, topic: str, payload: bytes, received: datetime) -> list[Seen]:
         """The events ``payload`` on ``topic`` means (none for a stale or repeated one)."""
@@ -191,13 +253,11 @@ class Tracker:
 
     def _node(self, node_key: str, node_id: str) -> NodeMemory | None:
         memory = self.nodes.get(node_key)
-        if memory is None and self.registry is not None:
-            last = self.registry.last_event(node_id, SPARKPLUG)
+        if memory is None and self.registry is not None and node_key not in self._looked_up:
+            self._looked_up.add(node_key)
+            last = self.registry.last_events([node_id], SPARKPLUG).get(node_id)
             if last is not None:
-                devices = self._devices_of.pop(node_key, set())
-                online = last[0] == ON
-                memory = NodeMemory(last[1], online, last[2] if online else None, devices)
-                self.nodes[node_key] = memory
+                memory = self._remember(node_key, last)
         return memory
 
     def _nbirth(
@@ -278,8 +338,9 @@ class Tracker:
             # No time of its own: a redelivered or retained copy would look new, so a plain
             # payload counts only when it changes what this convention last said.
             last = self.lwt.get(device_id)
-            if last is None and self.registry is not None:
-                found = self.registry.last_event(device_id, LWT)
+            if last is None and self.registry is not None and device_id not in self._looked_up:
+                self._looked_up.add(device_id)
+                found = self.registry.last_events([device_id], LWT).get(device_id)
                 last = found[0] if found else None
             if last == state:
                 self.counts.repeated += 1

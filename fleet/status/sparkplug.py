@@ -108,14 +108,19 @@ class _Reader:
         self.data, self.pos = data, 0
 
     def varint(self) -> int:
+        data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:  # most tags and small values: one byte
+            self.pos = pos + 1
+            return data[pos]
         result = shift = 0
         while True:
-            if self.pos >= len(self.data) or shift > 63:
+            if pos >= len(data) or shift > 63:
                 raise InvalidInput("Sparkplug payload: truncated or overlong varint")
-            byte = self.data[self.pos]
-            self.pos += 1
+            byte = data[pos]
+            pos += 1
             result |= (byte & 0x7F) << shift
             if not byte & 0x80:
+                self.pos = pos
                 return result
             shift += 7
 

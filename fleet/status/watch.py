@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -70,7 +71,7 @@ class WatchOptions:
     ca: Path | None = None
     node_id: str = "{node}"
     device_id: str = "{node}:{device}"
-    batch_size: int = 1000
+    batch_size: int = 5000
     batch_ms: int = 200
     session_expiry: int = 7 * 24 * 3600  # seconds the broker keeps the session while away
     keepalive: int = 30
@@ -130,6 +131,7 @@ class Watcher:
         self.ids = IdMap(options.node_id, options.device_id)
         self.engine = ws.open_registry()
         self.tracker = Tracker(self.ids, Registry(self.engine), note=say)
+        self.rebuild = False
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stop = threading.Event()
         self.report = WatchReport()
@@ -246,19 +248,18 @@ class Watcher:
         return self.report
 
     def _loop(self) -> None:
-        batch: list[mqtt.MQTTMessage] = []
-        events: list[Seen] = []
+        batch: list[tuple[mqtt.MQTTMessage, datetime]] = []
         opened = 0.0
         next_summary = time.monotonic() + self.options.summary_seconds
         window = self.options.batch_ms / 1000
         while True:
             now = time.monotonic()
             if batch and (len(batch) >= self.options.batch_size or now - opened >= window):
-                if not self._commit(batch, events):
+                if not self._commit(batch):
                     if self.stop.wait(RETRY_SECONDS):
                         return  # unacknowledged: the broker redelivers them next run
                     continue
-                batch, events = [], []
+                batch = []
             if now >= next_summary:
                 self.say(self.report.line(self.tracker.online_nodes()))
                 next_summary = now + self.options.summary_seconds
@@ -276,18 +277,28 @@ class Watcher:
                 continue
             if not batch:
                 opened = time.monotonic()
-            batch.append(msg)
-            events += self.tracker.handle(msg.topic, bytes(msg.payload), clock.now())
+            batch.append((msg, clock.now()))
 
-    def _commit(self, batch: list[mqtt.MQTTMessage], events: list[Seen]) -> bool:
+    def _commit(self, batch: list[tuple[mqtt.MQTTMessage, datetime]]) -> bool:
+        """Apply the rules to a batch of messages in order, record the events in one
+        transaction, then acknowledge the messages. The tracker's memory is rebuilt from
+        the registry after a failed commit, so a retry judges the batch the same way."""
         try:
+            if self.rebuild:
+                counts = self.tracker.counts
+                self.tracker = Tracker(self.ids, Registry(self.engine), note=self.say)
+                self.tracker.counts, self.rebuild = counts, False
+            self.tracker.prefetch([msg.topic for msg, _ in batch])
+            events: list[Seen] = []
+            for msg, received in batch:
+                events += self.tracker.handle(msg.topic, bytes(msg.payload), received)
             done = record(self.engine, events)
         except (SQLAlchemyError, FleetError) as err:
-            self.say(
-                f"cannot commit {len(events)} events, retrying: {' '.join(str(err).split())[:300]}"
-            )
+            text = " ".join(str(err).split())[:300]
+            self.say(f"cannot commit {len(batch)} messages, retrying: {text}")
+            self.rebuild = True  # its memory ran ahead of what was committed
             return False
-        for msg in batch:
+        for msg, _ in batch:
             if msg.qos > 0:
                 self.client.ack(msg.mid, msg.qos)
         report = self.report
