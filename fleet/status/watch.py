@@ -181,6 +181,9 @@ class Watcher:
             self.say(f"the broker refused the connection: {reason}")
             self.stop.set()
             return
+        if not self.connected_once:
+            resumed = "resumed its session" if flags.session_present else "new session"
+            self.say(f"connected to {self.options.url} as {self.client_id}: {resumed}")
         if not flags.session_present:
             if self.connected_once:
                 self.say(
@@ -353,7 +356,6 @@ def watch(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
-    say(f"watching {options.url} as {watcher.client_id}")
     try:
         report = watcher.run()
     finally:
