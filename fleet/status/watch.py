@@ -40,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fleet import clock
 from fleet.errors import FleetError, InvalidInput
+from fleet.registry.db import after_commit_hooks, before_commit_hooks
 from fleet.status.events import RecordReport, Seen, record
 from fleet.status.mapping import IdMap, Registry, Tracker
 from fleet.workspace import Workspace
@@ -130,6 +131,8 @@ class Watcher:
         self.options, self.say = options, say
         self.ids = IdMap(options.node_id, options.device_id)
         self.engine = ws.open_registry()
+        # load the commit hooks now rather than in the first batch of a storm (~1 s)
+        before_commit_hooks(), after_commit_hooks()
         self.tracker = Tracker(self.ids, Registry(self.engine), note=say)
         self.rebuild = False
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
