@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import signal
 import ssl
 import threading
@@ -135,7 +134,7 @@ class Watcher:
         before_commit_hooks(), after_commit_hooks()
         self.tracker = Tracker(self.ids, Registry(self.engine), note=say)
         self.rebuild = False
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.batch: list[tuple[mqtt.MQTTMessage, datetime]] = []
         self.stop = threading.Event()
         self.report = WatchReport()
         self.state_topic = f"spBv1.0/STATE/{options.host_id}"
@@ -163,7 +162,6 @@ class Watcher:
                 )
             except (OSError, ssl.SSLError) as err:
                 raise InvalidInput(f"TLS files: {err}") from None
-        client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -224,27 +222,25 @@ class Watcher:
             )
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(msg)
+        self.batch.append((msg, clock.now()))
 
-    # --- main thread ----------------------------------------------------------------------
+    # --- the loop -------------------------------------------------------------------------
+    # One thread does everything (reads, rules, commits, acks): a paho network thread would
+    # compete for the GIL with the commits and read a packet per switch interval.
 
     def run(self) -> WatchReport:
         """Connect, then record batches until :attr:`stop` is set; then finish the batch,
         publish the offline STATE and disconnect."""
-        expiry = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        expiry.SessionExpiryInterval = self.options.session_expiry
-        expiry.ReceiveMaximum = 65535
         try:
             self.client.connect(
                 self.host,
                 self.port,
                 self.options.keepalive,
                 clean_start=False,
-                properties=expiry,
+                properties=self._connect_properties(),
             )
         except (OSError, ssl.SSLError) as err:
             raise BrokerError(f"cannot connect to {self.options.url}: {err}") from None
-        self.client.loop_start()
         try:
             self._loop()
         finally:
@@ -253,37 +249,59 @@ class Watcher:
             raise BrokerError(f"{self.options.url} refused the watcher: {self.refused}")
         return self.report
 
+    def _connect_properties(self) -> Properties:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.options.session_expiry
+        properties.ReceiveMaximum = 65535  # the batch holds this many unacknowledged at most
+        return properties
+
     def _loop(self) -> None:
-        batch: list[tuple[mqtt.MQTTMessage, datetime]] = []
         opened = 0.0
         next_summary = time.monotonic() + self.options.summary_seconds
         window = self.options.batch_ms / 1000
+        delay = 1.0
+        wait = 0.0
         while True:
             now = time.monotonic()
-            if batch and (len(batch) >= self.options.batch_size or now - opened >= window):
-                if not self._commit(batch):
+            if self.batch and (
+                len(self.batch) >= self.options.batch_size
+                or now - opened >= window
+                or self.stop.is_set()
+            ):
+                if not self._commit(self.batch):
                     if self.stop.wait(RETRY_SECONDS):
                         return  # unacknowledged: the broker redelivers them next run
                     continue
-                batch = []
+                self.batch = []
             if now >= next_summary:
                 self.say(self.report.line(self.tracker.online_nodes()))
                 next_summary = now + self.options.summary_seconds
             if self.stop.is_set():
-                if not batch and self.inbox.empty():
+                return  # what was not read stays on the broker, for the next run
+            had = len(self.batch)
+            rc = self.client.loop(timeout=wait)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                delay = 1.0
+            elif not self.stop.is_set():
+                # connection lost (on_disconnect said so): commit the open batch first (its
+                # acknowledgements then go nowhere; the broker redelivers those messages,
+                # recorded once all the same), then reconnect with a backoff
+                if self.batch:
+                    opened = 0.0
+                    continue
+                if self.stop.wait(delay):
                     return
-                wait = 0.0  # drain what has arrived, then commit it
-            else:
-                wait = max(0.0, opened + window - now) if batch else 0.5
-            try:
-                msg = self.inbox.get(timeout=wait) if wait else self.inbox.get_nowait()
-            except queue.Empty:
-                if self.stop.is_set() and batch:
-                    opened = 0.0  # commit now
+                delay = min(delay * 2, 30.0)
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    self.client.reconnect()
                 continue
-            if not batch:
+            if not had and self.batch:
                 opened = time.monotonic()
-            batch.append((msg, clock.now()))
+            # keep reading while messages come; else sleep in select() until the window ends
+            if len(self.batch) > had:
+                wait = 0.0
+            else:
+                wait = min(0.5, max(0.0, opened + window - time.monotonic())) if self.batch else 0.5
 
     def _commit(self, batch: list[tuple[mqtt.MQTTMessage, datetime]]) -> bool:
         """Apply the rules to a batch of messages in order, record the events in one
@@ -330,11 +348,13 @@ class Watcher:
             info = self.client.publish(
                 self.state_topic, _state_payload(False, self.born), qos=1, retain=True
             )
-            # the connection may drop meanwhile: then the broker publishes the will
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout=5)
+            deadline = time.monotonic() + 5
+            # if the connection drops meanwhile, the broker publishes the will instead
+            while not info.is_published() and time.monotonic() < deadline:
+                if self.client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                    break
             self.client.disconnect()
-        self.client.loop_stop()
+            self.client.loop(timeout=0.1)  # send the DISCONNECT
 
 
 def watch(
