@@ -9,6 +9,9 @@ batch holding it committed: a watcher killed at any moment leaves its unacknowle
 on the broker, which redelivers them to the next run on the same session, and
 :func:`~fleet.status.events.record` records an event once however often it arrives.
 
+One thread does it all: reading (paho's ``loop()``), the rules, the commits and the
+acknowledgements.
+
 It publishes its own retained ``spBv1.0/STATE/{host_id}`` (``{"online": true, "timestamp":
 ms}``), with the offline form as its will, as Sparkplug 3.0 host applications do.
 """
