@@ -81,6 +81,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fleet.cli.broker_cmds:app",
         "Set up an MQTT broker that accepts only fleet's devices.",
     ),
+    "watch": (
+        "fleet.cli.watch_cmds:watch",
+        "Record devices going online and offline, as a Sparkplug B host application.",
+    ),
 }
 
 
