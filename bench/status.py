@@ -17,14 +17,22 @@ clients can. The same messages go through the same broker twice, in the same run
 It checks that nothing was lost (one connection event per message, every node offline at the
 end) and prints both rates and their ratio. Target: >= 0.5x.
 
+With ``--ingest N`` it measures ``fleet status ingest`` instead: N events (fleet's JSON Lines
+shape, random devices of ``--devices``, times increasing) into a fresh SQLite registry, in a
+fresh process, against the baseline of a fresh ``python`` that only parses the same lines with
+``json.loads``; it prints events/s, the ratio and the peak RSS. Target: >= 50,000 events/s with
+flat memory (compare the peak RSS at two sizes).
+
     python bench/status.py                     # 1,000 nodes x 5 rounds = 10,000 messages
     python bench/status.py --nodes 200 --rounds 2
+    python bench/status.py --ingest 1000000 --devices 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -322,13 +330,72 @@ def report(mode: str, total: int, base: float, took: float, recorded: int) -> bo
     return lost == 0
 
 
+INGEST_TARGET = 50_000
+PARSE_ONLY = "import json, sys\nfor line in open(sys.argv[1], 'rb'):\n    json.loads(line)\n"
+
+
+def timed_child(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of a fresh child process."""
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execvpe(args[0], args, {**os.environ, **(env or {})})
+    _, status, usage = os.wait4(pid, 0)
+    took = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise SystemExit(f"{' '.join(args)} failed")
+    return took, usage.ru_maxrss
+
+
+def ingest_bench(folder: Path, events: int, devices: int) -> bool:
+    """``fleet status ingest`` of ``events`` lines; True when the target is met."""
+    ids = [f"dev-{i:07d}" for i in range(devices)]
+    ws = make_workspace(folder / "home", ids)
+    ws.close()
+    source = folder / "events.jsonl"
+    chance = random.Random(7)
+    start = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+    with source.open("w", encoding="utf-8") as out:
+        for i in range(events):
+            when = datetime.fromtimestamp(start + i * 0.25, UTC).isoformat()
+            state = "online" if chance.random() < 0.5 else "offline"
+            out.write(
+                f'{{"device_id": "{chance.choice(ids)}", "state": "{state}", "time": "{when}"}}\n'
+            )
+    env = {"PYTHONPATH": str(REPO)}
+    took, rss = timed_child(
+        [sys.executable, "-m", "fleet", "--home", str(ws.home), "status", "ingest", str(source)],
+        env,
+    )
+    base, _ = timed_child([sys.executable, "-c", PARSE_ONLY, str(source)])
+    rate, base_rate = events / took, events / base
+    met = rate >= INGEST_TARGET
+    print(f"fleet status ingest: {events:,} events for {devices:,} devices")
+    print(
+        f"  baseline (a fresh python parsing the lines with json.loads): {base_rate:,.0f} lines/s"
+    )
+    print(f"  fleet: {took:.1f} s, {rate:,.0f} events/s, peak RSS {rss / 1024:.0f} MB")
+    print(
+        f"  ratio {rate / base_rate:.2f}x the parse-only baseline; "
+        f"target >= {INGEST_TARGET:,} events/s: {'met' if met else 'MISSED'}"
+    )
+    return met
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", help="fleet watch --batch-size (default: its own)")
     parser.add_argument("--batch-ms", help="fleet watch --batch-ms (default: its own)")
+    parser.add_argument("--ingest", type=int, metavar="N", help="benchmark ingest of N events")
+    parser.add_argument("--devices", type=int, default=100_000, help="registry size for --ingest")
     opts = parser.parse_args()
+    if opts.ingest:
+        with tempfile.TemporaryDirectory(prefix="fleet-bench-ingest-") as tmp:
+            if not ingest_bench(Path(tmp), opts.ingest, opts.devices):
+                raise SystemExit(1)
+        return
     for name in ("batch_size", "batch_ms"):
         if getattr(opts, name):
             WATCH_ARGS.extend(["--" + name.replace("_", "-"), getattr(opts, name)])

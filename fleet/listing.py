@@ -12,13 +12,11 @@ batches, so memory stays flat however long the list.
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -242,13 +240,10 @@ def _device_rows(
     after: str | None,
     limit: int | None,
 ) -> Iterator[tuple[Any, list[Any]]]:
-    """(device row, its certificate rows newest first) in ID order. Pages are read by a
-    thread one page ahead: the database driver works without the GIL, so the next page is
-    read while this one is rendered."""
-    pages = _device_pages(
+    """(device row, its certificate rows newest first) in ID order, a page at a time."""
+    for page in _device_pages(
         engine, device_columns, certificate_columns, where, after=after, limit=limit
-    )
-    for page in read_ahead(pages):
+    ):
         yield from page
 
 
@@ -291,53 +286,6 @@ def _device_pages(
                 remaining -= len(rows)
             if len(rows) < size:
                 return
-
-
-Item = TypeVar("Item")
-
-
-def read_ahead(items: Iterator[Item], depth: int = 2) -> Iterator[Item]:
-    """``items``, produced by a thread up to ``depth`` ahead of the consumer. The producer's
-    errors are raised here; a consumer that stops early stops the producer."""
-    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(entry: tuple[bool, Any]) -> bool:
-        """Queue ``entry`` unless the consumer has gone; whether it was queued."""
-        while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer((True, item)):
-                    return
-            offer((False, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            offer((False, exc))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # the generator's own cleanup (its read transaction), in its thread
-
-    worker = threading.Thread(target=produce, name="fleet-read-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            more, value = ready.get()
-            if not more:
-                if value is not None:
-                    raise value
-                return
-            yield value
-    finally:
-        stop.set()
-        worker.join()
 
 
 def count_devices(

@@ -266,7 +266,8 @@ def streamed_json(items: list[Any]) -> str:
     """What a list's ``--json`` prints: an array, one compact object per line."""
     if not items:
         return "[]\n"
-    return "[\n" + ",\n".join(f"  {json.dumps(i, ensure_ascii=False)}" for i in items) + "\n]\n"
+    rows = (json.dumps(i, ensure_ascii=False, separators=(",", ":")) for i in items)
+    return "[\n" + ",\n".join(f"  {row}" for row in rows) + "\n]\n"
 
 
 def crl_facts(pem: bytes) -> dict[str, Any]:

@@ -196,7 +196,7 @@ def test_independent_edge_node_births_deaths_and_stale_ndeath(
             edge.do("connect")
             wait_for(lambda: state(fleet_ws, "gw-1:pump") == "online", what="DBIRTH")
             node = connection_of(fleet_ws, "gw-1")
-            assert (node.state, node.source, node.firmware) == ("online", "sparkplug", "2.4.1")
+            assert (node.state, node.source, node.reported_firmware) == ("online", "sparkplug", "2.4.1")
             edge.do("drop pump")
             wait_for(lambda: state(fleet_ws, "gw-1:pump") == "offline", what="DDEATH")
             edge.do("device pump")
