@@ -196,7 +196,11 @@ def test_independent_edge_node_births_deaths_and_stale_ndeath(
             edge.do("connect")
             wait_for(lambda: state(fleet_ws, "gw-1:pump") == "online", what="DBIRTH")
             node = connection_of(fleet_ws, "gw-1")
-            assert (node.state, node.source, node.reported_firmware) == ("online", "sparkplug", "2.4.1")
+            assert (node.state, node.source, node.reported_firmware) == (
+                "online",
+                "sparkplug",
+                "2.4.1",
+            )
             edge.do("drop pump")
             wait_for(lambda: state(fleet_ws, "gw-1:pump") == "offline", what="DDEATH")
             edge.do("device pump")
@@ -445,3 +449,45 @@ def test_losing_the_broker_is_said_and_marks_nothing(fleet_ws: Workspace, broker
     assert "new session" in watching.lines[0]
     assert "new broker session" in watching.lines[1]
     assert any("1 nodes were online" in line for line in watching.lines)
+
+
+def test_end_to_end_through_the_broker_fleet_configured(
+    fleet_ws: Workspace, tmp_path: Path
+) -> None:
+    """`fleet broker mosquitto`'s files, a real Mosquitto, `fleet watch` with the host
+    identity they hold, and devices publishing with their fleet certificates: births and
+    deaths are recorded; a device cannot speak for another (the ACL drops it)."""
+    from helpers.mosquitto import broker_files, broker_root, start_mosquitto
+
+    with broker_root() as root:
+        setup = broker_files(fleet_ws, root)
+        port = int(setup.config.read_text().split("\nlistener ")[1].split()[0])
+        mosquitto = start_mosquitto(setup, port, tmp_path / "mosquitto.log")
+        conf, host = setup.out_dir, setup.out_dir / "host"
+        device = mqtt.Client(CallbackAPIVersion.VERSION2, "gw-1", protocol=mqtt.MQTTv5)
+        try:
+            url = f"mqtts://127.0.0.1:{port}"
+            tls = {"cert": host / "cert.pem", "key": host / "key.pem", "ca": conf / "ca.pem"}
+            with InProcess(fleet_ws, url, **tls):
+                ids = tmp_path / "ids" / "gw-1"
+                device.tls_set(
+                    ca_certs=str(conf / "ca.pem"),
+                    certfile=str(ids / "cert.pem"),
+                    keyfile=str(ids / "key.pem"),
+                )
+                device.connect("127.0.0.1", port)
+                device.loop_start()
+                birth = encode_payload(ms(T0), metrics={"bdSeq": 4})
+                device.publish("spBv1.0/g/NBIRTH/gw-1", birth, qos=1).wait_for_publish(10)
+                # gw-1 claiming gw-2's birth: denied by the broker's ACL, never recorded
+                device.publish("spBv1.0/g/NBIRTH/gw-2", birth, qos=1).wait_for_publish(10)
+                wait_for(lambda: state(fleet_ws, "gw-1") == "online", what="the birth")
+                death = encode_payload(ms(T0) + 1000, metrics={"bdSeq": 4})
+                device.publish("spBv1.0/g/NDEATH/gw-1", death, qos=1).wait_for_publish(10)
+                wait_for(lambda: state(fleet_ws, "gw-1") == "offline", what="the death")
+            assert state(fleet_ws, "gw-2") is None
+            assert "Denied PUBLISH from gw-1" in mosquitto.log_text()
+        finally:
+            device.loop_stop()
+            device.disconnect()
+            mosquitto.stop()
