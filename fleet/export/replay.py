@@ -139,10 +139,11 @@ def _events_query(dialect: str, cutoff: str, seq_limit: int, targets: Targets | 
     # SQLite, the whole trail: read the table in order and sort (walking an index fetches
     # each event from a random page, as a device's events lie scattered through the trail;
     # 2M events: 7.7 s to scan and sort, 12 s to walk). A part of it: walk the target index
-    # over just that range (SQLite would otherwise pick the ts index and sort).
+    # over just that range, already in (target, seq) order (SQLite would otherwise pick the
+    # ts index and sort).
     source = ""
     if dialect == "sqlite":
-        source = "NOT INDEXED" if targets is None else "INDEXED BY ix_audit_event_target"
+        source = "NOT INDEXED" if targets is None else "INDEXED BY ix_audit_event_target_seq"
     return text(
         f"SELECT seq, target, action, ts, details FROM audit_event {source} "
         f"WHERE {where} ORDER BY target, seq"
