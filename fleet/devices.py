@@ -24,7 +24,7 @@ from fleet.identifiers import validate_device_id, validate_label, validate_text_
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate, Device
-from fleet.status.history import connection_of
+from fleet.status.history import connection_in
 from fleet.statuses import CertStatus, DeviceStatus
 from fleet.views import DeviceView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
@@ -225,7 +225,7 @@ def show_device(ws: Workspace, device_id: str) -> DeviceView:
     with read_session(ws.open_registry()) as session:
         device = get_device_row(session, device_id)
         view = DeviceView.from_rows(device, device_certificates(session, device_id), clock.now())
-    return dataclasses.replace(view, connection=connection_of(ws, device_id))
+        return dataclasses.replace(view, connection=connection_in(session, device_id))
 
 
 def update_device(

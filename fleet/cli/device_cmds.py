@@ -299,8 +299,8 @@ def history(
             cursor=lambda event: str(event.id),
             to_dict=lambda event: event.to_dict(),
             count=lambda: count_history(ws, device_id, since=start, until=end),
-            count_after=lambda key: sum(
-                1 for _ in iter_history(ws, device_id, since=start, until=end, after=int(key))
+            count_after=lambda key: count_history(
+                ws, device_id, since=start, until=end, after=int(key)
             ),
             noun="events",
         ),

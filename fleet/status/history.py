@@ -59,7 +59,13 @@ class EventView:
 def connection_of(ws: Workspace, device_id: str) -> ConnectionView:
     """A device's current connection state."""
     with read_session(ws.open_registry()) as session:
-        row = session.execute(select(_state).where(_state.c.device_id == device_id)).first()
+        return connection_in(session, device_id)
+
+
+def connection_in(session: Any, device_id: str) -> ConnectionView:
+    """:func:`connection_of` in the caller's session (``device show`` reads it with the
+    device)."""
+    row = session.execute(select(_state).where(_state.c.device_id == device_id)).first()
     if row is None:
         return ConnectionView()
     return ConnectionView(row.state, row.since, row.last_seen, row.source, row.reason, row.firmware)
@@ -80,20 +86,7 @@ def iter_history(
     with read_session(engine) as session:
         if session.execute(select(_device.c.id).where(_device.c.id == device_id)).first() is None:
             raise NotFound(f"no device {device_id!r} in the registry")
-        query = select(_event).where(_event.c.device_id == device_id)
-        if since is not None:
-            query = query.where(_event.c.source_time >= since)
-        if until is not None:
-            query = query.where(_event.c.source_time < until)
-        if after is not None:
-            start = session.execute(
-                select(_event.c.source_time).where(
-                    _event.c.id == after, _event.c.device_id == device_id
-                )
-            ).scalar_one_or_none()
-            if start is None:
-                raise InvalidInput(f"--after {after}: no such event of {device_id!r}")
-            query = query.where(tuple_(_event.c.source_time, _event.c.id) > (start, after))
+        query = select(_event).where(*_history_conditions(session, device_id, since, until, after))
         query = query.order_by(_event.c.source_time, _event.c.id)
         if limit is not None:
             query = query.limit(limit)
@@ -112,20 +105,39 @@ def iter_history(
             )
 
 
+def _history_conditions(
+    session: Any, device_id: str, since: datetime | None, until: datetime | None, after: int | None
+) -> list[Any]:
+    """The WHERE of a device's history within ``[since, until)`` after event ``after``."""
+    conditions = [_event.c.device_id == device_id]
+    if since is not None:
+        conditions.append(_event.c.source_time >= since)
+    if until is not None:
+        conditions.append(_event.c.source_time < until)
+    if after is not None:
+        start = session.execute(
+            select(_event.c.source_time).where(
+                _event.c.id == after, _event.c.device_id == device_id
+            )
+        ).scalar_one_or_none()
+        if start is None:
+            raise InvalidInput(f"--after {after}: no such event of {device_id!r}")
+        conditions.append(tuple_(_event.c.source_time, _event.c.id) > (start, after))
+    return conditions
+
+
 def count_history(
     ws: Workspace,
     device_id: str,
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    after: int | None = None,
 ) -> int:
-    """How many events :func:`iter_history` lists (without a cursor)."""
+    """How many events :func:`iter_history` lists with the same arguments."""
     with read_session(ws.open_registry()) as session:
-        query = select(func.count()).select_from(_event).where(_event.c.device_id == device_id)
-        if since is not None:
-            query = query.where(_event.c.source_time >= since)
-        if until is not None:
-            query = query.where(_event.c.source_time < until)
+        query = select(func.count()).select_from(_event)
+        query = query.where(*_history_conditions(session, device_id, since, until, after))
         return int(session.execute(query).scalar_one())
 
 

@@ -16,6 +16,8 @@ others are recorded (in batches, so memory stays flat for any file size).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from fleet.files import atomic_write
-from fleet.status.events import RecordReport, Seen, record
+from fleet.status.events import RecordReport, Seen, record_batches
 from fleet.statuses import ConnectionState, EventSource
 
 if TYPE_CHECKING:
@@ -199,19 +201,12 @@ def ingest(ws: Workspace, stream: IO[bytes], *, report_path: Path | None = None)
         with open("presence.jsonl", "rb") as f:
             print(ingest(ws, f).to_dict())
     """
-    engine = ws.open_registry()
     report = IngestReport()
-    pending: list[Seen] = []
-    for event in _lines(stream, report):
-        pending.append(event)
-        if len(pending) >= BATCH:
-            report.recorded.add(record(engine, pending))
-            pending = []
-    if pending:
-        report.recorded.add(record(engine, pending))
+    report.recorded = record_batches(ws, _lines(stream, report), batch=BATCH)
     if report_path is not None:
-        body = "line,error\n" + "".join(
-            f'{n},"{error.replace(chr(34), chr(34) * 2)}"\n' for n, error in report.bad
-        )
-        atomic_write(report_path, body.encode("utf-8"))
+        body = io.StringIO()
+        writer = csv.writer(body, lineterminator="\n")
+        writer.writerow(("line", "error"))
+        writer.writerows(report.bad)
+        atomic_write(report_path, body.getvalue().encode("utf-8"))
     return report
