@@ -389,7 +389,7 @@ def run_scenario(fleet: Fleet, tmp_path: Path, server: RegistryServer, t: Transc
     serial = renewed.json()["serial"]
     fleet("cert", "revoke", serial, "--reason", "keyCompromise", "--json")
     fleet("cert", "revoke", serial, "--json", code=4)
-    fleet("cert", "list", "--device", "sensor-01", "--json")
+    fleet("cert", "list", "--device", "sensor-01", "--json", shown=in_first_seen_order(t))
     fleet("cert", "list", "--status", "active", "--json", shown=in_first_seen_order(t))
 
     t.step("06-decommission", "device decommission")
