@@ -80,3 +80,46 @@ class EventSource(StrEnum):
     THINGSBOARD = "thingsboard"
     HTTP = "http"  # a cloud status pull (fleet cloud sync)
     INGEST = "ingest"  # fleet's own JSON Lines shape
+
+
+class FirmwareSource(StrEnum):
+    """Where a device's reported firmware version came from."""
+
+    CLOUD = "cloud"  # a cloud status pull (fleet cloud sync)
+    INGEST = "ingest"  # fleet status ingest
+    SPARKPLUG = "sparkplug"  # a birth certificate's firmware property (fleet watch)
+    MANUAL = "manual"  # fleet firmware report ID VERSION
+
+
+class RolloutState(StrEnum):
+    """A rollout's lifecycle."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"  # by an operator, or by itself when the failure rate passed the threshold
+    ABORTED = "aborted"
+    COMPLETED = "completed"
+
+
+class RolloutDeviceState(StrEnum):
+    """One device's progress in one rollout (counted once, whatever its retries)."""
+
+    PENDING = "pending"
+    NOTIFIED = "notified"  # the target has been delivered
+    IN_PROGRESS = "in-progress"  # the device says it is updating
+    SUCCEEDED = "succeeded"  # reported version equals the target
+    FAILED = "failed"  # the device reported failure
+    TIMED_OUT = "timed-out"  # no success within the rollout's timeout
+    SKIPPED = "skipped"  # incompatible model, pinned, or already installed (reason says)
+    CANCELLED = "cancelled"  # the rollout was aborted first
+    ALREADY_INSTALLED = "already-installed"
+
+
+TERMINAL_ROLLOUT_DEVICE_STATES = (
+    RolloutDeviceState.SUCCEEDED,
+    RolloutDeviceState.FAILED,
+    RolloutDeviceState.TIMED_OUT,
+    RolloutDeviceState.SKIPPED,
+    RolloutDeviceState.CANCELLED,
+    RolloutDeviceState.ALREADY_INSTALLED,
+)

@@ -11,6 +11,7 @@ from sqlmodel import SQLModel
 # every table on SQLModel.metadata: the core ones and those features keep beside their code
 import fleet.cloud.models
 import fleet.export.models
+import fleet.firmware.models
 import fleet.registry.models
 import fleet.status.models  # noqa: F401
 

@@ -39,6 +39,7 @@ FEATURES = (
     "fleet.audit_anchor",
     "fleet.status",
     "fleet.broker",
+    "fleet.firmware",
     "fleet.listing",
 )
 CLI = ("fleet.cli", "fleet.__main__")

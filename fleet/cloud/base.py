@@ -102,6 +102,10 @@ class ConflictError(PermanentError):
     """The device exists remotely with a different certificate."""
 
 
+class NotSupported(PermanentError):
+    """This backend does not implement an optional operation (inventory, firmware delivery)."""
+
+
 @dataclass(frozen=True)
 class DeviceRecord:
     """What a backend is told about a device (never a private key)."""
@@ -136,6 +140,37 @@ class RemoteStatus:
     connected: bool | None
     last_activity: datetime | None
     firmware_version: str | None
+
+
+@dataclass(frozen=True)
+class RemoteCertificate:
+    """A certificate the platform holds for a device (attached, or accepted by thumbprint)."""
+
+    fingerprint_sha256: str  # lowercase hex of the DER certificate
+    active: bool  # the platform accepts it for connections now
+    remote_id: str | None = None  # the platform's own id (AWS certificateId), if any
+
+
+@dataclass(frozen=True)
+class RemoteDevice:
+    """One device as the platform's own inventory lists it (``fleet cloud drift``)."""
+
+    device_id: str
+    enabled: bool  # the platform lets it connect (AWS: any active certificate attached)
+    certificates: tuple[RemoteCertificate, ...]
+    connected: bool | None = None
+    remote: Mapping[str, Any] | None = None  # JSON-safe ids ``delete_unknown`` needs
+
+
+@dataclass(frozen=True)
+class FirmwareTarget:
+    """The firmware a device should run, as a rollout delivers it. None clears the target."""
+
+    version: str
+    sha256: str  # lowercase hex
+    size: int
+    url: str | None
+    signature: str  # detached CMS over the image, PEM
 
 
 @dataclass(frozen=True)
@@ -250,6 +285,28 @@ class CloudBackend(abc.ABC):
         self, device_ids: Sequence[str], state: Mapping[str, Any]
     ) -> dict[str, RemoteStatus]:
         """Status of many devices at once where the platform allows; unknown ids are absent."""
+
+    def iter_inventory(self, state: Mapping[str, Any]) -> Iterator[RemoteDevice]:
+        """Every device the platform holds, page by page, within its list-rate limits
+        (``fleet cloud drift``). Optional: the default raises ``NotSupported``."""
+        raise NotSupported(f"cloud type {self.type_name!r} cannot list its devices")
+
+    def delete_unknown(self, remote: RemoteDevice, state: Mapping[str, Any]) -> None:
+        """Delete a device fleet does not know (``drift --fix --delete-unknown``); idempotent.
+        Optional: the default raises ``NotSupported``."""
+        raise NotSupported(f"cloud type {self.type_name!r} cannot delete unknown devices")
+
+    def deliver_firmware(
+        self,
+        device: DeviceRecord,
+        target: FirmwareTarget | None,
+        remote: Mapping[str, Any],
+        state: Mapping[str, Any],
+    ) -> None:
+        """Set (or with None, clear) the device's firmware target on the platform, where the
+        device reads it (AWS: the ``firmware`` named shadow's desired state); idempotent.
+        Optional: the default raises ``NotSupported``."""
+        raise NotSupported(f"cloud type {self.type_name!r} cannot deliver firmware")
 
     def close(self) -> None:
         """Close the HTTP client if this backend built it."""
