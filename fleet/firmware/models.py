@@ -61,7 +61,10 @@ class DeviceFirmware(SQLModel, table=True):
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
     reported_version: str | None = Field(default=None, max_length=64)
     reported_at: datetime | None = utc_column(nullable=True)
-    reported_source: str | None = Field(default=None, max_length=16)
+    reported_source: str | None = Field(default=None, max_length=16)  # a FirmwareSource
+    # what the device last said of an update in progress: "in-progress" or "failed", with detail
+    update_state: str | None = Field(default=None, max_length=16)
+    update_detail: str | None = Field(default=None, max_length=512)
     target_version: str | None = Field(default=None, max_length=64)
     target_rollout_id: int | None = Field(default=None, foreign_key="rollout.id")
     pinned_version: str | None = Field(default=None, max_length=64)

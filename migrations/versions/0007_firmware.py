@@ -101,6 +101,8 @@ def upgrade() -> None:
         sa.Column("reported_version", sa.String(length=64), nullable=True),
         sa.Column("reported_at", UTC_DATETIME, nullable=True),
         sa.Column("reported_source", sa.String(length=16), nullable=True),
+        sa.Column("update_state", sa.String(length=16), nullable=True),
+        sa.Column("update_detail", sa.String(length=512), nullable=True),
         sa.Column("target_version", sa.String(length=64), nullable=True),
         sa.Column("target_rollout_id", sa.Integer(), nullable=True),
         sa.Column("pinned_version", sa.String(length=64), nullable=True),
