@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fleet.cli._bundle import P12_PASSWORD_ENV, FormatOption, P12EnvOption, bundle_format
 from fleet.cli._common import (
     ask_passphrase,
     message,
@@ -74,18 +75,23 @@ def add(
             show_default=False,
         ),
     ] = None,
+    fmt: FormatOption = "pem",
+    p12_password_env: P12EnvOption = P12_PASSWORD_ENV,
     json_out: JsonOption = False,
 ) -> None:
     """Register a device and issue its X.509 identity in one step.
 
     Writes OUT/DEVICE_ID/key.pem (0600), cert.pem and chain.pem; with --csr the key stays on
-    the device and no key.pem is written.
+    the device and no key.pem is written; with --format p12, bundle.p12 (0600) instead of
+    key.pem.
 
     Example:
 
         fleet device add pump-0042 --model p200 --serial SN123 --label site=hamburg --out ids
 
         fleet device add pump-0043 --cloud plant-registry && fleet cloud sync plant-registry
+
+        FLEET_P12_PASSWORD=... fleet device add pump-0044 --format p12 --out ids
     """
     from fleet import devices
 
@@ -102,6 +108,7 @@ def add(
         out_dir=out,
         passphrase=ask_passphrase,
         clouds=cloud or (),
+        bundle_format=bundle_format(fmt, p12_password_env),
     )
     if json_out:
         print_json(result.to_dict())
