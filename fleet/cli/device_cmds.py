@@ -396,3 +396,30 @@ def decommission(
     revoked = [c.serial for c in device.certificates_in(CertStatus.REVOKED)]
     message(f"Decommissioned {device_id}; revoked certificates: {', '.join(revoked) or 'none'}")
     message("Publish a new CRL with `fleet ca crl` so relying parties learn of it.")
+
+
+@app.command("label")
+def label(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument()],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write ID-label.png, .svg and .txt here. Default: current dir."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Make a device's label: a QR code with its ID, serial and certificate fingerprint,
+    shown here and written as PNG and SVG (the text beside the code) and text.
+
+    Example:
+
+        fleet device label pump-0042 --out labels
+    """
+    from fleet.onboard.labels import make_label
+
+    made, files = make_label(workspace(ctx), device_id, out)
+    if json_out:
+        print_json({**made.to_dict(), "files": files.to_dict()})
+        return
+    message(made.terminal().rstrip("\n"))
+    message(f"Label for {device_id}: {files.png}, {files.svg}, {files.text}")
