@@ -157,7 +157,8 @@ def _print_summary(summary: OnboardSummary) -> None:
     if summary.onboarded:
         message(f"  onboarded: {', '.join(summary.onboarded)}")
     for item in summary.refused:
-        message(f"  refused {item.entry!r}: {item.error}")
+        entry = item.entry if len(item.entry) <= 40 else f"{item.entry[:37]}..."
+        message(f"  refused {entry!r}: {item.error}")
     if summary.clouds:
         clouds = ", ".join(summary.clouds)
         if summary.queued:
