@@ -3,6 +3,8 @@ PKCS#12 bundles (``--format p12``) read back by openssl and cryptography.
 
 The terminal tests drive ``python -m fleet onboard`` in a pseudo-terminal with pexpect; a
 barcode scanner is a keyboard that types a line and Enter, so it is simulated by typed lines.
+Labels are read back by zxing-cpp (a QR decoder) from the PNG, itself read by a small PNG
+reader here.
 """
 
 from __future__ import annotations
@@ -152,7 +154,9 @@ def test_onboard_session_through_a_terminal(station: Workspace, tmp_path: Path) 
     for n in (1, 2, 3):
         bundle = tmp_path / "ids" / f"pump-{n}"
         assert sorted(p.name for p in bundle.iterdir()) == ["cert.pem", "chain.pem", "key.pem"]
-        assert (tmp_path / "labels" / f"pump-{n}-label.png").is_file()
+        fingerprint = _fingerprint(bundle / "cert.pem")
+        png = (tmp_path / "labels" / f"pump-{n}-label.png").read_bytes()
+        assert decode_qr(png) == f"fleet1;id=pump-{n};sn=SN-000{n};sha256={fingerprint}"
 
 
 def test_ctrl_c_ends_with_a_summary_and_the_passphrase_is_asked_once(
@@ -231,18 +235,16 @@ def test_known_models_seek_the_model_index(ready_sqlite_ws: Workspace) -> None:
 # --- labels -------------------------------------------------------------------------------
 
 
-def png_modules(data: bytes, scale: int, border: int) -> list[list[bool]]:
-    """The dark modules of a 1-bit greyscale PNG QR code (what segno writes): an independent
-    reading of the image, sampled at each module's centre."""
+def png_pixels(data: bytes) -> tuple[int, list[bytes]]:
+    """A 1-bit greyscale PNG (what segno writes) read independently: its width and its rows
+    of packed bits (1 = white), CRCs checked, filters undone."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, header = 8, b"", None
     while pos < len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
         kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        assert (
-            zlib.crc32(kind + body)
-            == struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0]
-        )
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
@@ -256,10 +258,8 @@ def png_modules(data: bytes, scale: int, border: int) -> list[list[bool]]:
     rows: list[bytes] = []
     previous = bytes(stride)
     for y in range(height):
-        kind, line = (
-            raw[y * (stride + 1)],
-            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
-        )
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         if kind == 1:
             for i in range(1, stride):
                 line[i] = (line[i] + line[i - 1]) & 0xFF
@@ -270,6 +270,26 @@ def png_modules(data: bytes, scale: int, border: int) -> list[list[bool]]:
             assert kind == 0, f"PNG filter {kind}"
         rows.append(bytes(line))
         previous = bytes(line)
+    return width, rows
+
+
+def decode_qr(data: bytes) -> str:
+    """The text of the QR code in a PNG, decoded by zxing-cpp (an independent reader)."""
+    import zxingcpp
+
+    width, rows = png_pixels(data)
+    grey = bytes(
+        255 if (row[x // 8] >> (7 - x % 8)) & 1 else 0 for row in rows for x in range(width)
+    )
+    found = zxingcpp.read_barcodes(memoryview(grey).cast("B", (width, width)))
+    assert [code.format for code in found] == [zxingcpp.BarcodeFormat.QRCode]
+    text: str = found[0].text
+    return text
+
+
+def png_modules(data: bytes, scale: int, border: int) -> list[list[bool]]:
+    """The dark modules of a PNG QR code, sampled at each module's centre."""
+    width, rows = png_pixels(data)
     size = width // scale - 2 * border
 
     def dark(x: int, y: int) -> bool:
@@ -303,6 +323,7 @@ def test_device_label_holds_id_serial_and_fingerprint(
     txt = tmp_path / "labels" / "pump-7-label.txt"
     for path in (png, svg, txt):
         assert stat.S_IMODE(path.stat().st_mode) == public_mode()
+    assert decode_qr(png.read_bytes()) == payload
     expected = segno.make_qr(payload, error="m", boost_error=True)
     matrix = [[bool(cell) for cell in row] for row in expected.matrix]
     assert png_modules(png.read_bytes(), scale=8, border=4) == matrix
