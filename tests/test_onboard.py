@@ -210,6 +210,7 @@ def test_session_queues_offline_and_offers_known_models(
     session.onboard("new-2", serial="S2", model="p400")
     assert session.models == ["p100", "p300", "p400"]
     assert (session.last_model, session.last_labels) == ("p400", {})
+    assert first.label_files is not None
     assert first.label_files.png == tmp_path / "ids" / "new-1" / "new-1-label.png"
     summary = session.summary()
     assert summary.to_dict()["queued_registrations"] == 2
@@ -498,3 +499,36 @@ def test_onboard_writes_p12_bundles_with_the_password_typed_once(
         bundle = tmp_path / "ids" / device_id
         _check_p12(bundle, device_id, out)
         assert (bundle / f"{device_id}-label.svg").is_file()  # no --label-dir: beside it
+
+
+def test_scripted_session_prints_a_json_summary(station: Workspace, tmp_path: Path) -> None:
+    """Without a terminal (lines piped in, the passphrase from the environment) the loop
+    runs the same; --json puts the summary alone on stdout."""
+    lines = "line-1\nL1\n\n\ntaken-1\nline-2\nL2\nq9\nsite=kiel\n\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "fleet", "--home", str(station.home), "onboard", "--out",
+         str(tmp_path / "ids"), "--cloud", "plant", "--json"],
+        input=lines, capture_output=True, text=True, env=child_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "onboarded": ["line-1", "line-2"],
+        "refused": [{"entry": "taken-1", "error": "device 'taken-1' already exists"}],
+        "clouds": ["plant"],
+        "queued_registrations": 2,
+        "out_dir": str(tmp_path / "ids"),
+    }
+    assert "2 registrations wait for the network on plant" in result.stderr
+
+
+def test_a_label_that_cannot_be_written_leaves_the_device_onboarded(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "labels"
+    blocker.write_text("a file where the label folder should be")
+    session = OnboardingSession.open(ready_sqlite_ws, out_dir=tmp_path / "ids", label_dir=blocker)
+    with pytest.raises(InvalidInput, match=r"^lab-1 is onboarded, but not its label: cannot"):
+        session.onboard("lab-1", serial="S1")
+    summary = session.summary()
+    assert summary.onboarded == ["lab-1"] and summary.refused == []
+    assert (tmp_path / "ids" / "lab-1" / "cert.pem").is_file()

@@ -140,7 +140,8 @@ def _one_device(session: OnboardingSession) -> bool:
     message(done.label.terminal().rstrip("\n"))
     cert = done.device.certificates[0]
     message(f"Onboarded {device_id}: certificate {cert.serial}, bundle {done.bundle}/")
-    message(f"  label: {done.label_files.png}, {done.label_files.svg}")
+    if done.label_files is not None:
+        message(f"  label: {done.label_files.png}, {done.label_files.svg}")
     return True
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
-from fleet.errors import Conflict, FleetError
+from fleet.errors import Conflict, FleetError, InvalidInput
 from fleet.identifiers import validate_device_id, validate_label, validate_text_field
 from fleet.onboard.labels import Label, LabelFiles, label_of, write_label
 from fleet.registry.db import read_session
@@ -67,7 +67,7 @@ class Onboarded:
     device: DeviceView
     bundle: Path
     label: Label
-    label_files: LabelFiles
+    label_files: LabelFiles | None  # None: the label could not be written
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,8 @@ class OnboardingSession:
         labels: dict[str, str] | None = None,
     ) -> Onboarded:
         """Register one device and issue its identity (``device add`` with the session's
-        issuer), write its bundle and its label; a refusal is remembered and raised."""
+        issuer), write its bundle and its label; a refusal is remembered and raised (a label
+        that cannot be written raises too, the device being onboarded)."""
         from fleet.devices import add_device
 
         try:
@@ -222,9 +223,6 @@ class OnboardingSession:
                 issuer=self.issuer,
                 bundle_format=self.bundle_format,
             )
-            label = label_of(device)
-            bundle = self.out_dir / device_id
-            files = write_label(label, self.label_dir or bundle)
         except FleetError as exc:
             self._refuse(device_id, exc)
             raise
@@ -232,6 +230,13 @@ class OnboardingSession:
             self.models = sorted([*self.models, model])
         self.last_model = model
         self.last_labels = dict(labels or {})
+        bundle = self.out_dir / device_id
+        label = label_of(device)
+        try:
+            files = write_label(label, self.label_dir or bundle)
+        except FleetError as exc:  # the device is onboarded all the same
+            self.done.append(Onboarded(device, bundle, label, None))
+            raise InvalidInput(f"{device_id} is onboarded, but not its label: {exc}") from exc
         result = Onboarded(device, bundle, label, files)
         self.done.append(result)
         return result
