@@ -20,7 +20,7 @@ from fleet.devices import (
 from fleet.errors import Conflict, NotFound
 from fleet.identifiers import normalize_serial
 from fleet.pki import ca
-from fleet.pki.bundles import BundleFormat, recover_in
+from fleet.pki.bundles import PEM, BundleFormat, recover_in
 from fleet.pki.crl import normalize_reason, revoke_rows
 from fleet.pki.csr import request_for
 from fleet.pki.issue import (
@@ -92,7 +92,7 @@ def renew_certificate(
     request = request_for(csr, device_id)
     engine = ws.open_registry()
     out = out_dir or Path.cwd()
-    for item in recover_in(ws.home, engine, out, device_id):
+    for item in recover_in(ws.home, engine, out, device_id, bundle_format or PEM):
         if item.action == "publish" and item.serial is not None:
             # A killed renewal had recorded this one: its bundle is now in place.
             with read_session(engine) as session:

@@ -129,7 +129,7 @@ def add_device(
     check_issuable(chosen_profile, device_id, key_type=key_type, csr=request)
     out = (out_dir or Path.cwd()) / device_id
     engine = ws.open_registry()
-    finished = _finish_interrupted_add(ws, engine, out)
+    finished = _finish_interrupted_add(ws, engine, out, bundle_format)
     if finished is not None:
         return finished
     with read_session(engine) as session:
@@ -170,12 +170,14 @@ def add_device(
     return DeviceView.from_rows(device, [cert_row], now)
 
 
-def _finish_interrupted_add(ws: Workspace, engine: Engine, out: Path) -> DeviceView | None:
+def _finish_interrupted_add(
+    ws: Workspace, engine: Engine, out: Path, bundle_format: BundleFormat | None
+) -> DeviceView | None:
     """Clear what killed runs left for this device in ``out``'s folder; if one had recorded
-    it, its bundle is now published: return the device."""
-    from fleet.pki.bundles import recover_in
+    it, its bundle is now published (in ``bundle_format``): return the device."""
+    from fleet.pki.bundles import PEM, recover_in
 
-    finished = recover_in(ws.home, engine, out.parent, out.name)
+    finished = recover_in(ws.home, engine, out.parent, out.name, bundle_format or PEM)
     if not any(item.action == "publish" for item in finished):
         return None
     with read_session(engine) as session:

@@ -28,7 +28,7 @@ import segno
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from helpers import PASSPHRASE, Cli, child_env
+from helpers import PASSPHRASE, Cli, child_env, run_fleet
 from sqlmodel import col, select
 
 from fleet.cloud.clouds import add_cloud
@@ -532,3 +532,21 @@ def test_a_label_that_cannot_be_written_leaves_the_device_onboarded(
     summary = session.summary()
     assert summary.onboarded == ["lab-1"] and summary.refused == []
     assert (tmp_path / "ids" / "lab-1" / "cert.pem").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["after-commit", "after-p12", "after-complete"])
+def test_p12_add_killed_is_finished_as_p12_by_the_same_command(
+    ready_sqlite_ws: Workspace, tmp_path: Path, kill: str
+) -> None:
+    """Killed after its commit, `device add --format p12` run again publishes the recorded
+    certificate as a PKCS#12 bundle (the key it staged, never a second key)."""
+    ids = tmp_path / "ids"
+    args = ("--home", str(ready_sqlite_ws.home), "device", "add", "kp-1", "--out", str(ids))
+    env = {"FLEET_P12_PASSWORD": P12_PASSWORD}
+    first = run_fleet(*args, "--format", "p12", env={**env, "FLEET_FAULT_INJECT": kill})
+    assert first.returncode == -9, first.stderr
+    again = run_fleet(*args, "--format", "p12", env=env)
+    assert again.returncode == 0, again.stderr
+    _check_p12(ids / "kp-1", "kp-1", again.stdout + again.stderr)
+    assert [p.name for p in ids.iterdir()] == ["kp-1"]  # nothing staged left

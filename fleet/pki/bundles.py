@@ -169,11 +169,14 @@ class StagedBundle:
         """``bundle.p12`` (0600) from the staged key, then the PEM key goes. A run killed
         before this is published by recovery as PEM (the password is not kept anywhere)."""
         key_path = self.staging / KEY_FILE
+        if not key_path.exists() and (self.staging / P12_FILE).exists():
+            return  # written (from the key) before a kill: keep it
         key_pem = key_path.read_bytes() if key_path.exists() else None
         data = pkcs12_bundle(self.final.name, key_pem, cert_pem, chain_pem, password)
         (self.staging / P12_FILE).unlink(missing_ok=True)
         write_new_file(self.staging / P12_FILE, data, private=True)
         key_path.unlink(missing_ok=True)
+        faults.hit("after-p12")
 
     def publish(self, *, replace: bool = False) -> None:
         """Rename into place; with ``replace`` a bundle already there is set aside, then
@@ -294,10 +297,15 @@ def find_leftovers(out_dir: Path, lookup: Lookup, device_id: str | None = None) 
 
 
 def recover(
-    out_dir: Path, lookup: Lookup, chain_pem: bytes, device_id: str | None = None
+    out_dir: Path,
+    lookup: Lookup,
+    chain_pem: bytes,
+    device_id: str | None = None,
+    bundle_format: BundleFormat = PEM,
 ) -> list[Leftover]:
     """Finish what interrupted runs left in ``out_dir`` (see the module's docstring); return
-    what was found and done."""
+    what was found and done. Staged bundles are published in ``bundle_format`` (its password
+    asked only if there is one to publish)."""
     done: list[Leftover] = []
     for item in find_leftovers(out_dir, lookup, device_id):
         path = Path(item.path)
@@ -315,7 +323,7 @@ def recover(
             pem = lookup(item.serial or "")
             assert pem is not None
             staged = StagedBundle(path, final, created_parent=False)
-            staged.complete(pem.encode("ascii"), chain_pem)
+            staged.complete(pem.encode("ascii"), chain_pem, bundle_format)
             staged.publish(replace=True)
         elif item.action == "restore":
             source = path / "bundle" if (path / "bundle").is_dir() else path  # older layout
@@ -338,11 +346,16 @@ def registry_lookup(engine: Engine) -> Lookup:
 
 
 def recover_in(
-    home: Path, engine: Engine, out_dir: Path, device_id: str | None = None
+    home: Path,
+    engine: Engine,
+    out_dir: Path,
+    device_id: str | None = None,
+    bundle_format: BundleFormat = PEM,
 ) -> list[Leftover]:
     """:func:`recover` against the workspace's registry and CA chain."""
     issuing, root = ca.load_ca_certificates(home)
-    return recover(out_dir, registry_lookup(engine), cert_pem(issuing) + cert_pem(root), device_id)
+    chain = cert_pem(issuing) + cert_pem(root)
+    return recover(out_dir, registry_lookup(engine), chain, device_id, bundle_format)
 
 
 def staged_serial(folder: Path) -> str | None:
