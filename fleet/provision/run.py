@@ -149,7 +149,8 @@ class _Run:
         """Provision every row: at most ``2 x workers`` batches in flight, committed in order."""
         self.out.path.mkdir(parents=True, exist_ok=True)
         lookup = registry_lookup(self.engine)
-        recover(self.out.path, lookup, self.out.chain_pem)  # what killed runs left
+        # what killed runs left (published in this run's bundle format)
+        recover(self.out.path, lookup, self.out.chain_pem, bundle_format=self.out.bundle_format)
         self.out.remove_stale_staging()
         planner = self.planner
         committer = BatchCommitter(
