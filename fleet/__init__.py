@@ -82,6 +82,10 @@ _PUBLIC_NAMES: dict[str, str] = {
     "QueuedJob": "fleet.cloud.views",
     "fleet_status": "fleet.status.summary",
     "FleetStatus": "fleet.status.summary",
+    "OnboardingSession": "fleet.onboard.session",
+    "OnboardSummary": "fleet.onboard.session",
+    "make_label": "fleet.onboard.labels",
+    "BundleFormat": "fleet.pki.bundles",
 }
 
 __all__ = list(_PUBLIC_NAMES)

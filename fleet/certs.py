@@ -20,7 +20,7 @@ from fleet.devices import (
 from fleet.errors import Conflict, NotFound
 from fleet.identifiers import normalize_serial
 from fleet.pki import ca
-from fleet.pki.bundles import recover_in
+from fleet.pki.bundles import PEM, BundleFormat, recover_in
 from fleet.pki.crl import normalize_reason, revoke_rows
 from fleet.pki.csr import request_for
 from fleet.pki.issue import (
@@ -78,9 +78,11 @@ def renew_certificate(
     profile: str | None = None,
     key_type: str | None = None,
     passphrase: Passphrase | None = None,
+    bundle_format: BundleFormat | None = None,
 ) -> CertificateView:
     """Issue a new certificate for an active device and replace its bundle in ``out_dir``.
 
+    ``bundle_format`` p12 writes ``bundle.p12`` (0600) in place of ``key.pem``.
     The profile defaults to the one of the device's newest certificate. The old certificates
     stay valid (for a rollover window) unless ``revoke_old`` revokes them as ``superseded``.
     The new certificate is recorded before its bundle replaces the old one; a renewal killed
@@ -90,7 +92,7 @@ def renew_certificate(
     request = request_for(csr, device_id)
     engine = ws.open_registry()
     out = out_dir or Path.cwd()
-    for item in recover_in(ws.home, engine, out, device_id):
+    for item in recover_in(ws.home, engine, out, device_id, bundle_format or PEM):
         if item.action == "publish" and item.serial is not None:
             # A killed renewal had recorded this one: its bundle is now in place.
             with read_session(engine) as session:
@@ -109,6 +111,7 @@ def renew_certificate(
     if key_type is None and request is None and latest is not None and profile is None:
         key_type = latest.key_type if latest.key_origin == KeyOrigin.GENERATED else None
     check_issuable(chosen, device_id, key_type=key_type, csr=request)
+    chosen_format = bundle_format.ready() if bundle_format is not None else None
     issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
     now = clock.now()
     issued = issue_certificate(issuer, device_id, chosen, key_type=key_type, csr=request, now=now)
@@ -119,7 +122,7 @@ def renew_certificate(
     except BaseException:
         staged.discard()
         raise
-    publish_identity(staged, issued, issuer, replace=True)
+    publish_identity(staged, issued, issuer, replace=True, bundle_format=chosen_format)
     return CertificateView.from_row(new_row, now)
 
 

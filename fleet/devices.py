@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     # revoke or queue cloud jobs: not for show and list
     from cryptography import x509
 
-    from fleet.pki.bundles import StagedBundle
+    from fleet.pki.bundles import BundleFormat, StagedBundle
     from fleet.pki.issue import IssuedCertificate
     from fleet.pki.issuer import Issuer
 
@@ -47,13 +47,22 @@ def stage_identity(out_dir: Path, device_id: str, issued: IssuedCertificate) -> 
 
 
 def publish_identity(
-    staged: StagedBundle, issued: IssuedCertificate, issuer: Issuer, *, replace: bool
+    staged: StagedBundle,
+    issued: IssuedCertificate,
+    issuer: Issuer,
+    *,
+    replace: bool,
+    bundle_format: BundleFormat | None = None,
 ) -> None:
-    """After the commit: write the certificate and chain, rename the bundle into place
-    (``replace``: setting aside, then removing, the one there -- a renewal)."""
+    """After the commit: write the certificate and chain (a PKCS#12 file too with the ``p12``
+    ``bundle_format``, made :meth:`~fleet.pki.bundles.BundleFormat.ready` by the caller),
+    rename the bundle into place (``replace``: setting aside, then removing, the one there --
+    a renewal)."""
+    from fleet.pki.bundles import PEM
+
     faults.hit("after-commit")
     try:
-        staged.complete(issued.cert_pem.encode("ascii"), issuer.chain_pem)
+        staged.complete(issued.cert_pem.encode("ascii"), issuer.chain_pem, bundle_format or PEM)
         staged.publish(replace=replace)
     except OSError as exc:
         raise InvalidInput(
@@ -84,6 +93,8 @@ def add_device(
     out_dir: Path | None = None,
     passphrase: Passphrase | None = None,
     clouds: Sequence[str] = (),
+    issuer: Issuer | None = None,
+    bundle_format: BundleFormat | None = None,
 ) -> DeviceView:
     """Register a device and issue its identity in one transaction; return its view.
 
@@ -96,6 +107,10 @@ def add_device(
 
     Without ``csr`` a key is generated and ``out_dir/ID/key.pem`` (0600), ``cert.pem`` and
     ``chain.pem`` are written; with ``csr`` (a path or parsed CSR) no key file is written.
+    ``bundle_format`` p12 writes ``bundle.p12`` (0600) in place of ``key.pem``.
+
+    ``issuer``: an already unlocked CA (an onboarding session signs many devices with one);
+    without it the CA is unlocked with ``passphrase`` once the request is known to be valid.
     Example::
 
         add_device(Workspace(Path("~/fleet")), "pump-0042", model="p200", out_dir=Path("ids"))
@@ -114,7 +129,7 @@ def add_device(
     check_issuable(chosen_profile, device_id, key_type=key_type, csr=request)
     out = (out_dir or Path.cwd()) / device_id
     engine = ws.open_registry()
-    finished = _finish_interrupted_add(ws, engine, out)
+    finished = _finish_interrupted_add(ws, engine, out, bundle_format)
     if finished is not None:
         return finished
     with read_session(engine) as session:
@@ -124,7 +139,9 @@ def add_device(
             jobs.validate_clouds_exist(session, clouds)
     if os.path.lexists(out):  # a dangling symlink too
         raise Conflict(f"{out} already exists; move it away or choose another --out")
-    issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
+    chosen_format = bundle_format.ready() if bundle_format is not None else None
+    if issuer is None:
+        issuer = ca.load_issuer(ws.home, require_passphrase(passphrase))
 
     now = clock.now()
     issued = issue_certificate(
@@ -149,16 +166,18 @@ def add_device(
     except BaseException:
         staged.discard()
         raise
-    publish_identity(staged, issued, issuer, replace=False)
+    publish_identity(staged, issued, issuer, replace=False, bundle_format=chosen_format)
     return DeviceView.from_rows(device, [cert_row], now)
 
 
-def _finish_interrupted_add(ws: Workspace, engine: Engine, out: Path) -> DeviceView | None:
+def _finish_interrupted_add(
+    ws: Workspace, engine: Engine, out: Path, bundle_format: BundleFormat | None
+) -> DeviceView | None:
     """Clear what killed runs left for this device in ``out``'s folder; if one had recorded
-    it, its bundle is now published: return the device."""
-    from fleet.pki.bundles import recover_in
+    it, its bundle is now published (in ``bundle_format``): return the device."""
+    from fleet.pki.bundles import PEM, recover_in
 
-    finished = recover_in(ws.home, engine, out.parent, out.name)
+    finished = recover_in(ws.home, engine, out.parent, out.name, bundle_format or PEM)
     if not any(item.action == "publish" for item in finished):
         return None
     with read_session(engine) as session:

@@ -7,7 +7,8 @@ deterministically. Never set otherwise.
 
 Points, in the order an issuance reaches them: ``after-stage`` (the new key is staged, no
 certificate on disk), ``after-rename`` / ``before-commit`` (inside the registry
-transaction), ``after-commit`` (recorded, nothing published), ``after-complete`` (the staged
+transaction), ``after-commit`` (recorded, nothing published), ``after-p12`` (a PKCS#12
+bundle's ``bundle.p12`` written, its ``key.pem`` removed), ``after-complete`` (the staged
 bundle holds its certificate), ``after-set-aside`` (a renewal moved the old bundle aside),
 ``after-publish`` (the new bundle is in place, the old one not yet removed), ``manifest``.
 """
@@ -24,6 +25,7 @@ FAULT_POINTS = (
     "after-rename",
     "before-commit",
     "after-commit",
+    "after-p12",
     "after-complete",
     "after-set-aside",
     "after-publish",

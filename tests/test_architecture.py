@@ -41,6 +41,7 @@ FEATURES = (
     "fleet.broker",
     "fleet.firmware",
     "fleet.listing",
+    "fleet.onboard",
 )
 CLI = ("fleet.cli", "fleet.__main__")
 

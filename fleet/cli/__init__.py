@@ -85,6 +85,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fleet.cli.watch_cmds:watch",
         "Record devices going online and offline, as a Sparkplug B host application.",
     ),
+    "onboard": (
+        "fleet.cli.onboard_cmds:onboard",
+        "Onboard devices at a bench: unlock the CA once, then scan or type each ID and serial.",
+    ),
 }
 
 

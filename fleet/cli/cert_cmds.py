@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fleet.cli._bundle import P12_PASSWORD_ENV, FormatOption, P12EnvOption, bundle_format
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.cli._listing import (
     AfterOption,
@@ -127,6 +128,8 @@ def renew(
         str | None, typer.Option(help="Profile; default: the newest certificate's.")
     ] = None,
     key_type: Annotated[str | None, typer.Option("--key-type", help="Key type override.")] = None,
+    fmt: FormatOption = "pem",
+    p12_password_env: P12EnvOption = P12_PASSWORD_ENV,
     json_out: JsonOption = False,
 ) -> None:
     """Issue a new certificate for a device and replace its bundle.
@@ -134,6 +137,8 @@ def renew(
     Example:
 
         fleet cert renew pump-0042 --out ids --revoke-old
+
+        FLEET_P12_PASSWORD=... fleet cert renew pump-0042 --out ids --format p12
     """
     from fleet import certs
 
@@ -146,6 +151,7 @@ def renew(
         profile=profile,
         key_type=key_type,
         passphrase=ask_passphrase,
+        bundle_format=bundle_format(fmt, p12_password_env),
     )
     if json_out:
         print_json(cert.to_dict())

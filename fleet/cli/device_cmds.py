@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fleet.cli._bundle import P12_PASSWORD_ENV, FormatOption, P12EnvOption, bundle_format
 from fleet.cli._common import (
     ask_passphrase,
     message,
@@ -74,18 +75,23 @@ def add(
             show_default=False,
         ),
     ] = None,
+    fmt: FormatOption = "pem",
+    p12_password_env: P12EnvOption = P12_PASSWORD_ENV,
     json_out: JsonOption = False,
 ) -> None:
     """Register a device and issue its X.509 identity in one step.
 
     Writes OUT/DEVICE_ID/key.pem (0600), cert.pem and chain.pem; with --csr the key stays on
-    the device and no key.pem is written.
+    the device and no key.pem is written; with --format p12, bundle.p12 (0600) instead of
+    key.pem.
 
     Example:
 
         fleet device add pump-0042 --model p200 --serial SN123 --label site=hamburg --out ids
 
         fleet device add pump-0043 --cloud plant-registry && fleet cloud sync plant-registry
+
+        FLEET_P12_PASSWORD=... fleet device add pump-0044 --format p12 --out ids
     """
     from fleet import devices
 
@@ -102,6 +108,7 @@ def add(
         out_dir=out,
         passphrase=ask_passphrase,
         clouds=cloud or (),
+        bundle_format=bundle_format(fmt, p12_password_env),
     )
     if json_out:
         print_json(result.to_dict())
@@ -389,3 +396,30 @@ def decommission(
     revoked = [c.serial for c in device.certificates_in(CertStatus.REVOKED)]
     message(f"Decommissioned {device_id}; revoked certificates: {', '.join(revoked) or 'none'}")
     message("Publish a new CRL with `fleet ca crl` so relying parties learn of it.")
+
+
+@app.command("label")
+def label(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument()],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write ID-label.png, .svg and .txt here. Default: current dir."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Make a device's label: a QR code with its ID, serial and certificate fingerprint,
+    shown here and written as PNG and SVG (the text beside the code) and text.
+
+    Example:
+
+        fleet device label pump-0042 --out labels
+    """
+    from fleet.onboard.labels import make_label
+
+    made, files = make_label(workspace(ctx), device_id, out)
+    if json_out:
+        print_json({**made.to_dict(), "files": files.to_dict()})
+        return
+    message(made.terminal().rstrip("\n"))
+    message(f"Label for {device_id}: {files.png}, {files.svg}, {files.text}")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fleet.cli._bundle import P12_PASSWORD_ENV, P12EnvOption, bundle_format
 from fleet.cli._common import ask_passphrase, message, print_json, workspace
 
 if TYPE_CHECKING:
@@ -87,6 +88,17 @@ def provision(
             show_default=False,
         ),
     ] = None,
+    bundle_fmt: Annotated[
+        str,
+        typer.Option(
+            "--bundle-format",
+            metavar="pem|p12",
+            help="Bundle format: pem (key.pem, cert.pem, chain.pem) or p12 (bundle.p12 with "
+            "key, certificate and chain, password-protected, instead of key.pem). --format "
+            "names the input file's format here.",
+        ),
+    ] = "pem",
+    p12_password_env: P12EnvOption = P12_PASSWORD_ENV,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Provision every device listed in a CSV or JSON Lines file.
@@ -100,6 +112,8 @@ def provision(
     Example:
 
         fleet provision batch-7.csv --out ids --report failed.csv --cloud plant
+
+        FLEET_P12_PASSWORD=... fleet provision batch-8.csv --out ids --bundle-format p12
     """
     from fleet import provision as provisioning
 
@@ -118,6 +132,7 @@ def provision(
             passphrase=ask_passphrase,
             progress=_Bar(stack) if show_bar else None,
             clouds=cloud or (),
+            bundle_format=bundle_format(bundle_fmt, p12_password_env),
         )
     if json_out:
         print_json(summary.to_dict())

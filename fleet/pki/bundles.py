@@ -8,6 +8,8 @@ Every certificate is recorded before it reaches the disk. An issuing command:
 2. commits the registry row and audit event;
 3. :meth:`StagedBundle.complete`: writes ``cert.pem`` and ``chain.pem`` into the staging
    folder and drops the marker;
+   (with the PKCS#12 format, :class:`BundleFormat`: ``bundle.p12``, 0600, in place of
+   ``key.pem``);
 4. :meth:`StagedBundle.publish`: renames it to ``DIR/ID`` (a bundle already there, the one a
    renewal replaces, is first set aside as ``DIR/.ID.old-PID-XXXXXX`` and removed once the
    new one is in place).
@@ -30,7 +32,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -38,7 +40,7 @@ from sqlalchemy.engine import Engine
 
 from fleet import faults
 from fleet.errors import Conflict, InvalidInput
-from fleet.files import folder_mode
+from fleet.files import folder_mode, write_new_file
 from fleet.pki import ca
 from fleet.pki.keys import cert_pem, serial_hex
 from fleet.registry.db import read_session
@@ -46,6 +48,9 @@ from fleet.registry.models import Certificate
 
 KEY_FILE, CERT_FILE, CHAIN_FILE = "key.pem", "cert.pem", "chain.pem"
 PENDING_FILE = "serial.pending"
+P12_FILE = "bundle.p12"
+BUNDLE_FORMATS = ("pem", "p12")
+P12_KDF_ROUNDS = 100_000
 STAGING_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+(?:-old)?$")
 ASIDE_RE = re.compile(r"^\.(?P<name>.+)\.old-(?:(?P<pid>\d+)-)?[0-9A-Za-z_]+$")
 
@@ -64,6 +69,75 @@ def process_token() -> str:
     return f"{os.getpid()}-{secrets.token_hex(3)}"
 
 
+P12Password = str | bytes | Callable[[], str]
+"""A PKCS#12 password, or a function asking for it (called once the request is valid)."""
+
+
+@dataclass(frozen=True)
+class BundleFormat:
+    """How a bundle holds the identity: ``pem`` (``key.pem``, ``cert.pem``, ``chain.pem``) or
+    ``p12`` (``bundle.p12``: key, certificate and chain under ``password``, AES-256-CBC with
+    PBKDF2-SHA-256, and ``cert.pem`` and ``chain.pem`` beside it; no ``key.pem``).
+
+    The password is never stored, printed or logged (it is left out of ``repr``).
+    """
+
+    kind: str = "pem"
+    password: P12Password | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUNDLE_FORMATS:
+            raise InvalidInput(f"bundle format must be one of {', '.join(BUNDLE_FORMATS)}")
+        if self.kind == "p12" and self.password is None:
+            raise InvalidInput("the p12 bundle format needs a password")
+
+    def ready(self) -> BundleFormat:
+        """This format with its password asked for (if it is a prompt) and checked."""
+        if self.kind != "p12":
+            return self
+        value = self.password() if callable(self.password) else self.password
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        if not data:
+            raise InvalidInput("the p12 password must not be empty")
+        return BundleFormat("p12", data)
+
+    def password_bytes(self) -> bytes | None:
+        """The password of a :meth:`ready` p12 format; ``None`` for PEM."""
+        if self.kind != "p12":
+            return None
+        ready = self.ready()
+        assert isinstance(ready.password, bytes)
+        return ready.password
+
+
+PEM = BundleFormat()
+
+
+def pkcs12_bundle(
+    name: str, key_pem: bytes | None, cert_pem: bytes, chain_pem: bytes, password: bytes
+) -> bytes:
+    """A PKCS#12 file: the key (if any), the certificate and the chain, encrypted with
+    AES-256-CBC under a PBKDF2-SHA-256 key from ``password``, MAC'd with HMAC-SHA-256."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    key = None if key_pem is None else serialization.load_pem_private_key(key_pem, None)
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(P12_KDF_ROUNDS)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(password)
+    )
+    return pkcs12.serialize_key_and_certificates(
+        name.encode("utf-8"),
+        key,  # type: ignore[arg-type]  # a key type PKCS#12 takes: what fleet generates
+        x509.load_pem_x509_certificate(cert_pem),
+        x509.load_pem_x509_certificates(chain_pem),
+        encryption,
+    )
+
+
 @dataclass
 class StagedBundle:
     """A bundle staged in ``staging`` (key and pending serial), waiting to become ``final``."""
@@ -72,8 +146,11 @@ class StagedBundle:
     final: Path
     created_parent: bool
 
-    def complete(self, cert_pem: bytes, chain_pem: bytes) -> None:
-        """The certificate is recorded: write it and the chain, drop the pending marker."""
+    def complete(
+        self, cert_pem: bytes, chain_pem: bytes, bundle_format: BundleFormat = PEM
+    ) -> None:
+        """The certificate is recorded: write it and the chain (and, for ``p12``, the
+        PKCS#12 file in place of the key), drop the pending marker."""
         # The marker goes last: until then a re-run rewrites both files (a kill mid-write).
         for name, data in ((CERT_FILE, cert_pem), (CHAIN_FILE, chain_pem)):
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -82,8 +159,24 @@ class StagedBundle:
                 os.write(fd, data)
             finally:
                 os.close(fd)
+        password = bundle_format.password_bytes()
+        if password is not None:
+            self._write_p12(cert_pem, chain_pem, password)
         (self.staging / PENDING_FILE).unlink(missing_ok=True)
         faults.hit("after-complete")
+
+    def _write_p12(self, cert_pem: bytes, chain_pem: bytes, password: bytes) -> None:
+        """``bundle.p12`` (0600) from the staged key, then the PEM key goes. A run killed
+        before this is published by recovery as PEM (the password is not kept anywhere)."""
+        key_path = self.staging / KEY_FILE
+        if not key_path.exists() and (self.staging / P12_FILE).exists():
+            return  # written (from the key) before a kill: keep it
+        key_pem = key_path.read_bytes() if key_path.exists() else None
+        data = pkcs12_bundle(self.final.name, key_pem, cert_pem, chain_pem, password)
+        (self.staging / P12_FILE).unlink(missing_ok=True)
+        write_new_file(self.staging / P12_FILE, data, private=True)
+        key_path.unlink(missing_ok=True)
+        faults.hit("after-p12")
 
     def publish(self, *, replace: bool = False) -> None:
         """Rename into place; with ``replace`` a bundle already there is set aside, then
@@ -204,10 +297,15 @@ def find_leftovers(out_dir: Path, lookup: Lookup, device_id: str | None = None) 
 
 
 def recover(
-    out_dir: Path, lookup: Lookup, chain_pem: bytes, device_id: str | None = None
+    out_dir: Path,
+    lookup: Lookup,
+    chain_pem: bytes,
+    device_id: str | None = None,
+    bundle_format: BundleFormat = PEM,
 ) -> list[Leftover]:
     """Finish what interrupted runs left in ``out_dir`` (see the module's docstring); return
-    what was found and done."""
+    what was found and done. Staged bundles are published in ``bundle_format`` (its password
+    asked only if there is one to publish)."""
     done: list[Leftover] = []
     for item in find_leftovers(out_dir, lookup, device_id):
         path = Path(item.path)
@@ -225,7 +323,7 @@ def recover(
             pem = lookup(item.serial or "")
             assert pem is not None
             staged = StagedBundle(path, final, created_parent=False)
-            staged.complete(pem.encode("ascii"), chain_pem)
+            staged.complete(pem.encode("ascii"), chain_pem, bundle_format)
             staged.publish(replace=True)
         elif item.action == "restore":
             source = path / "bundle" if (path / "bundle").is_dir() else path  # older layout
@@ -248,11 +346,16 @@ def registry_lookup(engine: Engine) -> Lookup:
 
 
 def recover_in(
-    home: Path, engine: Engine, out_dir: Path, device_id: str | None = None
+    home: Path,
+    engine: Engine,
+    out_dir: Path,
+    device_id: str | None = None,
+    bundle_format: BundleFormat = PEM,
 ) -> list[Leftover]:
     """:func:`recover` against the workspace's registry and CA chain."""
     issuing, root = ca.load_ca_certificates(home)
-    return recover(out_dir, registry_lookup(engine), cert_pem(issuing) + cert_pem(root), device_id)
+    chain = cert_pem(issuing) + cert_pem(root)
+    return recover(out_dir, registry_lookup(engine), chain, device_id, bundle_format)
 
 
 def staged_serial(folder: Path) -> str | None:

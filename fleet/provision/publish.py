@@ -22,7 +22,9 @@ from cryptography.x509.oid import NameOID
 
 from fleet.pki.bundles import (
     CERT_FILE,
+    PEM,
     STAGING_RE,
+    BundleFormat,
     Lookup,
     StagedBundle,
     pid_alive,
@@ -43,9 +45,15 @@ class OutDir:
     names, so a later run can tell whose process is gone."""
 
     def __init__(
-        self, path: Path, token: str, issuing_cert: x509.Certificate, chain_pem: bytes
+        self,
+        path: Path,
+        token: str,
+        issuing_cert: x509.Certificate,
+        chain_pem: bytes,
+        bundle_format: BundleFormat = PEM,
     ) -> None:
         self.path = path
+        self.bundle_format = bundle_format  # ready (its password asked) when p12
         self.text = str(path)  # str joins: pathlib showed in profiles of the hot path
         self.token = token
         self.issuing_cert = issuing_cert
@@ -137,7 +145,7 @@ class OutDir:
         """After the commit: complete ``device_id``'s staged bundle and rename it into place
         (replacing the orphan the caller found there, under the lock)."""
         staged = StagedBundle(Path(self.staging(device_id)), self.path / device_id, False)
-        staged.complete(cert_pem.encode("ascii"), self.chain_pem)
+        staged.complete(cert_pem.encode("ascii"), self.chain_pem, self.bundle_format)
         staged.publish(replace=True)
 
 

@@ -18,7 +18,7 @@ from fleet.cloud import jobs
 from fleet.errors import InvalidInput
 from fleet.faults import Faults
 from fleet.pki import ca
-from fleet.pki.bundles import process_token, recover, registry_lookup
+from fleet.pki.bundles import PEM, BundleFormat, process_token, recover, registry_lookup
 from fleet.pki.issue import IssuedCertificate
 from fleet.pki.issuer import Issuer
 from fleet.pki.keys import cert_pem
@@ -52,11 +52,13 @@ def provision(
     passphrase: Passphrase | None = None,
     progress: Progress | None = None,
     clouds: Sequence[str] = (),
+    bundle_format: BundleFormat | None = None,
 ) -> ProvisionSummary:
     """Provision every device listed in ``path`` (CSV or JSON Lines); see :mod:`fleet.provision`.
 
     ``clouds``: queue each provisioned device's registration on these clouds, in the
     transaction of the batch that creates it (pushed by ``fleet cloud sync``).
+    ``bundle_format`` p12: each bundle holds ``bundle.p12`` (0600) in place of ``key.pem``.
 
     Rows already provisioned are skipped; rows that cannot be provisioned are listed in
     ``report`` (CSV ``line,id,error``) and counted as failed while the others go ahead.
@@ -78,6 +80,7 @@ def provision(
         with read_session(engine) as session:
             clouds = jobs.validate_clouds_exist(session, clouds)
     issuing_cert, root = ca.load_ca_certificates(ws.home)
+    chosen_format = PEM if dry_run or bundle_format is None else bundle_format.ready()
     issuer = None if dry_run else ca.load_issuer(ws.home, require_passphrase(passphrase))
     summary = ProvisionSummary(
         dry_run=dry_run,
@@ -87,7 +90,13 @@ def provision(
     )
     sink = Report(report)
     tally = Tally(summary, sink, progress, source.total)
-    out = OutDir(out_dir, process_token(), issuing_cert, cert_pem(issuing_cert) + cert_pem(root))
+    out = OutDir(
+        out_dir,
+        process_token(),
+        issuing_cert,
+        cert_pem(issuing_cert) + cert_pem(root),
+        chosen_format,
+    )
     planner = Planner(ws.home, engine, source.path, out, default_profile, tally)
     run = _Run(engine, source, out, planner, tally)
     try:
@@ -140,7 +149,8 @@ class _Run:
         """Provision every row: at most ``2 x workers`` batches in flight, committed in order."""
         self.out.path.mkdir(parents=True, exist_ok=True)
         lookup = registry_lookup(self.engine)
-        recover(self.out.path, lookup, self.out.chain_pem)  # what killed runs left
+        # what killed runs left (published in this run's bundle format)
+        recover(self.out.path, lookup, self.out.chain_pem, bundle_format=self.out.bundle_format)
         self.out.remove_stale_staging()
         planner = self.planner
         committer = BatchCommitter(
