@@ -281,25 +281,30 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parts.path, parse_qs(parts.query)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        status = 500
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
+
+        def record(status: int) -> None:  # before answering: the client may look at once
+            with self.state.lock:
+                self.state.requests.append((method, path, parts.query, status, time.monotonic()))
+
         try:
-            try:
-                self._route(method, path, query, body)
-            except _Reply as reply:
-                status = reply.status
-                self._send(reply.status, reply.body, reply.headers)
+            self._route(method, path, query, body)
+        except _Reply as reply:
+            record(reply.status)
+            self._send(reply.status, reply.body, reply.headers)
         except _Dropped:
-            status = 0
+            record(0)
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
-        finally:
+        except Exception as exc:  # a bug in the server: answer 500, keep it visible
+            record(500)
             with self.state.lock:
-                self.state.requests.append((method, path, parts.query, status, time.monotonic()))
+                self.state.violations.append(f"server error {type(exc).__name__}: {exc}")
+            self._send(500, {"status": 500, "message": "test server bug", "errorCode": 2}, {})
 
     def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
         data = b"" if body is None else json.dumps(body).encode()
@@ -430,9 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
         claims = {"sub": email, "iat": now, "exp": now + int(ttl), "jti": uuid.uuid4().hex}
         return f"{part({'alg': 'HS512'})}.{part(claims)}.{uuid.uuid4().hex}"
 
-    def _dispatch(
-        self, method: str, path: str, query: dict[str, list[str]], body: Any
-    ) -> _Reply:
+    def _dispatch(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> _Reply:
         state = self.state
         segments = [unquote(s) for s in path.split("/")[1:]]
         route = path
