@@ -140,6 +140,7 @@ class TbState:
         self.requests: list[tuple[str, str, str, int, float]] = []
         self.bodies: list[tuple[str, str, Any]] = []  # (model, route, body) of each request
         self.violations: list[str] = []
+        self.latency = 0.0  # seconds each request takes (the bench: a network's worth)
         self.add_profile("default", default=True)
 
     # --- set-up helpers for tests -----------------------------------------------------------
@@ -391,6 +392,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> None:
         state = self.state
+        if state.latency:
+            time.sleep(state.latency)
+        if method == "GET" and path == "/_stats":  # the bench's view (not ThingsBoard's API)
+            with state.lock:
+                stats = {
+                    "creations": sum(state.creations.values()),
+                    "requests": len(state.requests),
+                    "logins": state.logins,
+                    "refreshes": state.refreshes,
+                    "violations": state.violations[:20],
+                }
+            raise _Reply(200, stats)
         if method == "POST" and path in ("/api/auth/login", "/api/auth/token"):
             self._validate(method, path, body)
             raise _Reply(200, self._auth_call(path, body))
