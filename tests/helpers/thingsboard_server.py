@@ -286,6 +286,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
+        if raw and body is None or (method == "POST" and not raw):
+            with self.state.lock:
+                self.state.violations.append(
+                    f"{method} {path}: unreadable body ({len(raw)} of "
+                    f"{self.headers.get('Content-Length')} bytes: {raw[:60]!r})"
+                )
 
         def record(status: int) -> None:  # before answering: the client may look at once
             with self.state.lock:
