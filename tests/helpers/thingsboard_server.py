@@ -286,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        if raw and body is None or (method == "POST" and not raw):
+        if (raw and body is None) or (method == "POST" and not raw):
             with self.state.lock:
                 self.state.violations.append(
                     f"{method} {path}: unreadable body ({len(raw)} of "
