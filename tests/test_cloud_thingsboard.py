@@ -7,6 +7,7 @@ client) by the server; an autouse fixture fails any test that left a violation."
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,15 +308,22 @@ def test_classifies_failures(
     with pytest.raises(TransientError, match="cannot reach"):
         backend.register(record, {})
     with pytest.raises(PermanentError, match="no active certificate"):
-        backend.register(device_record(issuer, "f-2").__class__(**{
-            **device_record(issuer, "f-2").__dict__, "certificate_pem": ""}), {})  # fmt: skip
+        backend.register(replace(device_record(issuer, "f-2"), certificate_pem=""), {})
 
 
 # --- through the outbox --------------------------------------------------------------------------
 
 
-def add_tb_cloud(ws: Workspace, server: ThingsBoardServer, name: str = "tb", **extra: Any) -> None:
-    add_cloud(ws, name, "thingsboard", {**tb_options(server, **extra), "timeout": 2.0})
+def add_tb_cloud(
+    ws: Workspace,
+    server: ThingsBoardServer,
+    name: str = "tb",
+    *,
+    concurrency: int | None = None,
+    **extra: Any,
+) -> None:
+    options = {**tb_options(server, **extra), "timeout": 2.0}
+    add_cloud(ws, name, "thingsboard", options, concurrency=concurrency)
 
 
 def test_every_job_registered_exactly_once_despite_faults(
@@ -616,3 +624,44 @@ def test_secrets_never_in_output_logs_or_config(
         assert all(secret not in text for text in texts)
         assert secret.encode() not in stored
     assert "TB_PASSWORD" in shown.output
+
+
+# --- the outbox's offline and crash cases, against ThingsBoard ------------------------------------
+
+
+def test_unreachable_thingsboard_leaves_jobs_for_a_later_sync(
+    ready_sqlite_ws: Workspace, tb: ThingsBoardServer, tmp_path: Path
+) -> None:
+    ws = ready_sqlite_ws
+    down = ThingsBoardServer()
+    down.server_close()  # nothing listens on its port
+    add_cloud(ws, "tb", "thingsboard", tb_options(down, timeout=0.5))
+    for device_id in ("o-0", "o-1"):
+        devices.add_device(ws, device_id, out_dir=tmp_path / "out", clouds=["tb"])
+    quick = PushPolicy(base_delay=0.01, max_delay=0.05, max_wait=0.3)
+    (report,) = push(ws, "tb", policy=quick)
+    assert (report.done, report.failed, report.left) == (0, 0, 2)
+    rows = list(iter_status(ws, "tb"))
+    assert {r.status for r in rows} == {"pending"}
+    assert all("cannot reach" in (r.last_error or "") for r in rows)
+
+
+def test_crash_mid_push_loses_nothing(
+    ready_ws: Workspace, tb: ThingsBoardServer, tmp_path: Path
+) -> None:
+    add_tb_cloud(ready_ws, tb, concurrency=1)
+    ids = [f"cr-{i}" for i in range(5)]
+    for device_id in ids:
+        devices.add_device(ready_ws, device_id, out_dir=tmp_path / "out", clouds=["tb"])
+
+    def crash(done: int, total: int) -> None:
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    policy = PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=5.0, commit_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        push(ready_ws, "tb", policy=policy, progress=crash)
+    (report,) = push(ready_ws, "tb", policy=policy)
+    assert report.left == 0
+    assert dict(tb.state.creations) == dict.fromkeys(ids, 1)
+    assert {r.status for r in iter_status(ready_ws, "tb")} == {"registered"}
