@@ -7,8 +7,8 @@ client) by the server; an autouse fixture fails any test that left a violation."
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
