@@ -75,11 +75,10 @@ def sequential_baseline(ws: Any, ids: list[str], url: str) -> float:
         profile = next(p for p in profiles if p["name"] == "default")["id"]
         start = time.perf_counter()
         for device_id in ids:
-            client.get(
-                "/api/tenant/devices",
-                params={"pageSize": 100, "page": 0, "textSearch": device_id},
-                headers=headers,
-            ).raise_for_status()
+            found = client.get(
+                "/api/tenant/devices", params={"deviceName": device_id}, headers=headers
+            )
+            assert found.status_code == 404, found.status_code
             created = client.post(
                 "/api/device-with-credentials",
                 params={"nameConflictPolicy": "FAIL"},

@@ -197,6 +197,10 @@ def test_register_writes_device_profile_and_server_attributes(
         "label_site": "hamburg",
         "fleet_state": "registered",
     }
+    # registering again with other labels replaces them (stale label attributes deleted)
+    backend.register(replace(record, labels={"line": "7"}), {})
+    server_attrs = read_device(tb, "pump-1")["attributes"]["SERVER_SCOPE"]  # type: ignore[index]
+    assert "label_site" not in server_attrs and server_attrs["label_line"] == "7"
     # nameConflictPolicy=FAIL travels as a query parameter of the create
     creates = [r for r in tb.state.requests if r[1] == "/api/device-with-credentials"]
     assert [r[2] for r in creates] == ["nameConflictPolicy=FAIL"]

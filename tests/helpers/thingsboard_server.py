@@ -20,6 +20,8 @@ of a ThingsBoard server, mirrored by the ``tb-ce-client`` package's models and A
   /api/device/{id}``, ``DELETE /api/device/{id}``, ``POST /api/device`` (update),
   ``GET /api/device/{id}/credentials``, ``POST /api/device/credentials`` (the credentials'
   ``id`` must be the device's). Unknown ids: 404 ``Requested item wasn't found!``.
+* ``GET /api/tenant/devices?deviceName=`` (getTenantDevice; 4.x also ``/api/tenant/device``):
+  the device of that exact name, 404 when there is none.
 * Page links (``PageData``: ``data``, ``totalPages``, ``totalElements``, ``hasNext``):
   ``GET /api/tenant/devices``, ``GET /api/deviceProfiles``, ``GET
   /api/otaPackages/{profileId}/{type}`` require ``pageSize`` and ``page``; ``textSearch``
@@ -29,8 +31,9 @@ of a ThingsBoard server, mirrored by the ``tb-ce-client`` package's models and A
 * Attributes (TelemetryController, "Working with telemetry → attributes"): ``POST
   /api/plugins/telemetry/DEVICE/{id}/attributes/{SERVER_SCOPE|SHARED_SCOPE}`` with a JSON
   object (CLIENT_SCOPE is the device's: 400); ``GET .../values/attributes?keys=`` lists
-  ``{"lastUpdateTs","key","value"}`` of all three scopes; ``GET .../values/timeseries?keys=``
-  → ``{"key": [{"ts","value"}]}``.
+  ``{"lastUpdateTs","key","value"}`` of all three scopes; ``GET .../keys/attributes/{scope}``
+  lists keys; ``DELETE .../DEVICE/{id}/{scope}?keys=`` deletes attributes;
+  ``GET .../values/timeseries?keys=`` → ``{"key": [{"ts","value"}]}``.
 * OTA ("OTA updates" guide; OtaPackageController): ``POST /api/otaPackage`` (title+version
   unique per profile and type: 400); assigning a device's ``firmwareId`` (same profile,
   FIRMWARE type) makes the server write the shared attributes ``fw_title``, ``fw_version``,
@@ -467,6 +470,15 @@ class _Handler(BaseHTTPRequestHandler):
                 "tenantId": _ref("TENANT", state.tenant_id),
             }
             return _Reply(200, self._check_response("User", user))
+        if (
+            method == "GET"
+            and path in ("/api/tenant/devices", "/api/tenant/device")
+            and ("deviceName" in query)
+        ):
+            device = state.device_by_name(query["deviceName"][0])
+            if device is None:
+                raise _not_found()
+            return _Reply(200, self._check_response("Device", device))
         if method == "GET" and path == "/api/tenant/devices":
             page = self._page(query, list(state.devices.values()), "name")
             return _Reply(200, self._check_response("PageDataDevice", page))
@@ -686,6 +698,16 @@ class _Handler(BaseHTTPRequestHandler):
                 state.set_attribute(device_id, scope, key, value)
             return _Reply(200)
         keys = [k for k in (query.get("keys") or [""])[0].split(",") if k]
+        if method == "GET" and len(rest) == 3 and rest[:2] == ["keys", "attributes"]:
+            return _Reply(200, sorted(state.attributes.get(device_id, {}).get(rest[2], {})))
+        if method == "DELETE" and len(rest) == 1:
+            if rest[0] not in ("SERVER_SCOPE", "SHARED_SCOPE", "CLIENT_SCOPE"):
+                raise _bad(f"Invalid attribute scope: {rest[0]}")
+            if not keys:
+                raise _bad("Required request parameter 'keys' is not present")
+            for key in keys:
+                state.attributes.get(device_id, {}).get(rest[0], {}).pop(key, None)
+            return _Reply(200)
         if method == "GET" and rest == ["values", "attributes"]:
             found = []
             for scope in ("CLIENT_SCOPE", "SHARED_SCOPE", "SERVER_SCOPE"):

@@ -148,16 +148,16 @@ class TbApi:
     # --- devices ------------------------------------------------------------------------------
 
     def find_device(self, name: str) -> dict[str, Any] | None:
-        """The tenant's device named exactly ``name`` (``GET /api/tenant/devices`` with
-        ``textSearch``, which matches substrings: filtered here), or None."""
-        for page in self.pages("device lookup", "/api/tenant/devices", textSearch=name):
-            for device in page:
-                if device.get("name") == name:
-                    found = str(device.get("id", {}).get("id", ""))
-                    with self._lock:
-                        self._device_ids[name] = found
-                    return device
+        """The tenant's device named ``name``, or None: ``GET /api/tenant/devices?deviceName=``
+        (getTenantDevice; served by every ThingsBoard from 3.x to 4.x, 4.x also documents it
+        as ``/api/tenant/device``)."""
+        found = self.call_unless_missing(
+            "device lookup", "GET", "/api/tenant/devices", params={"deviceName": name}
+        )
         with self._lock:
+            if isinstance(found, dict) and found.get("name") == name:
+                self._device_ids[name] = str(found["id"]["id"])
+                return found
             self._device_ids.pop(name, None)
         return None
 
@@ -208,6 +208,24 @@ class TbApi:
             "POST",
             f"/api/plugins/telemetry/DEVICE/{quote(device_id)}/attributes/{scope}",
             json=dict(values),
+        )
+
+    def attribute_keys(self, device_id: str, scope: str) -> list[str]:
+        """``GET /api/plugins/telemetry/DEVICE/{id}/keys/attributes/{scope}``."""
+        body = self.call_unless_missing(
+            f"{scope} attribute keys",
+            "GET",
+            f"/api/plugins/telemetry/DEVICE/{quote(device_id)}/keys/attributes/{scope}",
+        )
+        return [str(key) for key in body or []]
+
+    def delete_attributes(self, device_id: str, scope: str, keys: list[str]) -> None:
+        """``DELETE /api/plugins/telemetry/DEVICE/{id}/{scope}?keys=``."""
+        self.call_unless_missing(
+            f"delete {scope} attributes",
+            "DELETE",
+            f"/api/plugins/telemetry/DEVICE/{quote(device_id)}/{scope}",
+            params={"keys": ",".join(keys)},
         )
 
     # --- device profiles ---------------------------------------------------------------------

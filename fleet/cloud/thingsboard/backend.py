@@ -6,7 +6,8 @@ What each operation does (see docs/cloud-thingsboard.md):
   with ``POST /api/deviceProfile`` when missing: one per model, cached), then
   ``POST /api/device-with-credentials?nameConflictPolicy=FAIL`` with ``X509_CERTIFICATE``
   credentials (the PEM, and the SHA3 credentials id ThingsBoard derives from it), then the
-  model, serial and labels (``label_<name>``) as SERVER_SCOPE attributes. A device of that
+  model, serial and labels (``label_<name>``; stale ones deleted on a re-registration) as
+  SERVER_SCOPE attributes. A device of that
   name with the same certificate is success; with another one, a :class:`ConflictError`.
 * ``deregister``: ``DELETE /api/device/{id}`` (``--deregister-mode delete``) or, with
   ``keep``, the X.509 credentials replaced by a random access token nobody keeps
@@ -186,11 +187,13 @@ class ThingsBoardBackend(CloudBackend):
             raise PermanentError(f"device {device.device_id!r} has no active certificate")
         profile_id = self._profile_id(device)
         tb_id: str | None = None
+        existed = False
         for _ in range(2):
             existing = self.api.find_device(device.device_id)
             if existing is not None:
                 tb_id = str(existing["id"]["id"])
                 self._adopt(device, tb_id)
+                existed = True
                 break
             try:
                 created = self.api.call(
@@ -220,7 +223,16 @@ class ThingsBoardBackend(CloudBackend):
             break
         if tb_id is None:
             raise TransientError(f"device {device.device_id!r}: created and gone meanwhile")
-        self.api.save_attributes(tb_id, "SERVER_SCOPE", self.attributes_for(device))
+        attributes = self.attributes_for(device)
+        self.api.save_attributes(tb_id, "SERVER_SCOPE", attributes)
+        if existed:  # labels removed in fleet since: their attributes go too
+            stale = [
+                key
+                for key in self.api.attribute_keys(tb_id, "SERVER_SCOPE")
+                if key.startswith(LABEL_PREFIX) and key not in attributes
+            ]
+            if stale:
+                self.api.delete_attributes(tb_id, "SERVER_SCOPE", stale)
         return {
             "device_id": tb_id,
             "device_profile_id": profile_id,
