@@ -114,7 +114,7 @@ def run(ws: Any, ids: list[str], seq_ids: list[str], *, latency: float, concurre
     server = TbProcess(latency)
     try:
         seq_seconds = sequential_baseline(ws, seq_ids, server.url)
-        options = {"url": server.url, "username": USER, "password_env": "TB_BENCH_PASSWORD"}
+        options = {"base_url": server.url, "username": USER, "password_env": "TB_BENCH_PASSWORD"}
         add_cloud(ws, "tb", "thingsboard", options, concurrency=concurrency, unlimited_rate=True)
         with write_session(ws.open_registry()) as session:
             jobs.enqueue_register(session, ids, ["tb"])

@@ -64,7 +64,7 @@ def tb(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThingsBoardServer]:
 
 
 def tb_options(server: ThingsBoardServer, **extra: Any) -> dict[str, Any]:
-    given = {"url": server.url, "username": USER, "password_env": "TB_PASSWORD", **extra}
+    given = {"base_url": server.url, "username": USER, "password_env": "TB_PASSWORD", **extra}
     if "api_key_env" in extra:
         given.pop("username")
         given.pop("password_env")
@@ -140,16 +140,16 @@ class TestThingsBoardApiKeyContract(TestThingsBoardBackendContract):
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
-        ({}, "needs --url"),
-        ({"url": "ftp://h"}, "http:// or https://"),
-        ({"url": "https://u:p@h"}, "must not contain credentials"),
-        ({"url": "https://h"}, "needs credentials"),
-        ({"url": "https://h", "username": "u"}, "both --username and --password-env"),
-        ({"url": "https://h", "username": "u", "password_env": "hunter 2"}, "environment"),
-        ({"url": "https://h", "api_key_env": "K", "username": "u"}, "not both"),
-        ({"url": "https://h", "api_key_env": "K", "deregister_mode": "x"}, "delete or keep"),
-        ({"url": "https://h", "api_key_env": "K", "region": "x"}, "does not take --region"),
-        ({"url": "https://h", "api_key_env": "K", "timeout": 0}, "--timeout"),
+        ({}, "needs --base-url"),
+        ({"base_url": "ftp://h"}, "http:// or https://"),
+        ({"base_url": "https://u:p@h"}, "must not contain credentials"),
+        ({"base_url": "https://h"}, "needs credentials"),
+        ({"base_url": "https://h", "username": "u"}, "both --username and --password-env"),
+        ({"base_url": "https://h", "username": "u", "password_env": "hunter 2"}, "environment"),
+        ({"base_url": "https://h", "api_key_env": "K", "username": "u"}, "not both"),
+        ({"base_url": "https://h", "api_key_env": "K", "on_deregister": "x"}, "delete or keep"),
+        ({"base_url": "https://h", "api_key_env": "K", "region": "x"}, "does not take --region"),
+        ({"base_url": "https://h", "api_key_env": "K", "timeout": 0}, "--timeout"),
     ],
 )
 def test_validate_options_refuses_bad_ones(options: dict[str, Any], fragment: str) -> None:
@@ -160,13 +160,13 @@ def test_validate_options_refuses_bad_ones(options: dict[str, Any], fragment: st
 
 def test_options_store_only_env_var_names() -> None:
     stored = ThingsBoardBackend.validate_options(
-        {"url": "https://tb.example.com/", "username": USER, "password_env": "TB_PASSWORD"}
+        {"base_url": "https://tb.example.com/", "username": USER, "password_env": "TB_PASSWORD"}
     )
     assert stored == {
-        "url": "https://tb.example.com",
+        "base_url": "https://tb.example.com",
         "username": USER,
         "password_env": "TB_PASSWORD",
-        "deregister_mode": "delete",
+        "on_deregister": "delete",
     }
     from fleet.cloud import plugins
 
@@ -244,6 +244,20 @@ def test_expired_token_is_refreshed_then_login_again(
     backend.register(device_record(issuer, "a-3"), {})
     assert (tb.state.logins, tb.state.refreshes) == (2, 1)
     assert read_device(tb, "a-3") is not None
+
+
+def test_threads_share_one_refresh(
+    make_backend: Callable[..., ThingsBoardBackend], tb: ThingsBoardServer
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = make_backend()
+    assert backend.check().ok
+    tb.state.expire_tokens()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: backend.check().ok, range(16)))
+    assert all(results)
+    assert (tb.state.logins, tb.state.refreshes) == (1, 1)
 
 
 def test_wrong_password_is_permanent_and_never_shown(
@@ -396,7 +410,7 @@ def test_decommission_deregisters(
     ready_sqlite_ws: Workspace, tb: ThingsBoardServer, tmp_path: Path, mode: str
 ) -> None:
     ws = ready_sqlite_ws
-    add_tb_cloud(ws, tb, deregister_mode=mode)
+    add_tb_cloud(ws, tb, on_deregister=mode)
     for device_id in ("d-0", "d-1"):
         devices.add_device(ws, device_id, out_dir=tmp_path / "out", clouds=["tb"])
     push(ws, "tb", policy=FAST)
@@ -418,7 +432,7 @@ def test_decommission_deregisters(
 def test_kept_device_takes_a_new_certificate_on_register(
     make_backend: Callable[..., ThingsBoardBackend], tb: ThingsBoardServer, issuer: Issuer
 ) -> None:
-    backend = make_backend(deregister_mode="keep")
+    backend = make_backend(on_deregister="keep")
     first = device_record(issuer, "k-1")
     remote = backend.register(first, {})
     backend.deregister(first, remote, {})
@@ -472,7 +486,7 @@ def test_sync_pulls_status(
 def test_inventory_pages_through_every_device(
     make_backend: Callable[..., ThingsBoardBackend], tb: ThingsBoardServer, issuer: Issuer
 ) -> None:
-    backend = make_backend(deregister_mode="keep")
+    backend = make_backend(on_deregister="keep")
     backend.inventory_requests_per_second = 10_000.0  # paging, not pacing, under test
     mine = device_record(issuer, "inv-mine")
     remote = backend.register(mine, {})
@@ -580,7 +594,7 @@ def test_every_body_fleet_sends_is_checked_against_tb_ce_client(
 ) -> None:
     """A full flow sends a body to every modelled endpoint; all round-trip through the
     tb-ce-client models (the fixture asserts no violation), and a wrong body is refused."""
-    backend = make_backend(deregister_mode="keep")
+    backend = make_backend(on_deregister="keep")
     record = device_record(issuer, "v-1", model="v200")
     remote = backend.register(record, {})
     tb.state.expire_tokens()
@@ -613,7 +627,7 @@ def test_secrets_never_in_output_logs_or_config(
 
     caplog.set_level(logging.DEBUG)
     cli = Cli(ready_sqlite_ws)
-    added = cli("cloud", "add", "tb", "--type", "thingsboard", "--url", tb.url,
+    added = cli("cloud", "add", "tb", "--type", "thingsboard", "--base-url", tb.url,
                 "--username", USER, "--password-env", "TB_PASSWORD", "--json")  # fmt: skip
     assert added.exit_code == 0, added.output
     devices.add_device(ready_sqlite_ws, "sec-1", out_dir=tmp_path / "out", clouds=["tb"])

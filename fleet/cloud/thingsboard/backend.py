@@ -9,7 +9,7 @@ What each operation does (see docs/cloud-thingsboard.md):
   model, serial and labels (``label_<name>``; stale ones deleted on a re-registration) as
   SERVER_SCOPE attributes. A device of that
   name with the same certificate is success; with another one, a :class:`ConflictError`.
-* ``deregister``: ``DELETE /api/device/{id}`` (``--deregister-mode delete``) or, with
+* ``deregister``: ``DELETE /api/device/{id}`` (``--on-deregister delete``) or, with
   ``keep``, the X.509 credentials replaced by a random access token nobody keeps
   (``POST /api/device/credentials``) and ``fleet_state=deregistered``; never a device whose
   certificate is not fleet's.
@@ -93,9 +93,9 @@ class ThingsBoardBackend(CloudBackend):
         self, name: str, options: Mapping[str, Any], *, client: httpx.Client | None = None
     ) -> None:
         super().__init__(name, options, client=client)
-        self.url = str(self.options["url"]).rstrip("/")
-        self.deregister_mode = str(
-            self.options.get("deregister_mode", tb_options.DEREGISTER_MODE.default)
+        self.url = str(self.options["base_url"]).rstrip("/")
+        self.on_deregister = str(
+            self.options.get("on_deregister", tb_options.ON_DEREGISTER.default)
         )
         timeout = float(self.options.get("timeout", tb_options.TIMEOUT.default))
         self.auth: httpx.Auth
@@ -129,7 +129,7 @@ class ThingsBoardBackend(CloudBackend):
         try:
             user = self.api.call("current user", "GET", "/api/auth/user")
         except TransientError as exc:
-            return CheckResult(False, f"{exc}; is --url right and the server up?")
+            return CheckResult(False, f"{exc}; is --base-url right and the server up?")
         except CloudError as exc:
             return CheckResult(False, str(exc))
         user = user if isinstance(user, dict) else {}
@@ -251,7 +251,7 @@ class ThingsBoardBackend(CloudBackend):
             return
         if kind != "X509_CERTIFICATE":
             state = self.api.attributes(tb_id, ["fleet_state"]).get("fleet_state")
-            if state == "deregistered":  # fleet's own, kept by --deregister-mode keep
+            if state == "deregistered":  # fleet's own, kept by --on-deregister keep
                 self._set_credentials(
                     creds,
                     {
@@ -278,9 +278,10 @@ class ThingsBoardBackend(CloudBackend):
         self, device: DeviceRecord, remote: Mapping[str, Any], state: Mapping[str, Any]
     ) -> None:
         """Delete the device, or keep it with its certificate replaced; idempotent."""
-        tb_id = self.api.device_id(device.device_id)
-        if tb_id is None:
+        found = self.api.find_device(device.device_id)  # fresh: never act on a stale id
+        if found is None:
             return
+        tb_id = str(found["id"]["id"])
         creds = self.api.credentials(tb_id)
         if creds is None:
             self.api.forget_device(device.device_id)
@@ -298,7 +299,7 @@ class ThingsBoardBackend(CloudBackend):
                     f"device {device.device_id!r} in ThingsBoard holds a certificate that is not "
                     "fleet's: left untouched"
                 )
-        if self.deregister_mode == "delete":
+        if self.on_deregister == "delete":
             self.api.call_unless_missing(
                 f"delete device {device.device_id}", "DELETE", f"/api/device/{quote(tb_id)}"
             )
@@ -427,16 +428,12 @@ class ThingsBoardBackend(CloudBackend):
         state: Mapping[str, Any],
     ) -> None:
         """Assign (or with None, unassign) the target's OTA package (module docstring)."""
-        tb_id = self.api.device_id(device.device_id)
-        if tb_id is None:
+        current = self.api.find_device(device.device_id)
+        if current is None:
             raise PermanentError(
                 f"device {device.device_id!r} is not in ThingsBoard: register it first"
             )
-        current = self.api.call(
-            f"read device {device.device_id}", "GET", f"/api/device/{quote(tb_id)}"
-        )
-        if not isinstance(current, dict):
-            raise TransientError(f"ThingsBoard read device {device.device_id}: empty answer")
+        tb_id = str(current["id"]["id"])
         package_id = None if target is None else self._package_id(device, current, target)
         assigned = (current.get("firmwareId") or {}).get("id")
         if assigned != package_id:

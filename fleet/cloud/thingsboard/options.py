@@ -16,18 +16,18 @@ from fleet.cloud.base import BackendOption, refuse_undeclared
 from fleet.errors import InvalidInput
 
 TYPE_NAME = "thingsboard"
-DEREGISTER_MODE = BackendOption(
-    "deregister_mode",
+ON_DEREGISTER = BackendOption(
+    "on_deregister",
     "On deregister: delete the device, or keep it with its X.509 credentials replaced "
     "(default delete).",
     choices=("delete", "keep"),
     default="delete",
 )
 TIMEOUT = BackendOption(
-    "timeout", "Per-request timeout in seconds (default 15).", value_type=float, default=15.0
+    "timeout", "Per-request timeout in seconds (default 10).", value_type=float, default=10.0
 )
 OPTIONS = (
-    BackendOption("url", "ThingsBoard base URL, e.g. https://tb.example.com."),
+    BackendOption("base_url", "ThingsBoard base URL, e.g. https://tb.example.com."),
     BackendOption("username", "Tenant administrator's login (JWT auth)."),
     BackendOption(
         "password_env", "Environment variable holding that user's password (never stored)."
@@ -36,24 +36,26 @@ OPTIONS = (
         "api_key_env",
         "Environment variable holding an API key (ThingsBoard 4.3+), instead of a login.",
     ),
-    DEREGISTER_MODE,
+    ON_DEREGISTER,
     TIMEOUT,
 )
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _url(given: Mapping[str, Any]) -> str:
-    url = given.get("url")
+    url = given.get("base_url")
     if not url:
-        raise InvalidInput("cloud type 'thingsboard' needs --url (e.g. https://tb.example.com)")
+        raise InvalidInput(
+            "cloud type 'thingsboard' needs --base-url (e.g. https://tb.example.com)"
+        )
     url = str(url).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidInput(f"--url must be an http:// or https:// URL, got {url!r}")
+        raise InvalidInput(f"--base-url must be an http:// or https:// URL, got {url!r}")
     if parts.username or parts.password:
-        raise InvalidInput("--url must not contain credentials; use --username/--password-env")
+        raise InvalidInput("--base-url must not contain credentials; use --username/--password-env")
     if parts.query or parts.fragment:
-        raise InvalidInput("--url must be a base URL without query or fragment")
+        raise InvalidInput("--base-url must be a base URL without query or fragment")
     return url
 
 
@@ -78,12 +80,12 @@ def _timeout(value: Any) -> float:
 
 
 def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """What gets stored for ``fleet cloud add NAME --type thingsboard``: ``url`` (required),
+    """What gets stored for ``fleet cloud add NAME --type thingsboard``: ``base_url`` (required),
     either ``username`` + ``password_env`` (JWT login) or ``api_key_env`` (API key), the
-    ``deregister_mode`` (``delete`` | ``keep``) and ``timeout``."""
+    ``on_deregister`` (``delete`` | ``keep``) and ``timeout``."""
     given = {k: v for k, v in options.items() if v is not None}
     refuse_undeclared(TYPE_NAME, OPTIONS, given)
-    stored: dict[str, Any] = {"url": _url(given)}
+    stored: dict[str, Any] = {"base_url": _url(given)}
     has_login = "username" in given or "password_env" in given
     if has_login and "api_key_env" in given:
         raise InvalidInput("give either --username/--password-env or --api-key-env, not both")
@@ -99,10 +101,10 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
             "thingsboard needs credentials: --username and --password-env (a tenant "
             "administrator), or --api-key-env"
         )
-    mode = str(given.get("deregister_mode", DEREGISTER_MODE.default)).lower()
-    if mode not in (DEREGISTER_MODE.choices or ()):
-        raise InvalidInput(f"--deregister-mode must be delete or keep, got {mode!r}")
-    stored["deregister_mode"] = mode
+    mode = str(given.get("on_deregister", ON_DEREGISTER.default)).lower()
+    if mode not in (ON_DEREGISTER.choices or ()):
+        raise InvalidInput(f"--on-deregister must be delete or keep, got {mode!r}")
+    stored["on_deregister"] = mode
     if "timeout" in given:
         stored["timeout"] = _timeout(given["timeout"])
     return stored
