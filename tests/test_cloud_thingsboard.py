@@ -492,15 +492,17 @@ def test_inventory_pages_through_every_device(
     remote = backend.register(mine, {})
     gone = device_record(issuer, "inv-kept")
     backend.deregister(gone, backend.register(gone, {}), {})
+    tb.state.set_attribute(remote["device_id"], "SERVER_SCOPE", "active", True)
     for i in range(120):
         tb.state.add_device(f"rogue-{i:03d}", token=f"t{i}")
     found = {d.device_id: d for d in backend.iter_inventory({})}
     assert len(found) == 122
     pages = [
-        q for m, p, q, s, t in tb.state.requests if p == "/api/tenant/devices" and "page=1" in q
+        q for m, p, q, s, t in tb.state.requests if p == "/api/tenant/deviceInfos" and "page=1" in q
     ]
     assert pages  # a second page was read
-    assert found["inv-mine"].enabled is True
+    assert found["inv-mine"].enabled is True and found["inv-mine"].connected is True
+    assert found["rogue-001"].connected is False
     assert [c.fingerprint_sha256 for c in found["inv-mine"].certificates] == [
         mine.fingerprint_sha256
     ]
@@ -526,7 +528,7 @@ def test_inventory_reads_are_paced(
     start = len(tb.state.requests)
     assert len(list(backend.iter_inventory({}))) == 4
     times = [t for *_, t in tb.state.requests[start:]]
-    assert len(times) == 9  # one page, then credentials + attributes per device
+    assert len(times) == 9  # one page, then credentials, and fleet_state (not X.509)
     assert times[-1] - times[0] >= 8 / 20.0 - 0.05
 
 

@@ -23,7 +23,8 @@ of a ThingsBoard server, mirrored by the ``tb-ce-client`` package's models and A
 * ``GET /api/tenant/devices?deviceName=`` (getTenantDevice; 4.x also ``/api/tenant/device``):
   the device of that exact name, 404 when there is none.
 * Page links (``PageData``: ``data``, ``totalPages``, ``totalElements``, ``hasNext``):
-  ``GET /api/tenant/devices``, ``GET /api/deviceProfiles``, ``GET
+  ``GET /api/tenant/devices``, ``GET /api/tenant/deviceInfos`` (DeviceInfo: with ``active``,
+  ``deviceProfileName``), ``GET /api/deviceProfiles``, ``GET
   /api/otaPackages/{profileId}/{type}`` require ``pageSize`` and ``page``; ``textSearch``
   matches name (or title) substrings, case-insensitively.
 * Device profiles (DeviceProfileController "Create Or Update Device Profile"): unique name
@@ -482,6 +483,18 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/api/tenant/devices":
             page = self._page(query, list(state.devices.values()), "name")
             return _Reply(200, self._check_response("PageDataDevice", page))
+        if method == "GET" and path == "/api/tenant/deviceInfos":
+            infos = [
+                {
+                    **d,
+                    "active": state.attribute(d["id"]["id"], "SERVER_SCOPE", "active") is True,
+                    "deviceProfileName": d["type"],
+                    "customerIsPublic": False,
+                }
+                for d in state.devices.values()
+            ]
+            page = self._page(query, infos, "name")
+            return _Reply(200, self._check_response("PageDataDeviceInfo", page))
         if method == "GET" and path == "/api/deviceProfiles":
             page = self._page(query, list(state.profiles.values()), "name")
             return _Reply(200, self._check_response("PageDataDeviceProfile", page))

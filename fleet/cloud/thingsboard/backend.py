@@ -16,7 +16,8 @@ What each operation does (see docs/cloud-thingsboard.md):
 * ``fetch_status``: the ``active``, ``lastActivityTime``, ``lastConnectTime``,
   ``lastDisconnectTime`` server attributes and ``current_fw_version`` (a client attribute,
   or the latest time-series value as ThingsBoard's OTA protocol reports it).
-* ``iter_inventory``: ``GET /api/tenant/devices`` page by page, each device's credentials.
+* ``iter_inventory``: ``GET /api/tenant/deviceInfos`` page by page (with ``active``), each
+  device's credentials (and ``fleet_state`` where they are not X.509).
 * ``deliver_firmware``: ThingsBoard's OTA: a URL firmware package per (model profile,
   version) (``POST /api/otaPackage``) assigned to the device (its ``firmwareId``, ``POST
   /api/device``); ThingsBoard then pushes the ``fw_*`` shared attributes to the device. fleet
@@ -376,7 +377,7 @@ class ThingsBoardBackend(CloudBackend):
 
     def _device_page(self, page: int) -> dict[str, Any]:
         params: dict[str, str | int] = {"pageSize": PAGE_SIZE, "page": page}
-        body = self.api.call("list devices", "GET", "/api/tenant/devices", params=params)
+        body = self.api.call("list devices", "GET", "/api/tenant/deviceInfos", params=params)
         return body if isinstance(body, dict) else {}
 
     def _remote_device(self, device: Mapping[str, Any]) -> RemoteDevice | None:
@@ -386,18 +387,20 @@ class ThingsBoardBackend(CloudBackend):
         creds = with_retries(lambda: self.api.credentials(tb_id))
         if creds is None:
             return None  # deleted while listing
-        self._paced()
-        values = with_retries(lambda: self.api.attributes(tb_id, ["active", "fleet_state"]))
         certificates: tuple[RemoteCertificate, ...] = ()
         kind = creds.get("credentialsType")
+        enabled = True
         if kind == "X509_CERTIFICATE":
             fingerprint = der_fingerprint(str(creds.get("credentialsValue") or ""))
             if fingerprint:
                 certificates = (
                     RemoteCertificate(fingerprint, True, str(creds.get("credentialsId") or "")),
                 )
-        enabled = kind == "X509_CERTIFICATE" or values.get("fleet_state") != "deregistered"
-        active = values.get("active")
+        else:  # kept by fleet (credentials replaced), or another kind of device
+            self._paced()
+            values = with_retries(lambda: self.api.attributes(tb_id, ["fleet_state"]))
+            enabled = values.get("fleet_state") != "deregistered"
+        active = device.get("active")
         return RemoteDevice(
             device_id=name,
             enabled=enabled,
