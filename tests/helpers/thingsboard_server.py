@@ -56,208 +56,28 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import re
 import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from helpers import tb_models
-
-
-class _Dropped(Exception):
-    pass
-
-
-class _Reply(Exception):
-    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = headers or {}
-
-
-def _error(status: int, message: str, code: int) -> _Reply:
-    return _Reply(
-        status,
-        {"status": status, "message": message, "errorCode": code, "timestamp": _now_ms()},
-    )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _not_found() -> _Reply:
-    return _error(404, "Requested item wasn't found!", 32)
-
-
-def _bad(message: str) -> _Reply:
-    return _error(400, message, 31)
-
-
-def _ref(kind: str, value: str) -> dict[str, str]:
-    return {"id": value, "entityType": kind}
-
-
-def sha3_of_pem(pem: str) -> str:
-    """ThingsBoard's X.509 credentials id of ``pem``."""
-    trimmed = (
-        pem.replace("-----BEGIN CERTIFICATE-----", "")
-        .replace("\n", "")
-        .replace("\r", "")
-        .replace("-----END CERTIFICATE-----", "")
-    )
-    return hashlib.sha3_256(trimmed.encode()).hexdigest()
-
-
-class TbState:
-    """Everything the server knows; read it from tests under ``lock``."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.tenant_id = str(uuid.uuid4())
-        self.users: dict[str, tuple[str, str]] = {}  # email -> (password, authority)
-        self.api_keys: dict[str, str] = {}  # key -> email
-        self.tokens: dict[str, tuple[str, float]] = {}  # access token -> (email, expiry)
-        self.refresh_tokens: dict[str, tuple[str, float]] = {}
-        self.token_ttl = 900.0
-        self.refresh_ttl = 3600.0
-        self.devices: dict[str, dict[str, Any]] = {}
-        self.credentials: dict[str, dict[str, Any]] = {}  # device id -> credentials
-        self.profiles: dict[str, dict[str, Any]] = {}
-        self.packages: dict[str, dict[str, Any]] = {}
-        self.attributes: dict[str, dict[str, dict[str, tuple[Any, int]]]] = {}
-        self.timeseries: dict[str, dict[str, tuple[int, Any]]] = {}
-        self.faults: dict[str, list[str]] = {}
-        self.creations: Counter[str] = Counter()  # device name -> devices created
-        self.profile_creations: Counter[str] = Counter()
-        self.logins = 0
-        self.refreshes = 0
-        # (method, path, query, status, monotonic time)
-        self.requests: list[tuple[str, str, str, int, float]] = []
-        self.bodies: list[tuple[str, str, Any]] = []  # (model, route, body) of each request
-        self.violations: list[str] = []
-        self.latency = 0.0  # seconds each request takes (the bench: a network's worth)
-        self.add_profile("default", default=True)
-
-    # --- set-up helpers for tests -----------------------------------------------------------
-
-    def add_user(self, email: str, password: str, authority: str = "TENANT_ADMIN") -> None:
-        with self.lock:
-            self.users[email] = (password, authority)
-
-    def add_api_key(self, key: str, email: str) -> None:
-        with self.lock:
-            self.api_keys[key] = email
-
-    def add_profile(self, name: str, *, default: bool = False) -> str:
-        profile_id = str(uuid.uuid4())
-        with self.lock:
-            self.profiles[profile_id] = {
-                "id": _ref("DEVICE_PROFILE", profile_id),
-                "createdTime": _now_ms(),
-                "tenantId": _ref("TENANT", self.tenant_id),
-                "name": name,
-                "type": "DEFAULT",
-                "transportType": "DEFAULT",
-                "provisionType": "DISABLED",
-                "default": default,
-                "profileData": {
-                    "configuration": {"type": "DEFAULT"},
-                    "transportConfiguration": {"type": "DEFAULT"},
-                    "provisionConfiguration": {"type": "DISABLED"},
-                },
-            }
-        return profile_id
-
-    def expire_tokens(self, *, refresh_too: bool = False) -> None:
-        """Every access token (and refresh token) expires now."""
-        with self.lock:
-            self.tokens = {t: (u, 0.0) for t, (u, _e) in self.tokens.items()}
-            if refresh_too:
-                self.refresh_tokens = {t: (u, 0.0) for t, (u, _e) in self.refresh_tokens.items()}
-
-    def device_by_name(self, name: str) -> dict[str, Any] | None:
-        with self.lock:
-            return next((d for d in self.devices.values() if d["name"] == name), None)
-
-    def set_attribute(self, device_id: str, scope: str, key: str, value: Any) -> None:
-        with self.lock:
-            self.attributes.setdefault(device_id, {}).setdefault(scope, {})[key] = (
-                value,
-                _now_ms(),
-            )
-
-    def attribute(self, device_id: str, scope: str, key: str) -> Any:
-        with self.lock:
-            return self.attributes.get(device_id, {}).get(scope, {}).get(key, (None, 0))[0]
-
-    def add_device(self, name: str, pem: str | None = None, token: str | None = None) -> str:
-        """A device created behind fleet's back (console, another tool)."""
-        with self.lock:
-            profile = next(p for p in self.profiles.values() if p["name"] == "default")
-            return self._create_device(
-                {"name": name, "type": "default"},
-                profile["id"]["id"],
-                {"credentialsType": "X509_CERTIFICATE", "credentialsValue": pem}
-                if pem
-                else {"credentialsType": "ACCESS_TOKEN", "credentialsId": token or "tok"},
-            )
-
-    def next_fault(self, key: str) -> str | None:
-        with self.lock:
-            queue = self.faults.get(key)
-            return queue.pop(0) if queue else None
-
-    # --- the model --------------------------------------------------------------------------
-
-    def _create_device(self, device: dict[str, Any], profile_id: str, creds: dict[str, Any]) -> str:
-        device_id = str(uuid.uuid4())
-        if creds.get("credentialsType") == "X509_CERTIFICATE":
-            value = str(creds.get("credentialsValue") or "")
-            if "BEGIN CERTIFICATE" not in value:
-                raise _bad("Failed to decode X509 certificate!")
-            derived = sha3_of_pem(value)
-            if creds.get("credentialsId") not in (None, derived):
-                raise _bad("Certificate credentials id does not match the certificate!")
-            creds_id = derived
-        else:
-            creds_id = str(creds.get("credentialsId") or uuid.uuid4().hex[:20])
-            value = None
-        if any(c["credentialsId"] == creds_id for c in self.credentials.values()):
-            raise _bad("Specified credentials are already registered!")
-        profile = self.profiles[profile_id]
-        self.devices[device_id] = {
-            "id": _ref("DEVICE", device_id),
-            "createdTime": _now_ms(),
-            "tenantId": _ref("TENANT", self.tenant_id),
-            "customerId": _ref("CUSTOMER", "13814000-1dd2-11b2-8080-808080808080"),
-            "name": device["name"],
-            "type": profile["name"],
-            "label": device.get("label"),
-            "deviceProfileId": _ref("DEVICE_PROFILE", profile_id),
-            "additionalInfo": device.get("additionalInfo"),
-            "version": 1,
-        }
-        self.credentials[device_id] = {
-            "id": {"id": str(uuid.uuid4())},
-            "createdTime": _now_ms(),
-            "deviceId": _ref("DEVICE", device_id),
-            "credentialsType": creds.get("credentialsType"),
-            "credentialsId": creds_id,
-            "credentialsValue": value,
-            "version": 1,
-        }
-        self.creations[device["name"]] += 1
-        self.set_attribute(device_id, "SERVER_SCOPE", "active", False)
-        return device_id
+from helpers.thingsboard_state import (
+    Dropped,
+    Reply,
+    TbState,
+    bad,
+    error,
+    not_found,
+    now_ms,
+    ref,
+    sha3_of_pem,
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -303,10 +123,10 @@ class _Handler(BaseHTTPRequestHandler):
 
         try:
             self._route(method, path, query, body)
-        except _Reply as reply:
+        except Reply as reply:
             record(reply.status)
             self._send(reply.status, reply.body, reply.headers)
-        except _Dropped:
+        except Dropped:
             record(0)
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -339,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.bodies.append((model, route, body))
             self.state.violations.extend(f"{method} {route}: {p}" for p in found)
         if found:
-            raise _bad("; ".join(found)[:500])
+            raise bad("; ".join(found)[:500])
 
     def _check_response(self, model: str, body: Any) -> Any:
         found = tb_models.problems(model, body)
@@ -358,24 +178,24 @@ class _Handler(BaseHTTPRequestHandler):
                 email, expiry = self.state.tokens[value]
                 if time.time() < expiry:
                     return email
-                raise _error(401, "Token has expired", 11)
-        raise _error(401, "Authentication failed", 10)
+                raise error(401, "Token has expired", 11)
+        raise error(401, "Authentication failed", 10)
 
     def _fault(self, key: str) -> str | None:
         fault = self.state.next_fault(key)
         if fault is None:
             return None
         if fault in ("500", "503"):
-            raise _error(int(fault), "Internal server error", 2)
+            raise error(int(fault), "Internal server error", 2)
         if fault.startswith("429"):
             seconds = fault.partition(":")[2] or "1"
-            raise _Reply(
+            raise Reply(
                 429,
                 {"status": 429, "message": "Too many requests", "errorCode": 33},
                 {"Retry-After": seconds},
             )
         if fault == "drop_before":
-            raise _Dropped
+            raise Dropped
         return fault
 
     def _page(self, query: dict[str, list[str]], items: list[dict[str, Any]], key: str) -> Any:
@@ -383,9 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(query["pageSize"][0])
             page = int(query["page"][0])
         except (KeyError, ValueError):
-            raise _bad("Required request parameter 'pageSize' and 'page' are not present") from None
+            raise bad("Required request parameter 'pageSize' and 'page' are not present") from None
         if size < 1 or page < 0:
-            raise _bad("Page size and page must be positive")
+            raise bad("Page size and page must be positive")
         search = (query.get("textSearch") or [""])[0].lower()
         chosen = [i for i in items if search in str(i.get(key, "")).lower()]
         chosen.sort(key=lambda i: (i.get("createdTime", 0), str(i.get(key))))
@@ -413,10 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "refreshes": state.refreshes,
                     "violations": state.violations[:20],
                 }
-            raise _Reply(200, stats)
+            raise Reply(200, stats)
         if method == "POST" and path in ("/api/auth/login", "/api/auth/token"):
             self._validate(method, path, body)
-            raise _Reply(200, self._auth_call(path, body))
+            raise Reply(200, self._auth_call(path, body))
         if (self.state.faults.get("*") or [None])[0] == "expire":
             state.next_fault("*")
             state.expire_tokens()
@@ -425,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             reply = self._dispatch(method, path, query, body)
         if drop_after:
-            raise _Dropped
+            raise Dropped
         raise reply
 
     def _auth_call(self, path: str, body: dict[str, Any]) -> dict[str, str]:
@@ -434,13 +254,13 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/api/auth/login":
                 user = state.users.get(str(body.get("username")))
                 if user is None or user[0] != body.get("password"):
-                    raise _error(401, "Invalid username or password", 10)
+                    raise error(401, "Invalid username or password", 10)
                 email = str(body["username"])
                 state.logins += 1
             else:
                 found = state.refresh_tokens.pop(str(body.get("refreshToken")), None)
                 if found is None or time.time() >= found[1]:
-                    raise _error(401, "Token has expired", 11)
+                    raise error(401, "Token has expired", 11)
                 email = found[0]
                 state.refreshes += 1
             token = self._jwt(email, state.token_ttl)
@@ -458,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         claims = {"sub": email, "iat": now, "exp": now + int(ttl), "jti": uuid.uuid4().hex}
         return f"{part({'alg': 'HS512'})}.{part(claims)}.{uuid.uuid4().hex}"
 
-    def _dispatch(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> _Reply:
+    def _dispatch(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> Reply:
         state = self.state
         segments = [unquote(s) for s in path.split("/")[1:]]
         route = path
@@ -468,9 +288,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "email": email,
                 "authority": state.users.get(email, ("", "TENANT_ADMIN"))[1],
                 "name": email,
-                "tenantId": _ref("TENANT", state.tenant_id),
+                "tenantId": ref("TENANT", state.tenant_id),
             }
-            return _Reply(200, self._check_response("User", user))
+            return Reply(200, self._check_response("User", user))
         if (
             method == "GET"
             and path in ("/api/tenant/devices", "/api/tenant/device")
@@ -478,11 +298,11 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             device = state.device_by_name(query["deviceName"][0])
             if device is None:
-                raise _not_found()
-            return _Reply(200, self._check_response("Device", device))
+                raise not_found()
+            return Reply(200, self._check_response("Device", device))
         if method == "GET" and path == "/api/tenant/devices":
             page = self._page(query, list(state.devices.values()), "name")
-            return _Reply(200, self._check_response("PageDataDevice", page))
+            return Reply(200, self._check_response("PageDataDevice", page))
         if method == "GET" and path == "/api/tenant/deviceInfos":
             infos = [
                 {
@@ -494,46 +314,46 @@ class _Handler(BaseHTTPRequestHandler):
                 for d in state.devices.values()
             ]
             page = self._page(query, infos, "name")
-            return _Reply(200, self._check_response("PageDataDeviceInfo", page))
+            return Reply(200, self._check_response("PageDataDeviceInfo", page))
         if method == "GET" and path == "/api/deviceProfiles":
             page = self._page(query, list(state.profiles.values()), "name")
-            return _Reply(200, self._check_response("PageDataDeviceProfile", page))
+            return Reply(200, self._check_response("PageDataDeviceProfile", page))
         if method == "POST" and path == "/api/deviceProfile":
             self._validate(method, route, body)
             if "id" in body:
-                raise _bad("fleet's test server creates profiles only")
+                raise bad("fleet's test server creates profiles only")
             if not body.get("profileData"):
-                raise _bad("Device profile data should be specified!")
+                raise bad("Device profile data should be specified!")
             if any(p["name"] == body["name"] for p in state.profiles.values()):
-                raise _bad("Device profile with such name already exists!")
+                raise bad("Device profile with such name already exists!")
             profile_id = state.add_profile(str(body["name"]))
             state.profile_creations[str(body["name"])] += 1
-            return _Reply(200, state.profiles[profile_id])
+            return Reply(200, state.profiles[profile_id])
         if method == "POST" and path == "/api/device-with-credentials":
             self._validate(method, route, body)
             policy = (query.get("nameConflictPolicy") or ["FAIL"])[0]
             if policy not in ("FAIL", "UNIQUIFY"):
-                raise _bad(f"Invalid nameConflictPolicy {policy!r}")
+                raise bad(f"Invalid nameConflictPolicy {policy!r}")
             device, creds = body["device"], body["credentials"]
             fault = self._fault(str(device.get("name")))
             if "id" in device:
-                raise _bad("fleet's test server creates devices only here")
+                raise bad("fleet's test server creates devices only here")
             if state.device_by_name(device["name"]) is not None:
                 if policy == "FAIL":
-                    raise _bad("Device with such name already exists!")
+                    raise bad("Device with such name already exists!")
                 device = {**device, "name": f"{device['name']}_{uuid.uuid4().hex[:6]}"}
             profile_ref = device.get("deviceProfileId") or {}
             profile_id = profile_ref.get("id")
             if profile_id not in state.profiles:
-                raise _bad(
+                raise bad(
                     "Device profile with such id does not exist!"
                     if profile_id
                     else "Device profile is required"
                 )
             device_id = state._create_device(device, profile_id, creds)
             if fault == "drop_after":
-                raise _Dropped
-            return _Reply(200, self._check_response("Device", state.devices[device_id]))
+                raise Dropped
+            return Reply(200, self._check_response("Device", state.devices[device_id]))
         if (
             segments[:2] == ["api", "device"]
             and len(segments) == 3
@@ -541,14 +361,14 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             device_id = segments[2]
             if device_id not in state.devices:
-                raise _not_found()
+                raise not_found()
             if method == "GET":
-                return _Reply(200, self._check_response("Device", state.devices[device_id]))
+                return Reply(200, self._check_response("Device", state.devices[device_id]))
             if method == "DELETE":
                 del state.devices[device_id]
                 state.credentials.pop(device_id, None)
                 state.attributes.pop(device_id, None)
-                return _Reply(200)
+                return Reply(200)
         if (
             method == "GET"
             and len(segments) == 4
@@ -557,16 +377,16 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             creds = state.credentials.get(segments[2])
             if creds is None:
-                raise _not_found()
-            return _Reply(200, self._check_response("DeviceCredentials", creds))
+                raise not_found()
+            return Reply(200, self._check_response("DeviceCredentials", creds))
         if method == "POST" and path == "/api/device/credentials":
             self._validate(method, route, body)
             device_id = str(body["deviceId"]["id"])
             current = state.credentials.get(device_id)
             if current is None:
-                raise _not_found()
+                raise not_found()
             if body["id"]["id"] != current["id"]["id"]:
-                raise _bad("Can't update credentials of another device!")
+                raise bad("Can't update credentials of another device!")
             new = dict(
                 current,
                 credentialsType=body["credentialsType"],
@@ -580,12 +400,12 @@ class _Handler(BaseHTTPRequestHandler):
                 for k, c in state.credentials.items()
                 if k != device_id
             ):
-                raise _bad("Specified credentials are already registered!")
+                raise bad("Specified credentials are already registered!")
             state.credentials[device_id] = new
-            return _Reply(200, new)
+            return Reply(200, new)
         if method == "POST" and path == "/api/device":
             self._validate(method, route, body)
-            return _Reply(200, self._update_device(body))
+            return Reply(200, self._update_device(body))
         if segments[:3] == ["api", "plugins", "telemetry"] and len(segments) >= 6:
             return self._telemetry(method, segments, query, body)
         if method == "GET" and segments[:2] == ["api", "otaPackages"] and len(segments) == 4:
@@ -595,33 +415,33 @@ class _Handler(BaseHTTPRequestHandler):
                 if p["deviceProfileId"]["id"] == segments[2] and p["type"] == segments[3]
             ]
             page = self._page(query, items, "title")
-            return _Reply(200, self._check_response("PageDataOtaPackageInfo", page))
+            return Reply(200, self._check_response("PageDataOtaPackageInfo", page))
         if method == "POST" and path == "/api/otaPackage":
             self._validate(method, route, body)
-            return _Reply(200, self._create_package(body))
-        raise _not_found()
+            return Reply(200, self._create_package(body))
+        raise not_found()
 
     def _update_device(self, body: dict[str, Any]) -> dict[str, Any]:
         state = self.state
         device_id = (body.get("id") or {}).get("id")
         current = state.devices.get(str(device_id))
         if current is None:
-            raise _not_found()
+            raise not_found()
         if body.get("name") != current["name"]:
-            raise _bad("fleet never renames devices")
+            raise bad("fleet never renames devices")
         firmware = (body.get("firmwareId") or {}).get("id")
         old = (current.get("firmwareId") or {}).get("id")
         if firmware is not None:
             package = state.packages.get(firmware)
             if package is None:
-                raise _bad("Can't assign non-existent firmware!")
+                raise bad("Can't assign non-existent firmware!")
             if package["type"] != "FIRMWARE":
-                raise _bad("Can't assign firmware with type: " + package["type"])
+                raise bad("Can't assign firmware with type: " + package["type"])
             if package["deviceProfileId"] != current["deviceProfileId"]:
-                raise _bad("Can't assign firmware with different deviceProfile!")
+                raise bad("Can't assign firmware with different deviceProfile!")
         updated = {k: v for k, v in current.items() if k != "firmwareId"}
         if firmware is not None:
-            updated["firmwareId"] = _ref("OTA_PACKAGE", firmware)
+            updated["firmwareId"] = ref("OTA_PACKAGE", firmware)
         updated["version"] = int(current.get("version", 1)) + 1
         state.devices[str(device_id)] = updated
         if firmware != old:
@@ -656,18 +476,18 @@ class _Handler(BaseHTTPRequestHandler):
                 fw_checksum_algorithm=package.get("checksumAlgorithm"),
             )
         for key, value in values.items():
-            shared[key] = (value, _now_ms())
+            shared[key] = (value, now_ms())
 
     def _create_package(self, body: dict[str, Any]) -> dict[str, Any]:
         state = self.state
         profile_id = (body.get("deviceProfileId") or {}).get("id")
         if profile_id not in state.profiles:
-            raise _bad("OTA package should be assigned to an existing device profile!")
+            raise bad("OTA package should be assigned to an existing device profile!")
         for field in ("title", "version", "type"):
             if not body.get(field):
-                raise _bad(f"OTA package {field} should be specified!")
+                raise bad(f"OTA package {field} should be specified!")
         if body.get("usesUrl") and not body.get("url"):
-            raise _bad("OTA package URL should be specified!")
+            raise bad("OTA package URL should be specified!")
         for package in state.packages.values():
             if (
                 package["deviceProfileId"]["id"],
@@ -675,13 +495,13 @@ class _Handler(BaseHTTPRequestHandler):
                 package["title"],
                 package["version"],
             ) == (profile_id, body["type"], body["title"], body["version"]):
-                raise _bad("OtaPackage with such title and version already exists!")
+                raise bad("OtaPackage with such title and version already exists!")
         package_id = str(uuid.uuid4())
         package = {k: v for k, v in body.items() if k != "usesUrl"}
         package.update(
-            id=_ref("OTA_PACKAGE", package_id),
-            createdTime=_now_ms(),
-            tenantId=_ref("TENANT", state.tenant_id),
+            id=ref("OTA_PACKAGE", package_id),
+            createdTime=now_ms(),
+            tenantId=ref("TENANT", state.tenant_id),
             hasData=bool(body.get("url")),
         )
         state.packages[package_id] = package
@@ -689,51 +509,51 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _telemetry(
         self, method: str, segments: list[str], query: dict[str, list[str]], body: Any
-    ) -> _Reply:
+    ) -> Reply:
         state = self.state
         entity_type, device_id = segments[3], segments[4]
         if entity_type != "DEVICE":
-            raise _bad("fleet's test server keeps device attributes only")
+            raise bad("fleet's test server keeps device attributes only")
         if device_id not in state.devices:
-            raise _not_found()
+            raise not_found()
         rest = segments[5:]
         if method == "POST" and len(rest) == 2 and rest[0] == "attributes":
             scope = rest[1]
             if scope not in ("SERVER_SCOPE", "SHARED_SCOPE"):
-                raise _bad(f"Invalid attribute scope: {scope}")
+                raise bad(f"Invalid attribute scope: {scope}")
             if not isinstance(body, dict) or not body:
-                raise _bad("Invalid request body: a non-empty JSON object is expected")
+                raise bad("Invalid request body: a non-empty JSON object is expected")
             with state.lock:
                 state.bodies.append(("attributes", "/api/plugins/telemetry/.../attributes", body))
             for key, value in body.items():
                 if not isinstance(key, str) or not re.match(r"^\S.{0,254}$", key):
-                    raise _bad(f"Invalid attribute key {key!r}")
+                    raise bad(f"Invalid attribute key {key!r}")
                 state.set_attribute(device_id, scope, key, value)
-            return _Reply(200)
+            return Reply(200)
         keys = [k for k in (query.get("keys") or [""])[0].split(",") if k]
         if method == "GET" and len(rest) == 3 and rest[:2] == ["keys", "attributes"]:
-            return _Reply(200, sorted(state.attributes.get(device_id, {}).get(rest[2], {})))
+            return Reply(200, sorted(state.attributes.get(device_id, {}).get(rest[2], {})))
         if method == "DELETE" and len(rest) == 1:
             if rest[0] not in ("SERVER_SCOPE", "SHARED_SCOPE", "CLIENT_SCOPE"):
-                raise _bad(f"Invalid attribute scope: {rest[0]}")
+                raise bad(f"Invalid attribute scope: {rest[0]}")
             if not keys:
-                raise _bad("Required request parameter 'keys' is not present")
+                raise bad("Required request parameter 'keys' is not present")
             for key in keys:
                 state.attributes.get(device_id, {}).get(rest[0], {}).pop(key, None)
-            return _Reply(200)
+            return Reply(200)
         if method == "GET" and rest == ["values", "attributes"]:
             found = []
             for scope in ("CLIENT_SCOPE", "SHARED_SCOPE", "SERVER_SCOPE"):
                 for key, (value, ts) in state.attributes.get(device_id, {}).get(scope, {}).items():
                     if not keys or key in keys:
                         found.append({"lastUpdateTs": ts, "key": key, "value": value})
-            return _Reply(200, found)
+            return Reply(200, found)
         if method == "GET" and rest == ["values", "timeseries"]:
             series = state.timeseries.get(device_id, {})
-            return _Reply(
+            return Reply(
                 200, {k: [{"ts": series[k][0], "value": series[k][1]}] for k in keys if k in series}
             )
-        raise _not_found()
+        raise not_found()
 
 
 class ThingsBoardServer(ThreadingHTTPServer):
