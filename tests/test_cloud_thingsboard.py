@@ -685,3 +685,17 @@ def test_crash_mid_push_loses_nothing(
     assert report.left == 0
     assert dict(tb.state.creations) == dict.fromkeys(ids, 1)
     assert {r.status for r in iter_status(ready_ws, "tb")} == {"registered"}
+
+
+def test_refused_api_key_is_permanent_and_never_shown(
+    make_backend: Callable[..., ThingsBoardBackend],
+    issuer: Issuer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TB_API_KEY", "revoked-key-0000")
+    backend = make_backend(api_key_env="TB_API_KEY")
+    with pytest.raises(PermanentError, match="credentials refused") as info:
+        backend.register(device_record(issuer, "ak-1"), {})
+    result = backend.check()
+    assert not result.ok and "credentials refused" in result.message
+    assert "revoked-key" not in str(info.value) + result.message
