@@ -478,6 +478,10 @@ def test_sync_pulls_status(
     assert rows["s-0"].firmware_version == "1.4.2"
     assert rows["s-1"].connected is False and rows["s-1"].firmware_version == "2.0.0"
     assert rows["s-2"].firmware_version is None
+    from fleet.status.history import connection_of
+
+    state = connection_of(ws, "s-0")
+    assert (state.state, state.source) == ("online", "thingsboard")
 
 
 # --- inventory, unknown devices ---------------------------------------------------------------

@@ -63,6 +63,7 @@ from fleet.cloud.thingsboard.api import (
     with_retries,
 )
 from fleet.cloud.thingsboard.auth import ApiKeyAuth, JwtAuth
+from fleet.statuses import EventSource
 
 DEFAULT_PROFILE = "default"
 STATUS_KEYS = [
@@ -82,6 +83,7 @@ class ThingsBoardBackend(CloudBackend):
 
     type_name: ClassVar[str] = tb_options.TYPE_NAME
     declared_options = tb_options.OPTIONS
+    event_source: ClassVar[EventSource] = EventSource.THINGSBOARD
     # A registration is 3-5 REST calls. ThingsBoard's per-tenant REST limits are off by
     # default in CE and configurable (tenant profile "rest limits"); 10 jobs/s stays well
     # below the ThingsBoard Cloud defaults. 429 is retried with Retry-After anyway.
