@@ -582,6 +582,7 @@ def test_deliver_firmware_assigns_an_ota_package(
     cleared = read_device(tb, "fw-1")
     assert cleared is not None and cleared["firmware_id"] is None
     assert "fw_version" not in cleared["attributes"]["SHARED_SCOPE"]
+    assert "fleet_fw_signature" not in cleared["attributes"]["SHARED_SCOPE"]
     with pytest.raises(PermanentError, match="no URL"):
         backend.deliver_firmware(
             record, FirmwareTarget("9.9", "cd" * 32, 1, None, "sig"), remote, {}

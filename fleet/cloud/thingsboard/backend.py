@@ -448,8 +448,12 @@ class ThingsBoardBackend(CloudBackend):
             self.api.call(
                 f"assign firmware to {device.device_id}", "POST", "/api/device", json=updated
             )
-        signature = "" if target is None else target.signature
-        self.api.save_attributes(tb_id, "SHARED_SCOPE", {FIRMWARE_SIGNATURE_KEY: signature})
+        if target is None:
+            self.api.delete_attributes(tb_id, "SHARED_SCOPE", [FIRMWARE_SIGNATURE_KEY])
+        else:
+            self.api.save_attributes(
+                tb_id, "SHARED_SCOPE", {FIRMWARE_SIGNATURE_KEY: target.signature}
+            )
 
     def _package_id(
         self, device: DeviceRecord, current: Mapping[str, Any], target: FirmwareTarget
