@@ -6,6 +6,9 @@
    Target: >= 5x.
 2. The same with a rate limit (default 200/s). Target: achieved rate within 5% of the limit
    and never above it: no one-second window at the server holds more requests than the limit.
+3. ThingsBoard (bench/cloud_thingsboard.py): ``--tb-n`` registrations through the outbox to
+   the strict local ThingsBoard, against a sequential loop of the same REST calls; then the
+   inventory read rate.
 
 The registry server (tests/cloudserver.py) runs in its own process and sleeps ``--latency-ms``
 per request (default 20 ms: a cloud control-plane call from a client is tens of ms), like a
@@ -36,6 +39,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))
+sys.path.insert(2, str(REPO / "bench"))
 
 from fleet.cloud import jobs  # noqa: E402
 from fleet.cloud.clouds import add_cloud  # noqa: E402
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="outbox concurrency")
     parser.add_argument("--rate", type=float, default=200.0, help="rate limit for phase 2")
     parser.add_argument("--rate-n", type=int, default=1000, help="registrations in phase 2")
+    parser.add_argument("--tb-n", type=int, default=1000, help="ThingsBoard registrations")
     args = parser.parse_args(argv)
     latency = args.latency_ms / 1000.0
     ok = True
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         init_workspace(ws, name="Bench", passphrase=PASSPHRASE)
         ids = make_devices(ws, args.n, "bench")
         rated_ids = make_devices(ws, args.rate_n, "rated")
+        tb_ids = make_devices(ws, args.tb_n, "tb")
+        tb_seq_ids = make_devices(ws, max(1, args.tb_n // 5), "tbseq")
         print(
             f"cpus: {os.cpu_count()}, load: {os.getloadavg()[0]:.2f}, n={args.n}, server "
             f"latency {args.latency_ms:g} ms/request, concurrency {args.concurrency}"
@@ -231,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         if (report.done, report.failed) != (args.rate_n, 0):
             print(f"error: rated push incomplete: {report.to_dict()}")
             ok = False
+        from cloud_thingsboard import run as thingsboard_phase
+
+        ok = (
+            thingsboard_phase(ws, tb_ids, tb_seq_ids, latency=latency, concurrency=args.concurrency)
+            and ok
+        )
         ws.close()
     return 0 if ok else 1
 

@@ -12,7 +12,7 @@ from helpers import REPO
 def test_bench_runs_at_tiny_n() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "cloud.py"), "--n", "30", "--rate-n", "15",
-         "--rate", "40", "--latency-ms", "1", "--concurrency", "4"],
+         "--rate", "40", "--latency-ms", "1", "--concurrency", "4", "--tb-n", "20"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -21,4 +21,5 @@ def test_bench_runs_at_tiny_n() -> None:
     assert "sequential httpx loop:" in result.stdout
     assert "x the sequential loop" in result.stdout
     assert "outbox push, limit 40/s:" in result.stdout
+    assert "thingsboard outbox push:" in result.stdout
     assert "error:" not in result.stdout
