@@ -1,7 +1,7 @@
 """Azure IoT Hub backend (type ``azure-iot-hub``), through the hub's service REST API
 (api-version 2021-04-12), authenticated with a shared access signature (:mod:`.sas`).
 
-* ``register``: ``GET /devices/{id}``, then ``PUT /devices/{id}`` (create; or update with
+* ``register``: ``GET /twins/{id}``, then ``PUT /devices/{id}`` (create; or update with
   ``If-Match`` on the identity's etag, re-read and retried on 412) with X.509 authentication
   (:mod:`.identity`: ``selfSigned`` thumbprints, or ``certificateAuthority`` with ``--auth
   ca``), then the ``fleet`` twin tag (model, serial, labels) by ``PATCH /twins/{id}`` with the
@@ -166,8 +166,9 @@ class AzureIotHubBackend(CloudBackend):
             raise PermanentError(f"device {device.device_id!r} has no active certificate")
 
     def _get_identity(self, device_id: str) -> Identity | None:
+        """The identity as its twin shows it (thumbprints, status, device etag and tags)."""
         try:
-            data = self.api.json("GET", device_path(device_id), f"read {device_id}")
+            data = self.api.json("GET", twin_path(device_id), f"read {device_id}")
         except HubError as exc:
             if exc.status == 404:
                 return None
