@@ -6,21 +6,23 @@ delivery. Registry tests run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import IN_CI, add_devices, device_record
+from helpers import IN_CI, Cli, add_devices, device_record
 from helpers.azure_hub import HOST, KEY, KEY_NAME, HubServer, connection_string
 from sqlmodel import select
 
-from fleet import certs, devices
+from fleet import certs, clock, devices
 from fleet.cloud.azure import AzureIotHubBackend
 from fleet.cloud.azure.sas import RENEW_BEFORE, TOKEN_TTL, SasAuth, sas_token
 from fleet.cloud.base import (
@@ -351,6 +353,45 @@ def test_outbox_rides_out_429_and_5xx(
     assert dict(hub.state.creations) == dict.fromkeys(ids, 1)
 
 
+def test_retry_after_schedules_the_retry(
+    ready_sqlite_ws: Workspace, hub: HubServer, hub_env: str, tmp_path: Path
+) -> None:
+    from test_cloud_outbox import fake_time
+
+    ws = ready_sqlite_ws
+    add_hub_cloud(ws, hub)
+    ids = add_devices(ws, tmp_path, 2, clouds=("hub",))
+    hub.state.faults["POST /devices/query"] = ["429:7"]
+    with fake_time() as timer:
+        push(ws, "hub", policy=PushPolicy(base_delay=1.0, max_wait=0.0), timer=timer)
+        with read_session(ws.open_registry()) as session:
+            waiting = list(session.exec(select(CloudJob)))
+        assert {j.next_attempt_at for j in waiting} == {clock.now() + timedelta(seconds=7)}
+        assert {j.state for j in waiting} == {"retry"}
+        (report,) = push(ws, "hub", policy=PushPolicy(max_wait=60.0), timer=timer)
+    assert (report.done, report.left) == (2, 0) and set(hub.state.devices) == set(ids)
+
+
+def test_unreachable_hub_leaves_jobs_for_a_later_sync(
+    ready_sqlite_ws: Workspace, hub_env: str, tmp_path: Path
+) -> None:
+    down = HubServer()
+    port = down.server_address[1]
+    down.server_close()
+    add_hub_cloud(ready_sqlite_ws, down)
+    ids = add_devices(ready_sqlite_ws, tmp_path, 3, clouds=("hub",))
+    quick = PushPolicy(base_delay=0.01, max_delay=0.05, max_wait=0.3)
+    (report,) = push(ready_sqlite_ws, "hub", policy=quick)
+    assert (report.done, report.failed, report.left) == (0, 0, 3)
+    up = HubServer(port).start()
+    try:
+        (again,) = sync(ready_sqlite_ws, "hub", policy=FAST)
+        assert (again.push.done, again.push.left) == (3, 0)
+        assert dict(up.state.creations) == dict.fromkeys(ids, 1)
+    finally:
+        up.stop()
+
+
 def test_outbox_crash_mid_push_registers_exactly_once(
     ready_ws: Workspace, hub: HubServer, hub_env: str, tmp_path: Path
 ) -> None:
@@ -358,7 +399,7 @@ def test_outbox_crash_mid_push_registers_exactly_once(
     ids = add_devices(ready_ws, tmp_path, 4, clouds=("hub",))
 
     def crash(done: int, total: int) -> None:
-        raise KeyboardInterrupt  # before the outcomes of the first batch are committed? after
+        raise KeyboardInterrupt  # right after the first commit of outcomes
 
     policy = PushPolicy(base_delay=0.05, max_delay=0.2, max_wait=5.0, commit_every=1)
     with pytest.raises(KeyboardInterrupt):
@@ -510,6 +551,29 @@ def test_secret_never_stored_shown_or_logged(
     assert ENV in stored  # the variable's name is what is stored
 
 
+def test_cli_add_check_and_register(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, hub: HubServer, hub_env: str, tmp_path: Path
+) -> None:
+    help_text = sqlite_cli("cloud", "add", "--help").stdout
+    assert "--connection-string-env" in help_text and "--deregister-mode" in help_text
+    result = sqlite_cli(
+        "cloud", "add", "hub", "--type", "azure-iot-hub", "--connection-string-env", ENV,
+        "--endpoint-url", hub.base, "--no-rate-limit",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert sqlite_cli("cloud", "check", "hub").exit_code == 0
+    out = tmp_path / "out"
+    assert sqlite_cli("device", "add", "cli-1", "--out", str(out)).exit_code == 0
+    result = sqlite_cli("cloud", "register", "hub", "cli-1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["push"]["done"] == 1
+    os.environ[ENV] = connection_string(key="C" * 43 + "=")
+    result = sqlite_cli("cloud", "check", "hub")
+    assert result.exit_code == 1 and "refused the signature" in result.stderr
+    for text in (result.stdout, result.stderr):
+        assert KEY not in text and "C" * 43 not in text
+
+
 # --- Microsoft's service SDK, on the same inputs (slow) ------------------------------------
 
 SDK_VERSION = "2.7.0"
@@ -588,8 +652,6 @@ def test_sas_token_matches_microsofts_service_sdk() -> None:
         ],
         ["hub.azure-devices.net/devices/a b", KEY, "service", 1_700_000_000.0, 86400],
     ]
-    import json
-
     run = subprocess.run(
         [str(python), "-c", SDK_SCRIPT],
         input=json.dumps(cases),
