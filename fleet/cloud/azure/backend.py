@@ -207,14 +207,21 @@ class AzureIotHubBackend(CloudBackend):
                     raise
         else:
             raise TransientError(f"{what}: the identity kept changing (etag); retrying later")
-        self._update_tags(device, step)
+        self._update_tags(device, step, found.twin if found is not None else None)
         return self._remote(device, step.body)
 
-    def _update_tags(self, device: DeviceRecord, step: Plan) -> None:
+    def _update_tags(
+        self, device: DeviceRecord, step: Plan, known: Mapping[str, Any] | None
+    ) -> None:
+        """Patch the ``fleet`` tag, starting from the twin read before (``known``); a 412
+        means it changed meanwhile: read it again."""
         what = f"tag {device.device_id}"
         for _ in range(ETAG_RETRIES):
-            twin = self.api.json("GET", twin_path(device.device_id), what)
-            twin = twin if isinstance(twin, dict) else {}
+            twin: Any = known
+            known = None
+            if twin is None:
+                twin = self.api.json("GET", twin_path(device.device_id), what)
+            twin = twin if isinstance(twin, Mapping) else {}
             patch = tags_patch(twin.get("tags") or {}, step.tags)
             if patch is None:
                 return
