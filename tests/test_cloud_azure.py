@@ -34,16 +34,17 @@ from fleet.cloud.base import (
     TransientError,
 )
 from fleet.cloud.clouds import add_cloud, check_cloud
-from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
+from fleet.cloud.models import Cloud, CloudJob
 from fleet.cloud.pacing import PushPolicy
 from fleet.cloud.push import push, register
 from fleet.cloud.status import sync
 from fleet.cloud.testing import BackendContract, MakeDevice
+from fleet.cloud.work import load_work
 from fleet.errors import InvalidInput
 from fleet.pki import ca
 from fleet.pki.issuer import Issuer
 from fleet.registry.db import read_session
-from fleet.registry.models import AuditEvent
+from fleet.registry.models import AuditEvent, Certificate
 from fleet.workspace import Workspace
 
 ENV = "FLEET_TEST_HUB"
@@ -312,7 +313,7 @@ def add_hub_cloud(ws: Workspace, hub: HubServer, name: str = "hub", **options: A
 
 def job_states(ws: Workspace) -> dict[str, str]:
     with read_session(ws.open_registry()) as session:
-        return {j.device_id: j.state for j in session.exec(select(CloudJob).order_by(CloudJob.id))}
+        return {j.device_id: j.state for j in session.exec(select(CloudJob))}
 
 
 def test_outbox_registers_in_import_batches_with_per_device_failures(
@@ -419,30 +420,20 @@ def test_renewal_keeps_the_previous_thumbprint_as_secondary(
     new = certs.renew_certificate(ready_ws, device_id, out_dir=tmp_path / "out")
     assert register(ready_ws, "hub", [device_id], policy=FAST).queued == 1
     assert thumbprints(hub, device_id) == (new.fingerprint_sha256.upper(), old)
-    # Once the old certificate is revoked, the next registration drops it.
+    # Once the old certificate is revoked, the next registration of the device (here: the
+    # outbox's work for a register job, as drift's fix queues it) drops it.
     with read_session(ready_ws.open_registry()) as session:
-        from fleet.registry.models import Certificate
-
         serial = session.exec(
             select(Certificate.serial).where(Certificate.fingerprint_sha256 == old.lower())  # type: ignore[union-attr]
         ).one()
     certs.revoke_certificate(ready_ws, serial, reason="superseded")
+    job = CloudJob(id=0, device_id=device_id, cloud="hub", action="register",
+                   state="pending", attempts=0, idempotency_key="k")  # fmt: skip
     with read_session(ready_ws.open_registry()) as session:
-        reg = session.exec(select(CloudRegistration)).one()
-    with hub.state.lock:
-        hub.state.import_sizes.clear()
-    # the registration holds the new serial: re-queue it through a status-only update
-    with read_session(ready_ws.open_registry()) as session:
-        assert reg.certificate_serial == new.serial
+        (work,) = load_work(session, [job])
+    assert work.record is not None and work.record.previous_fingerprint_sha256 == ""
     backend = AzureIotHubBackend("hub", hub_options(hub))
     try:
-        from fleet.cloud.work import load_work
-
-        with read_session(ready_ws.open_registry()) as session:
-            job = CloudJob(id=0, device_id=device_id, cloud="hub", action="register",
-                           state="pending", attempts=0, idempotency_key="k")  # fmt: skip
-            (work,) = load_work(session, [job])
-        assert work.record is not None and work.record.previous_fingerprint_sha256 == ""
         backend.register(work.record, {})
     finally:
         backend.close()
@@ -641,16 +632,10 @@ def test_sas_token_matches_microsofts_service_sdk() -> None:
         if IN_CI:
             pytest.fail(f"cannot build the azure-iot-hub virtualenv: {exc}")
         pytest.skip(f"cannot build the azure-iot-hub virtualenv: {exc}")
-    cases = [
-        [HOST, KEY, KEY_NAME, 1_800_000_000.25, 3600],
-        [
-            "My-Hub.azure-devices.net",
-            "c2VjcmV0IGtleSB3aXRoIC8gYW5kICsgY2hhcnM/Pz8+",
-            "iothubowner",
-            1_765_432_100.9,
-            600,
-        ],
-        ["hub.azure-devices.net/devices/a b", KEY, "service", 1_700_000_000.0, 86400],
+    cases: list[tuple[str, str, str, float, int]] = [
+        (HOST, KEY, KEY_NAME, 1_800_000_000.25, 3600),
+        ("My-Hub.azure-devices.net", OTHER_KEY, "iothubowner", 1_765_432_100.9, 600),
+        ("hub.azure-devices.net/devices/a b", KEY, "service", 1_700_000_000.0, 86400),
     ]
     run = subprocess.run(
         [str(python), "-c", SDK_SCRIPT],
