@@ -11,6 +11,12 @@ Changes after the first commit stay backward compatible and are listed here:
     add``, declared as :class:`BackendOption` data; the CLI builds its flags from them.
     Default: none (such a backend gets no flags of its own and validates whatever options
     it is given, as before).
+  - ``DeviceRecord.previous_fingerprint_sha256``: the device's previous certificate while it
+    is still active (a renewal window), else "". Default "".
+  - ``CloudBackend.register_batch_size`` and ``register_many(devices, state)``: the outbox
+    passes up to that many register jobs per call (one rate-limit token), and reads one
+    result per device (remote ids, or the CloudError of that device). Defaults: 1, and a
+    loop over ``register``.
 
 The push engine (``fleet.cloud.push``) owns retries, backoff, rate and concurrency limits and
 persistence; a backend only performs one operation per call and classifies its failures:
@@ -119,6 +125,8 @@ class DeviceRecord:
     certificate_pem: str
     certificate_serial: str  # lowercase hex
     fingerprint_sha256: str  # lowercase hex
+    # The device's previous certificate while still active (renewal window), else "".
+    previous_fingerprint_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,7 @@ class CloudBackend(abc.ABC):
     default_concurrency: ClassVar[int] = 8
     default_rate_per_second: ClassVar[float] = 10.0  # below the platform's documented quota
     status_batch_size: ClassVar[int] = 100  # ids per fetch_status call (one rate token each)
+    register_batch_size: ClassVar[int] = 1  # register jobs per register_many call (one token)
     # what connection events from this platform's status pulls are recorded as
     event_source: ClassVar[EventSource] = EventSource.HTTP
     # The options of ``fleet cloud add`` this backend takes (see BackendOption).
@@ -272,6 +281,20 @@ class CloudBackend(abc.ABC):
         """Upsert the device with its certificate and attributes. Already present with the
         same certificate is success; a different certificate raises ``ConflictError``.
         Returns JSON-safe remote ids that the outbox stores and passes to ``deregister``."""
+
+    def register_many(
+        self, devices: Sequence[DeviceRecord], state: Mapping[str, Any]
+    ) -> list[dict[str, Any] | CloudError]:
+        """Register several devices (up to ``register_batch_size``): one result per device, in
+        order: its remote ids, or the ``CloudError`` that device failed with. A failure of the
+        whole call (throttled, unreachable) may be raised instead. Default: ``register`` each."""
+        results: list[dict[str, Any] | CloudError] = []
+        for device in devices:
+            try:
+                results.append(self.register(device, state))
+            except CloudError as exc:
+                results.append(exc)
+        return results
 
     @abc.abstractmethod
     def deregister(

@@ -38,13 +38,13 @@ from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
 from fleet.cloud.pacing import SYSTEM_TIMER, PushPolicy, RateLimiter, Timer
 from fleet.cloud.transitions import Attempt, JobRow, Outcome, Transition, short_error, transition
 from fleet.cloud.views import RegisterResult
-from fleet.cloud.work import Work, load_work, perform
+from fleet.cloud.work import Work, load_work, perform_group
 from fleet.pki import ca
 from fleet.pki.issue import verification_certificate
 from fleet.pki.keys import cert_pem
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
-from fleet.statuses import OPEN_JOB_STATES, JobState
+from fleet.statuses import OPEN_JOB_STATES, JobAction, JobState
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 if TYPE_CHECKING:
@@ -287,27 +287,42 @@ class _Pusher:
         self.report.left = self._count_open()
         return self.report
 
+    def _groups(self, works: list[Work]) -> list[list[Work]]:
+        """One job per call, except register jobs, which go ``register_batch_size`` at a
+        time to backends that batch them."""
+        size = self.backend.register_batch_size
+        if size <= 1:
+            return [[work] for work in works]
+        registers = [w for w in works if w.action == JobAction.REGISTER]
+        groups = [registers[i : i + size] for i in range(0, len(registers), size)]
+        return groups + [[w] for w in works if w.action != JobAction.REGISTER]
+
     def _run_round(self, pool: ThreadPoolExecutor, works: list[Work]) -> None:
-        pending: dict[Future[Outcome], Work] = {}
+        pending: dict[Future[list[Outcome]], list[Work]] = {}
         batch: list[tuple[Work, Outcome]] = []
-        items = iter(works)
+        items = iter(self._groups(works))
+        in_flight = 0
         # A bounded number of submitted jobs: enough to keep workers busy while this thread
         # commits a batch, few enough that a crash strands few finished results (they are
         # pushed again, idempotently, by the next run).
         window = self.cloud.concurrency * 4 + self.policy.commit_every
         exhausted = False
         while True:
-            while not exhausted and len(pending) < window:
-                work = next(items, None)
-                if work is None:
+            while not exhausted and in_flight < window:
+                group = next(items, None)
+                if group is None:
                     exhausted = True
                     break
-                future = pool.submit(perform, self.backend, self.state, self.limiter, work)
-                pending[future] = work
+                future = pool.submit(perform_group, self.backend, self.state, self.limiter, group)
+                pending[future] = group
+                in_flight += len(group)
             if not pending:
                 break
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            batch.extend((pending.pop(f), f.result()) for f in finished)
+            for done in finished:
+                group = pending.pop(done)
+                in_flight -= len(group)
+                batch.extend(zip(group, done.result(), strict=True))
             if len(batch) >= self.policy.commit_every:
                 self._apply(batch)
                 batch = []

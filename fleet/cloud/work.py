@@ -25,7 +25,7 @@ from fleet.cloud.models import CloudJob
 from fleet.cloud.pacing import RateLimiter
 from fleet.cloud.transitions import Outcome, OutcomeKind, short_error
 from fleet.registry.models import Certificate, Device
-from fleet.statuses import DeviceStatus, JobAction
+from fleet.statuses import CertStatus, DeviceStatus, JobAction
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,27 @@ def _certificates_by_serial(session: Session, serials: Sequence[str]) -> dict[st
     return found
 
 
-def _record(device: Device, cert: Certificate | None) -> DeviceRecord:
+def _previous_fingerprints(
+    session: Session, device_ids: Sequence[str], newest: Mapping[str, Certificate]
+) -> dict[str, str]:
+    """Each device's active certificate issued just before its newest one (a renewal
+    window), by device id."""
+    result: dict[str, Certificate] = {}
+    for chunk in chunks(device_ids):
+        query = select(Certificate).where(
+            col(Certificate.device_id).in_(chunk), Certificate.status == CertStatus.ACTIVE
+        )
+        for cert in session.exec(query):
+            current = newest.get(cert.device_id)
+            if current is None or cert.serial == current.serial:
+                continue
+            best = result.get(cert.device_id)
+            if best is None or cert.issued_at > best.issued_at:
+                result[cert.device_id] = cert
+    return {device_id: cert.fingerprint_sha256 for device_id, cert in result.items()}
+
+
+def _record(device: Device, cert: Certificate | None, previous: str = "") -> DeviceRecord:
     return DeviceRecord(
         device_id=device.id,
         model=device.model,
@@ -59,6 +79,7 @@ def _record(device: Device, cert: Certificate | None) -> DeviceRecord:
         certificate_pem=cert.pem if cert is not None else "",
         certificate_serial=cert.serial if cert is not None else "",
         fingerprint_sha256=cert.fingerprint_sha256 if cert is not None else "",
+        previous_fingerprint_sha256=previous,
     )
 
 
@@ -70,6 +91,8 @@ def load_work(session: Session, jobs: Sequence[CloudJob]) -> list[Work]:
     devices = devices_by_id(session, ids)
     active = newest_active_certificates(session, ids)
     regs = {(r.device_id, r.cloud): r for r in registrations_of(session, ids, None)}
+    register_ids = [j.device_id for j in jobs if j.action == JobAction.REGISTER]
+    previous = _previous_fingerprints(session, list(dict.fromkeys(register_ids)), active)
     by_serial = _certificates_by_serial(
         session, sorted({r.certificate_serial for r in regs.values() if r.certificate_serial})
     )
@@ -89,7 +112,8 @@ def load_work(session: Session, jobs: Sequence[CloudJob]) -> list[Work]:
         else:
             registered = by_serial.get(reg.certificate_serial or "") if reg is not None else None
             cert = registered or active.get(job.device_id)
-        record = None if refusal else _record(device, cert)
+        earlier = previous.get(job.device_id, "") if action == JobAction.REGISTER else ""
+        record = None if refusal else _record(device, cert, earlier)
         remote = dict(reg.remote) if reg is not None else {}
         works.append(
             Work(job.id, job.device_id, action, job.idempotency_key, record, refusal, remote)
@@ -123,3 +147,42 @@ def perform(
         return Outcome(
             OutcomeKind.PERMANENT, error=f"unexpected backend error ({type(exc).__name__})"
         )
+
+
+def perform_group(
+    backend: CloudBackend, state: Mapping[str, Any], limiter: RateLimiter, works: Sequence[Work]
+) -> list[Outcome]:
+    """Run a group of jobs: one job through :func:`perform`, several register jobs through
+    ``backend.register_many`` (one rate-limit permit); one outcome per job, in order."""
+    if len(works) == 1:
+        return [perform(backend, state, limiter, works[0])]
+    outcomes: list[Outcome | None] = [
+        None if w.record is not None else Outcome(OutcomeKind.PERMANENT, error=w.refusal)
+        for w in works
+    ]
+    todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    records = [works[i].record for i in todo]
+    if todo:
+        limiter.acquire()
+        try:
+            results: list[Any] = backend.register_many([r for r in records if r is not None], state)
+            if len(results) != len(todo):
+                raise RuntimeError("register_many returned the wrong number of results")
+        except Exception as exc:  # the whole call failed: every job in it shares the outcome
+            results = [exc] * len(todo)
+        for index, result in zip(todo, results, strict=True):
+            outcomes[index] = _outcome_of(result)
+    return [o for o in outcomes if o is not None]
+
+
+def _outcome_of(result: Any) -> Outcome:
+    if isinstance(result, dict):
+        return Outcome(OutcomeKind.DONE, remote=dict(result))
+    if isinstance(result, TransientError):
+        return Outcome(
+            OutcomeKind.TRANSIENT, error=short_error(str(result)), retry_after=result.retry_after
+        )
+    if isinstance(result, CloudError):
+        return Outcome(OutcomeKind.PERMANENT, error=short_error(str(result)))
+    name = type(result).__name__
+    return Outcome(OutcomeKind.PERMANENT, error=f"unexpected backend error ({name})")
