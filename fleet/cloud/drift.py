@@ -637,4 +637,3 @@ def drift(
         if own:
             active_backend.close()
     return report
-

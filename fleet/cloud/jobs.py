@@ -248,8 +248,8 @@ def enqueue_deregister(
     Covers every cloud where the device is registered, pending or failed (or only
     ``clouds``); with ``certificate_serial`` only registrations of that certificate (what a
     revocation affects); with ``force`` deregistered ones too (``fleet cloud drift --fix``
-    found the platform still accepting the device). Queued register jobs for the same device and cloud are superseded
-    (marked failed); the deregistration still runs, since an earlier attempt may have
+    found the platform still accepting the device). Queued register jobs for the same
+    device and cloud are superseded (marked failed); the deregistration still runs, since an earlier attempt may have
     reached the platform. Returns the number of jobs queued.
     """
     ids = list(dict.fromkeys(device_ids))
