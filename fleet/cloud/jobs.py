@@ -249,8 +249,8 @@ def enqueue_deregister(
     ``clouds``); with ``certificate_serial`` only registrations of that certificate (what a
     revocation affects); with ``force`` deregistered ones too (``fleet cloud drift --fix``
     found the platform still accepting the device). Queued register jobs for the same
-    device and cloud are superseded (marked failed); the deregistration still runs, since an earlier attempt may have
-    reached the platform. Returns the number of jobs queued.
+    device and cloud are superseded (marked failed); the deregistration still runs, since
+    an earlier attempt may have reached the platform. Returns the number of jobs queued.
     """
     ids = list(dict.fromkeys(device_ids))
     names = None if clouds is None else validate_clouds_exist(session, clouds)
