@@ -1,0 +1,357 @@
+"""``fleet cloud drift``: the comparison against an in-memory backend of this file, and the
+AWS backend end to end against moto (devices registered through fleet, then changed behind
+fleet's back with boto3)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from helpers import Cli, add_devices
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from fleet.certs import revoke_certificate
+from fleet.cloud import drift as drift_module
+from fleet.cloud.base import (
+    CaMaterial,
+    CheckResult,
+    CloudBackend,
+    DeviceRecord,
+    RemoteCertificate,
+    RemoteDevice,
+    RemoteStatus,
+)
+from fleet.cloud.clouds import add_cloud
+from fleet.cloud.drift import drift
+from fleet.cloud.models import CloudJob, CloudRegistration
+from fleet.devices import decommission_device
+from fleet.errors import InvalidInput
+from fleet.registry.db import read_session, write_session
+from fleet.registry.models import AuditEvent, Certificate
+from fleet.statuses import JobState, RegistrationStatus
+from fleet.workspace import Workspace
+
+FOREIGN = "f0" * 32  # a fingerprint fleet never issued
+
+
+class FakeBackend(CloudBackend):
+    """An in-memory platform: ``devices`` is its inventory, listed ``page_size`` at a time."""
+
+    type_name: ClassVar[str] = "fake"
+
+    def __init__(self, devices: Sequence[RemoteDevice] = (), page_size: int = 100) -> None:
+        super().__init__("fake", {})
+        self.devices = {d.device_id: d for d in devices}
+        self.page_size = page_size
+        self.pages_read = 0
+        self.deleted: list[str] = []
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(options)
+
+    def check(self) -> CheckResult:
+        return CheckResult(True, "fake")
+
+    def prepare(self, ca: CaMaterial) -> dict[str, Any]:
+        return {}
+
+    def register(self, device: DeviceRecord, state: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def deregister(
+        self, device: DeviceRecord, remote: Mapping[str, Any], state: Mapping[str, Any]
+    ) -> None:
+        return None
+
+    def fetch_status(
+        self, device_ids: Sequence[str], state: Mapping[str, Any]
+    ) -> dict[str, RemoteStatus]:
+        return {}
+
+    def iter_inventory(self, state: Mapping[str, Any]) -> Iterator[RemoteDevice]:
+        listed = sorted(self.devices.values(), key=lambda d: d.device_id, reverse=True)
+        for start in range(0, len(listed), self.page_size):
+            self.pages_read += 1
+            yield from listed[start : start + self.page_size]
+
+    def delete_unknown(self, remote: RemoteDevice, state: Mapping[str, Any]) -> None:
+        self.devices.pop(remote.device_id, None)
+        self.deleted.append(remote.device_id)
+
+
+def remote(device_id: str, *certs: tuple[str, bool]) -> RemoteDevice:
+    """A remote device holding certificates given as (fingerprint, active)."""
+    certificates = tuple(RemoteCertificate(fp, active) for fp, active in certs)
+    return RemoteDevice(device_id, any(a for _, a in certs), certificates)
+
+
+def fingerprints(ws: Workspace) -> dict[str, str]:
+    """Each device's newest certificate's fingerprint (any status), by device id."""
+    with read_session(ws.open_registry()) as session:
+        rows = session.exec(
+            select(Certificate.device_id, Certificate.fingerprint_sha256).order_by(
+                col(Certificate.issued_at)
+            )
+        ).all()
+    return dict(rows)
+
+
+def serial_of(ws: Workspace, device_id: str) -> str:
+    with read_session(ws.open_registry()) as session:
+        return session.exec(
+            select(Certificate.serial).where(Certificate.device_id == device_id)
+        ).one()
+
+
+def mark_registered(ws: Workspace, cloud: str) -> None:
+    """What a successful push leaves: every job done, every registration registered."""
+    with write_session(ws.open_registry()) as session:
+        session.execute(
+            update(CloudJob).where(CloudJob.cloud == cloud).values(state=JobState.DONE)
+        )
+        session.execute(
+            update(CloudRegistration)
+            .where(CloudRegistration.cloud == cloud)
+            .values(status=RegistrationStatus.REGISTERED)
+        )
+
+
+@pytest.fixture
+def fleet_ws(ready_ws: Workspace, tmp_path: Path) -> Workspace:
+    """``fake`` (an http cloud whose backend the tests replace) with dev-0000..0006 added
+    and registered; dev-0007 added with a pending registration."""
+    add_cloud(ready_ws, "fake", "http", {"url": "https://reg.example/devices/{id}"})
+    add_devices(ready_ws, tmp_path, 7, clouds=("fake",))
+    mark_registered(ready_ws, "fake")
+    from fleet.devices import add_device
+
+    add_device(ready_ws, "dev-0007", out_dir=tmp_path / "out", clouds=("fake",))
+    return ready_ws
+
+
+def agreeing(ws: Workspace, ids: Sequence[str]) -> list[RemoteDevice]:
+    fps = fingerprints(ws)
+    return [remote(i, (fps[i], True)) for i in ids]
+
+
+def test_clean_inventory_has_no_findings(fleet_ws: Workspace) -> None:
+    ids = [f"dev-{i:04d}" for i in range(7)]
+    backend = FakeBackend(agreeing(fleet_ws, ids), page_size=3)
+    report = drift(fleet_ws, "fake", backend=backend)
+    assert report.clean
+    assert report.findings == []
+    assert report.remote_devices == 7
+    assert report.registrations == 8  # dev-0007 pending: not missing, its job is queued
+    assert backend.pages_read == 3
+    shown = report.to_dict()
+    assert shown["clean"] is True
+    assert set(shown["counts"].values()) == {0}
+    assert shown["fix"] is None
+
+
+def test_each_kind_is_found(fleet_ws: Workspace) -> None:
+    fps = fingerprints(fleet_ws)
+    decommission_device(fleet_ws, "dev-0003", reason="retired")
+    revoke_certificate(fleet_ws, serial_of(fleet_ws, "dev-0005"), reason="keyCompromise")
+    inventory = [
+        remote("dev-0000", (fps["dev-0000"], True)),  # agrees
+        # dev-0001 absent: missing
+        remote("dev-0002", (fps["dev-0002"], True), (FOREIGN, True)),  # extra certificate
+        remote("dev-0003", (fps["dev-0003"], True)),  # decommissioned, still enabled
+        remote("dev-0004", (fps["dev-0004"], False)),  # disabled remotely
+        remote("dev-0005", (fps["dev-0005"], True)),  # revoked certificate active
+        remote("dev-0006", ("ab" * 32, True)),  # another certificate instead of its own
+        remote("rogue-1", (FOREIGN, True)),  # unknown
+    ]
+    report = drift(fleet_ws, "fake", backend=FakeBackend(inventory))
+    found = {(f.device_id, str(f.kind), f.security, f.fix) for f in report.findings}
+    assert found == {
+        ("dev-0001", "missing-in-cloud", False, "register"),
+        ("dev-0002", "certificate-mismatch", False, "register"),
+        ("dev-0003", "decommissioned-but-enabled", True, "deregister"),
+        ("dev-0004", "disabled-in-cloud", False, "register"),
+        ("dev-0005", "decommissioned-but-enabled", True, "deregister"),
+        ("dev-0006", "certificate-mismatch", False, "register"),
+        ("rogue-1", "unknown-in-cloud", False, "delete"),
+    }
+    shown = report.to_dict()
+    assert shown["counts"] == {
+        "missing-in-cloud": 1,
+        "unknown-in-cloud": 1,
+        "certificate-mismatch": 2,
+        "decommissioned-but-enabled": 2,
+        "disabled-in-cloud": 1,
+    }
+    assert shown["security_findings"] == 2
+    by_id = {f["device_id"]: f for f in shown["findings"]}
+    assert set(by_id["dev-0002"]) == {
+        "device_id", "kind", "security", "detail", "fix", "device_status", "registration",
+        "expected_fingerprint", "remote",
+    }  # fmt: skip
+    assert by_id["dev-0002"]["expected_fingerprint"] == fps["dev-0002"]
+    assert by_id["dev-0002"]["remote"]["certificates"][1] == {
+        "fingerprint_sha256": FOREIGN,
+        "active": True,
+        "remote_id": None,
+    }
+    assert by_id["dev-0001"]["remote"] is None
+    assert "revoked certificate" in by_id["dev-0005"]["detail"]
+    assert by_id["rogue-1"]["device_status"] is None
+
+
+def test_revoked_certificate_beside_the_current_one_is_a_security_finding(
+    fleet_ws: Workspace, tmp_path: Path
+) -> None:
+    """A renewed device's old (revoked) certificate re-enabled in the cloud: register fixes it
+    (the backend keeps only the device's own certificates)."""
+    old = fingerprints(fleet_ws)["dev-0000"]
+    from fleet.certs import renew_certificate
+
+    renew_certificate(fleet_ws, "dev-0000", out_dir=tmp_path / "out")
+    revoke_certificate(fleet_ws, serial_of_fp(fleet_ws, old), reason="superseded")
+    new = fingerprints(fleet_ws)["dev-0000"]
+    inventory = [remote("dev-0000", (new, True), (old, True))]
+    inventory += agreeing(fleet_ws, [f"dev-{i:04d}" for i in range(1, 7)])
+    report = drift(fleet_ws, "fake", backend=FakeBackend(inventory))
+    [finding] = report.findings
+    assert (finding.kind, finding.security, finding.fix) == (
+        "decommissioned-but-enabled",
+        True,
+        "register",
+    )
+
+
+def serial_of_fp(ws: Workspace, fingerprint: str) -> str:
+    with read_session(ws.open_registry()) as session:
+        return session.exec(
+            select(Certificate.serial).where(Certificate.fingerprint_sha256 == fingerprint)
+        ).one()
+
+
+def test_paging_batches_and_repeats(
+    ready_sqlite_ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inventory pages, comparison batches and registry pages all cut at odd places; a
+    device listed twice counts once."""
+    ws = ready_sqlite_ws
+    add_cloud(ws, "fake", "http", {"url": "https://reg.example/devices/{id}"})
+    ids = add_devices(ws, tmp_path, 23, clouds=("fake",))
+    mark_registered(ws, "fake")
+    monkeypatch.setattr(drift_module, "BATCH", 4)
+    monkeypatch.setattr(drift_module, "PAGE", 5)
+    listed = agreeing(ws, ids[:20]) + agreeing(ws, ids[:2])
+    listed += [remote(f"zz-{i:03d}", (FOREIGN, False)) for i in range(9)]
+    backend = FakeBackend([], page_size=7)
+    backend.iter_inventory = lambda state: iter(listed)  # type: ignore[method-assign]
+    seen: list[int] = []
+    report = drift(ws, "fake", backend=backend, progress=lambda n, total: seen.append(n))
+    assert report.remote_devices == 29
+    assert seen == sorted(seen) and seen[-1] == 29
+    kinds = {(f.device_id, str(f.kind)) for f in report.findings}
+    missing = {(i, "missing-in-cloud") for i in ids[20:]}
+    unknown = {(f"zz-{i:03d}", "unknown-in-cloud") for i in range(9)}
+    assert kinds == missing | unknown
+
+
+def test_fix_queues_jobs_with_audit_and_deletes_unknown_only_when_asked(
+    fleet_ws: Workspace,
+) -> None:
+    fps = fingerprints(fleet_ws)
+    decommission_device(fleet_ws, "dev-0003", reason="retired")
+    with write_session(fleet_ws.open_registry()) as session:  # as the pushed job leaves it
+        session.execute(
+            update(CloudJob).where(CloudJob.device_id == "dev-0003").values(state=JobState.DONE)
+        )
+        session.execute(
+            update(CloudRegistration)
+            .where(CloudRegistration.device_id == "dev-0003")
+            .values(status=RegistrationStatus.DEREGISTERED)
+        )
+    inventory = [
+        remote("dev-0000", (fps["dev-0000"], True)),
+        remote("dev-0002", (fps["dev-0002"], True), (FOREIGN, True)),
+        remote("dev-0003", (fps["dev-0003"], True)),
+        remote("dev-0004", (fps["dev-0004"], False)),
+        remote("dev-0005", (fps["dev-0005"], True)),
+        remote("dev-0006", (fps["dev-0006"], True)),
+        remote("rogue-1", (FOREIGN, True)),
+    ]
+    backend = FakeBackend(inventory)
+    report = drift(fleet_ws, "fake", fix=True, backend=backend)
+    assert report.fix is not None
+    assert (report.fix.register, report.fix.deregister) == (3, 1)
+    assert backend.deleted == []
+    with read_session(fleet_ws.open_registry()) as session:
+        jobs = session.exec(
+            select(CloudJob.device_id, CloudJob.action).where(CloudJob.state == JobState.PENDING)
+        ).all()
+        events = session.exec(
+            select(AuditEvent.target, AuditEvent.details).where(AuditEvent.action == "cloud.drift")
+        ).all()
+    assert set(jobs) == {
+        ("dev-0001", "register"),
+        ("dev-0002", "register"),
+        ("dev-0004", "register"),
+        ("dev-0003", "deregister"),
+        ("dev-0007", "register"),  # queued before, untouched
+    }
+    assert {t: json.loads(d)["kind"] for t, d in events} == {
+        "dev-0001": "missing-in-cloud",
+        "dev-0002": "certificate-mismatch",
+        "dev-0003": "decommissioned-but-enabled",
+        "dev-0004": "disabled-in-cloud",
+    }
+    again = drift(fleet_ws, "fake", fix=True, backend=backend)  # already queued: no new jobs
+    assert again.fix is not None and (again.fix.register, again.fix.deregister) == (0, 0)
+
+    with pytest.raises(InvalidInput, match="--delete-unknown goes with --fix"):
+        drift(fleet_ws, "fake", delete_unknown=True, backend=backend)
+    deleting = drift(fleet_ws, "fake", fix=True, delete_unknown=True, backend=backend)
+    assert deleting.fix is not None and deleting.fix.deleted == ["rogue-1"]
+    assert backend.deleted == ["rogue-1"]
+    with read_session(fleet_ws.open_registry()) as session:
+        event = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "cloud.delete-unknown")
+        ).one()
+    assert event.target == "rogue-1"
+    assert json.loads(event.details) == {"cloud": "fake", "certificates": [FOREIGN]}
+
+
+def test_cli_exit_codes_and_json(
+    fleet_ws: Workspace, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inventory = agreeing(fleet_ws, [f"dev-{i:04d}" for i in range(7)])
+    backend = FakeBackend(inventory)
+    monkeypatch.setattr(drift_module, "make_backend", lambda cloud, client=None: backend)
+    clean = cli("cloud", "drift", "fake", "--json")
+    assert clean.exit_code == 0, clean.stderr
+    assert json.loads(clean.stdout)["clean"] is True
+    backend.devices["rogue-1"] = remote("rogue-1", (FOREIGN, True))
+    drifted = cli("cloud", "drift", "fake", "--json")
+    assert drifted.exit_code == 8
+    shown = json.loads(drifted.stdout)
+    assert [(f["device_id"], f["kind"]) for f in shown["findings"]] == [
+        ("rogue-1", "unknown-in-cloud")
+    ]
+    human = cli("cloud", "drift", "fake")
+    assert human.exit_code == 8
+    assert "rogue-1" in human.stdout
+    assert "drift: 1 unknown-in-cloud" in human.stderr
+    usage = cli("cloud", "drift", "fake", "--delete-unknown")
+    assert usage.exit_code == 2
+    assert usage.stderr == "error: --delete-unknown goes with --fix\n"
+
+
+def test_backend_without_inventory_is_a_clear_error(fleet_ws: Workspace, cli: Cli) -> None:
+    result = cli("cloud", "drift", "fake")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cloud 'fake': cloud type 'http' cannot list")
+    assert result.stdout == ""
+    missing = cli("cloud", "drift", "nope")
+    assert missing.exit_code == 3
+
