@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from helpers import Cli, add_devices
+from helpers import Cli, add_devices, require_service
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -111,9 +111,7 @@ def serial_of(ws: Workspace, device_id: str) -> str:
 def mark_registered(ws: Workspace, cloud: str) -> None:
     """What a successful push leaves: every job done, every registration registered."""
     with write_session(ws.open_registry()) as session:
-        session.execute(
-            update(CloudJob).where(CloudJob.cloud == cloud).values(state=JobState.DONE)
-        )
+        session.execute(update(CloudJob).where(CloudJob.cloud == cloud).values(state=JobState.DONE))
         session.execute(
             update(CloudRegistration)
             .where(CloudRegistration.cloud == cloud)
@@ -355,3 +353,153 @@ def test_backend_without_inventory_is_a_clear_error(fleet_ws: Workspace, cli: Cl
     missing = cli("cloud", "drift", "nope")
     assert missing.exit_code == 3
 
+
+# --- AWS IoT end to end, against moto -------------------------------------------------------
+
+REGION = "eu-west-1"
+
+try:
+    import boto3
+    from moto.server import ThreadedMotoServer
+except ImportError:  # pragma: no cover - depends on the environment
+    boto3 = None
+    ThreadedMotoServer = None
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """A moto server on 127.0.0.1 (as in tests/test_cloud_aws.py)."""
+    if ThreadedMotoServer is None or boto3 is None:
+        require_service("moto[server] and boto3 are not installed (pip install -e .[test])")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def iot(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """A reset moto with AWS-accurate certificate ids, fake credentials, and boto3's client
+    (the independent reader and the hand behind fleet's back)."""
+    import httpx
+    from moto.core.config import default_user_config
+
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFLEETTEST0000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fleet-test-secret")
+    httpx.post(f"{moto_url}/moto-api/reset").raise_for_status()
+    monkeypatch.setitem(default_user_config, "iot", {"use_valid_cert": True})
+    return boto3.client(
+        "iot",
+        endpoint_url=moto_url,
+        region_name=REGION,
+        aws_access_key_id="AKIAFLEETTEST0000001",
+        aws_secret_access_key="fleet-test-secret",
+    )
+
+
+def arn_of(iot: Any, thing: str) -> str:
+    [principal] = iot.list_thing_principals(thingName=thing)["principals"]
+    return str(principal)
+
+
+def drift_json(cli: Cli, *args: str) -> tuple[int, dict[str, Any]]:
+    result = cli("cloud", "drift", "aws", "--json", *args)
+    assert result.exit_code in (0, 8), result.stderr
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_aws_drift_fix_and_delete_unknown_against_moto(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, moto_url: str, iot: Any, tmp_path: Path
+) -> None:
+    cli = sqlite_cli
+    added = cli(
+        "cloud", "add", "aws", "--type", "aws-iot", "--region", REGION,
+        "--endpoint-url", moto_url, "--list-rate", "1000", "--no-rate-limit",
+    )  # fmt: skip
+    assert added.exit_code == 0, added.stderr
+    ids = [f"gw-{i}" for i in range(7)]
+    for device_id in ids:
+        made = cli("device", "add", device_id, "--out", str(tmp_path / "o"))
+        assert made.exit_code == 0, made.stderr
+    assert cli("cloud", "register", "aws", "--all").exit_code == 0
+    code, first = drift_json(cli)
+    assert (code, first["clean"], first["remote_devices"]) == (0, True, 7)
+
+    # fleet revokes gw-3's certificate and decommissions gw-5; both are pushed
+    serial = serial_of(ready_sqlite_ws, "gw-3")
+    assert cli("cert", "revoke", serial, "--reason", "keyCompromise").exit_code == 0
+    assert cli("device", "decommission", "gw-5").exit_code == 0
+    revoked_arn, retired_arn = arn_of(iot, "gw-3"), arn_of(iot, "gw-5")
+    assert cli("cloud", "sync", "aws").exit_code == 0
+    assert iot.list_thing_principals(thingName="gw-3")["principals"] == []
+
+    # behind fleet's back:
+    gone = arn_of(iot, "gw-1")
+    iot.detach_thing_principal(thingName="gw-1", principal=gone)
+    iot.delete_thing(thingName="gw-1")
+    extra = iot.create_keys_and_certificate(setAsActive=True)
+    iot.attach_thing_principal(thingName="gw-2", principal=extra["certificateArn"])
+    for arn in (revoked_arn, retired_arn):  # re-enabled and re-attached
+        iot.update_certificate(certificateId=arn.rsplit("/", 1)[1], newStatus="ACTIVE")
+    iot.attach_thing_principal(thingName="gw-3", principal=revoked_arn)
+    iot.attach_thing_principal(thingName="gw-5", principal=retired_arn)
+    disabled = arn_of(iot, "gw-4")
+    iot.update_certificate(certificateId=disabled.rsplit("/", 1)[1], newStatus="INACTIVE")
+    rogue = iot.create_keys_and_certificate(setAsActive=True)
+    iot.create_thing(thingName="rogue-1")
+    iot.attach_thing_principal(thingName="rogue-1", principal=rogue["certificateArn"])
+
+    code, report = drift_json(cli)
+    assert code == 8
+    assert {(f["device_id"], f["kind"], f["security"]) for f in report["findings"]} == {
+        ("gw-1", "missing-in-cloud", False),
+        ("gw-2", "certificate-mismatch", False),
+        ("gw-3", "decommissioned-but-enabled", True),
+        ("gw-4", "disabled-in-cloud", False),
+        ("gw-5", "decommissioned-but-enabled", True),
+        ("rogue-1", "unknown-in-cloud", False),
+    }
+    assert report["remote_devices"] == 7  # gw-0, gw-2...gw-6, rogue-1
+    by_id = {f["device_id"]: f for f in report["findings"]}
+    held = by_id["gw-2"]["remote"]["certificates"]
+    # moto's certificate ids are SHA-256 fingerprints, as AWS's are
+    assert {c["remote_id"] for c in held} == {
+        extra["certificateId"],
+        by_id["gw-2"]["expected_fingerprint"],
+    }
+    assert all(c["active"] for c in held)
+
+    code, fixing = drift_json(cli, "--fix")
+    assert code == 8
+    assert (fixing["fix"]["register"], fixing["fix"]["deregister"]) == (3, 2)
+    synced = cli("cloud", "sync", "aws")
+    assert synced.exit_code == 0, synced.stderr
+    code, after = drift_json(cli)
+    assert code == 8
+    assert [(f["device_id"], f["kind"]) for f in after["findings"]] == [
+        ("rogue-1", "unknown-in-cloud")
+    ]
+    # what the fixes did, read back by boto3
+    assert set(iot.list_thing_principals(thingName="gw-2")["principals"]) == {arn_of(iot, "gw-2")}
+    extra_status = iot.describe_certificate(certificateId=extra["certificateId"])
+    assert extra_status["certificateDescription"]["status"] == "ACTIVE"  # foreign: detached only
+    for arn in (revoked_arn, retired_arn):
+        described = iot.describe_certificate(certificateId=arn.rsplit("/", 1)[1])
+        assert described["certificateDescription"]["status"] == "INACTIVE"
+
+    code, deleting = drift_json(cli, "--fix", "--delete-unknown")
+    assert code == 8
+    assert deleting["fix"]["deleted"] == ["rogue-1"]
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_thing(thingName="rogue-1")
+    rogue_status = iot.describe_certificate(certificateId=rogue["certificateId"])
+    assert rogue_status["certificateDescription"]["status"] == "INACTIVE"
+    code, final = drift_json(cli)
+    assert (code, final["clean"]) == (0, True)
