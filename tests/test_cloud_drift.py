@@ -4,6 +4,7 @@ fleet's back with boto3)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -503,3 +504,103 @@ def test_aws_drift_fix_and_delete_unknown_against_moto(
     assert rogue_status["certificateDescription"]["status"] == "INACTIVE"
     code, final = drift_json(cli)
     assert (code, final["clean"]) == (0, True)
+
+
+class StepTimer:
+    """Simulated monotonic time: sleeping advances it, nothing really waits."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += max(0.0, seconds)
+
+
+def test_aws_inventory_pages_within_each_apis_rate_and_retries_throttling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ListThings pages with nextToken, each list API at most 10 calls/s by default (on
+    simulated time), a ThrottlingException waits for its Retry-After. MockTransport answers
+    in AWS's documented shapes: moto neither throttles nor needs pacing."""
+    import httpx
+    from cryptography import x509
+
+    from fleet.cloud.aws import AwsIotBackend, inventory
+    from fleet.pki import keys
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFLEETTEST0000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fleet-test-secret")
+    timer = StepTimer()
+    calls: list[tuple[str, float]] = []
+    pem = _self_signed_pem()
+    throttled = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path, token = request.url.path, request.url.params.get("nextToken")
+        if path == "/things":
+            calls.append(("ListThings", timer.t))
+            if token is None and throttled[0]:
+                throttled[0] = False
+                return httpx.Response(
+                    400,
+                    headers={"x-amzn-ErrorType": "ThrottlingException", "Retry-After": "3"},
+                    json={"message": "Rate exceeded"},
+                )
+            page = int(token or 0)
+            things = [{"thingName": f"t-{page}-{i}", "thingArn": "arn"} for i in range(2)]
+            return httpx.Response(
+                200, json={"things": things, **({"nextToken": str(page + 1)} if page < 2 else {})}
+            )
+        if path.endswith("/principals"):
+            calls.append(("ListThingPrincipals", timer.t))
+            return httpx.Response(200, json={"principals": [f"arn:aws:iot:r:1:cert/{'ab' * 32}"]})
+        calls.append(("DescribeCertificate", timer.t))
+        described = {"certificatePem": pem, "status": "ACTIVE", "certificateId": "ab" * 32}
+        return httpx.Response(200, json={"certificateDescription": described})
+
+    options = AwsIotBackend.validate_options({"region": REGION})
+    backend = AwsIotBackend(
+        "aws", options, client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
+    listing = inventory.Inventory(backend.api, 10.0, timer=timer)
+    found = list(listing.things())
+    assert [d.device_id for d in found] == [f"t-{p}-{i}" for p in range(3) for i in range(2)]
+    fingerprint = keys.fingerprint_sha256(x509.load_pem_x509_certificate(pem.encode()))
+    assert all(d.enabled and d.certificates[0].fingerprint_sha256 == fingerprint for d in found)
+    assert 3.0 in timer.sleeps  # the Retry-After
+    for operation in ("ListThings", "ListThingPrincipals"):
+        times = [t for op, t in calls if op == operation]
+        assert all(b - a >= 0.1 for a, b in itertools.pairwise(times)), operation
+    # one certificate attached to six things: described once
+    assert sum(1 for op, _ in calls if op == "DescribeCertificate") == 1
+    assert len([op for op, _ in calls if op == "ListThings"]) == 4  # throttled + 3 pages
+    assert AwsIotBackend.iter_inventory is not CloudBackend.iter_inventory
+
+
+def _self_signed_pem() -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foreign")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
