@@ -151,8 +151,19 @@ def phase(name: str, home: Path) -> dict[str, Any]:
         report = drift.drift(ws, "bench", backend=make_backend(home))
         result = {"read": report.remote_devices, "counts": report.counts()}
     result["seconds"] = time.perf_counter() - start
-    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_mb"] = peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (ru_maxrss would include the parent's, kept across
+    fork and exec on Linux)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_phase(name: str, home: Path) -> dict[str, Any]:
