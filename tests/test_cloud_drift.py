@@ -604,3 +604,49 @@ def _self_signed_pem() -> str:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.mark.slow
+def test_aws_register_keeps_only_the_devices_certificates(
+    moto_url: str, iot: Any, tmp_path: Path
+) -> None:
+    """What register does to a thing holding the device's certificate and others: a
+    re-enabled old certificate of fleet's is detached and deactivated, another device's
+    (attached elsewhere too) and a foreign one only detached."""
+    from helpers import PASSPHRASE, device_record
+
+    from fleet.cloud.aws import AwsIotBackend
+    from fleet.pki import ca, keys
+    from fleet.pki.issue import verification_certificate
+
+    issuer = ca.create_ca(tmp_path / "ca", "Drift Fleet", "ec-p256", PASSPHRASE)
+    material = CaMaterial(
+        issuing_pem=keys.cert_pem(issuer.cert).decode(),
+        root_pem=keys.cert_pem(issuer.root).decode(),
+        sign_verification_cert=lambda cn, key: verification_certificate(issuer, cn, key),
+    )
+    options = AwsIotBackend.validate_options({"region": REGION, "endpoint_url": moto_url})
+    backend = AwsIotBackend("aws", options)
+    state = backend.prepare(material)
+    old = backend.register(device_record(issuer, "gw-old"), state)  # an old cert of gw-x
+    iot.detach_thing_principal(thingName="gw-old", principal=old["certificate_arn"])
+    neighbour = backend.register(device_record(issuer, "gw-y"), state)
+    current = device_record(issuer, "gw-x")
+    mine = backend.register(current, state)
+    foreign = iot.create_keys_and_certificate(setAsActive=True)
+    for arn in (old["certificate_arn"], neighbour["certificate_arn"], foreign["certificateArn"]):
+        iot.attach_thing_principal(thingName="gw-x", principal=arn)
+
+    backend.register(current, state)
+    assert iot.list_thing_principals(thingName="gw-x")["principals"] == [mine["certificate_arn"]]
+
+    def status(cert_id: str) -> str:
+        return str(
+            iot.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"]
+        )
+
+    assert status(old["certificate_id"]) == "INACTIVE"
+    assert status(neighbour["certificate_id"]) == "ACTIVE"
+    assert status(foreign["certificateId"]) == "ACTIVE"
+    assert status(mine["certificate_id"]) == "ACTIVE"
+    backend.close()

@@ -10,8 +10,8 @@ What each operation does (see docs/cloud-aws.md):
   DetachPolicy, optionally DeleteThing.
   A thing that holds the device's certificate and others too (attached out of band, found by
   ``fleet cloud drift``) keeps only the device's: the others are detached, and those fleet's
-  CA issued (an old or revoked one re-enabled) are also set INACTIVE (REVOKED with
-  ``deregister_mode=revoke``); foreign certificates keep their status.
+  CA issued that no other thing holds (an old or revoked one re-enabled) are also set
+  INACTIVE (REVOKED with ``deregister_mode=revoke``); foreign certificates keep their status.
 * ``deregister``: of a decommissioned device, also detaches the principals fleet did not attach
   (its thing must accept no one); their status is left alone.
 * ``fetch_status``: fleet indexing SearchIndex (``connectivity``) plus the firmware version
@@ -260,7 +260,8 @@ class AwsIotBackend(CloudBackend):
         self, thing_path: str, extras: Sequence[str], state: Mapping[str, Any]
     ) -> None:
         """Detach the certificates attached beside the device's own; deactivate the ones
-        fleet's CA issued (foreign ones keep their status: fleet does not own them)."""
+        fleet's CA issued that no other thing holds (an old or revoked one of this device's).
+        Foreign ones keep their status: fleet does not own them."""
         issuing = setup.load_cert(str(state["issuing_pem"]), "fleet's issuing CA")
         for principal in extras:
             if ":cert/" not in principal:
@@ -276,7 +277,9 @@ class AwsIotBackend(CloudBackend):
                 "DescribeCertificate", f"/certificates/{uri_label(cert_id)}"
             )
             pem = (described or {}).get("certificateDescription", {}).get("certificatePem")
-            if pem and verify_issued_by(setup.load_cert(pem, principal), issuing):
+            ours = bool(pem) and verify_issued_by(setup.load_cert(pem, principal), issuing)
+            # still attached elsewhere: another device's certificate, attached here by mistake
+            if ours and not inventory.other_things(self.api, principal):
                 inventory.deactivate(self.api, cert_id, self._deregister_status())
 
     def _deregister_status(self) -> str:

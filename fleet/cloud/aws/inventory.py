@@ -157,7 +157,7 @@ def delete_thing(api: AwsApi, remote: RemoteDevice) -> None:
             path + "/principals",
             headers={"x-amzn-principal": principal},
         )
-        if ":cert/" in principal and not _other_things(api, principal):
+        if ":cert/" in principal and not other_things(api, principal):
             deactivate(api, principal.rsplit("/", 1)[1], "INACTIVE")
     try:
         api.call_unless_missing("DeleteThing", "DELETE", path)
@@ -168,8 +168,8 @@ def delete_thing(api: AwsApi, remote: RemoteDevice) -> None:
         raise
 
 
-def _other_things(api: AwsApi, principal: str) -> list[str]:
-    """The things ``principal`` is still attached to."""
+def other_things(api: AwsApi, principal: str) -> list[str]:
+    """The things ``principal`` is attached to (one at most: whether there is any)."""
     try:
         page = api.call(
             "ListPrincipalThings",
