@@ -613,21 +613,9 @@ def test_aws_register_keeps_only_the_devices_certificates(
     """What register does to a thing holding the device's certificate and others: a
     re-enabled old certificate of fleet's is detached and deactivated, another device's
     (attached elsewhere too) and a foreign one only detached."""
-    from helpers import PASSPHRASE, device_record
+    from helpers import device_record
 
-    from fleet.cloud.aws import AwsIotBackend
-    from fleet.pki import ca, keys
-    from fleet.pki.issue import verification_certificate
-
-    issuer = ca.create_ca(tmp_path / "ca", "Drift Fleet", "ec-p256", PASSPHRASE)
-    material = CaMaterial(
-        issuing_pem=keys.cert_pem(issuer.cert).decode(),
-        root_pem=keys.cert_pem(issuer.root).decode(),
-        sign_verification_cert=lambda cn, key: verification_certificate(issuer, cn, key),
-    )
-    options = AwsIotBackend.validate_options({"region": REGION, "endpoint_url": moto_url})
-    backend = AwsIotBackend("aws", options)
-    state = backend.prepare(material)
+    issuer, backend, state = aws_backend(tmp_path, moto_url)
     old = backend.register(device_record(issuer, "gw-old"), state)  # an old cert of gw-x
     iot.detach_thing_principal(thingName="gw-old", principal=old["certificate_arn"])
     neighbour = backend.register(device_record(issuer, "gw-y"), state)
@@ -650,3 +638,51 @@ def test_aws_register_keeps_only_the_devices_certificates(
     assert status(foreign["certificateId"]) == "ACTIVE"
     assert status(mine["certificate_id"]) == "ACTIVE"
     backend.close()
+
+
+def aws_backend(tmp_path: Path, moto_url: str, **options: Any) -> tuple[Any, Any, Any]:
+    """A fleet CA, an AWS backend against moto, and its prepared state."""
+    from helpers import PASSPHRASE
+
+    from fleet.cloud.aws import AwsIotBackend
+    from fleet.pki import ca, keys
+    from fleet.pki.issue import verification_certificate
+
+    issuer = ca.create_ca(tmp_path / "ca", "Drift Fleet", "ec-p256", PASSPHRASE)
+    material = CaMaterial(
+        issuing_pem=keys.cert_pem(issuer.cert).decode(),
+        root_pem=keys.cert_pem(issuer.root).decode(),
+        sign_verification_cert=lambda cn, key: verification_certificate(issuer, cn, key),
+    )
+    valid = AwsIotBackend.validate_options({"region": REGION, "endpoint_url": moto_url, **options})
+    backend = AwsIotBackend("aws", valid)
+    return issuer, backend, backend.prepare(material)
+
+
+@pytest.mark.slow
+def test_aws_inventory_of_a_thing_group_leaves_other_things_alone(
+    moto_url: str, iot: Any, tmp_path: Path
+) -> None:
+    """With a thing group, the inventory is that group's things: another application's thing
+    in the same account is neither reported nor deletable as unknown."""
+    from helpers import device_record
+
+    issuer, backend, state = aws_backend(tmp_path, moto_url, thing_group="plant-7")
+    for device_id in ("gw-a", "gw-b"):
+        backend.register(device_record(issuer, device_id), state)
+    iot.create_thing(thingName="billing-meter")
+    listed = list(backend.iter_inventory(state))
+    assert sorted(d.device_id for d in listed) == ["gw-a", "gw-b"]
+    assert all(d.enabled and len(d.certificates) == 1 for d in listed)
+    everything = ungrouped_backend(moto_url)
+    assert "billing-meter" in {d.device_id for d in everything.iter_inventory(state)}
+    backend.close()
+    everything.close()
+
+
+def ungrouped_backend(moto_url: str) -> Any:
+    """An AWS backend against moto with no thing group: it lists every thing."""
+    from fleet.cloud.aws import AwsIotBackend
+
+    valid = AwsIotBackend.validate_options({"region": REGION, "endpoint_url": moto_url})
+    return AwsIotBackend("aws-all", valid)

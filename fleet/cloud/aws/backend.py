@@ -438,10 +438,10 @@ class AwsIotBackend(CloudBackend):
     # --- drift ------------------------------------------------------------------------------
 
     def iter_inventory(self, state: Mapping[str, Any]) -> Iterator[RemoteDevice]:
-        """Every thing with its certificates (:mod:`fleet.cloud.aws.inventory`), each list
-        API within ``list_rate`` calls per second."""
+        """Every thing (of the cloud's thing group, when it has one) with its certificates
+        (:mod:`fleet.cloud.aws.inventory`), each list API within ``list_rate`` calls/s."""
         rate = float(self.options.get("list_rate") or aws_options.LIST_RATE.default)
-        return inventory.Inventory(self.api, rate).things()
+        return inventory.Inventory(self.api, rate).things(self.thing_group)
 
     def delete_unknown(self, remote: RemoteDevice, state: Mapping[str, Any]) -> None:
         """Detach the thing's principals, set certificates then attached to no thing

@@ -1,7 +1,9 @@
 """AWS IoT's inventory for ``fleet cloud drift``: things, their certificates, and deleting
 the things fleet does not know.
 
-* Things: ListThings, 250 per page, following ``nextToken``.
+* Things: ListThings, 250 per page, following ``nextToken``; with the cloud's
+  ``thing_group`` only that group's (ListThingsInThingGroup): other applications' things in
+  the account are then neither reported nor deletable as unknown.
 * Per thing: ListThingPrincipals; per certificate principal DescribeCertificate (its status
   and PEM: the SHA-256 fingerprint fleet compares), cached by certificate id.
 * Each API has its own rate limiter (AWS throttles per API): ``list_rate`` calls per second,
@@ -39,7 +41,12 @@ class Inventory:
         self.timer = timer
         self.limiters = {
             op: RateLimiter(rate, timer)
-            for op in ("ListThings", "ListThingPrincipals", "DescribeCertificate")
+            for op in (
+                "ListThings",
+                "ListThingsInThingGroup",
+                "ListThingPrincipals",
+                "DescribeCertificate",
+            )
         }
         self.policy = PushPolicy(base_delay=1.0, max_delay=20.0)
         self.rng = random.Random()
@@ -111,25 +118,31 @@ class Inventory:
         self._certificates[cert_id] = found
         return found
 
-    def things(self) -> Iterator[RemoteDevice]:
-        """Every thing with its certificates, page by page."""
-        for page in self.pages("ListThings", "/things", maxResults=PAGE_SIZE):
-            for thing in page.get("things", []):
-                name = str(thing["thingName"])
-                principals = self.principals(name)
-                certificates = tuple(
-                    c for c in (self.certificate(p) for p in principals) if c is not None
-                )
-                yield RemoteDevice(
-                    device_id=name,
-                    enabled=any(c.active for c in certificates),
-                    certificates=certificates,
-                    remote={
-                        "thing_name": name,
-                        "thing_arn": str(thing.get("thingArn", "")),
-                        "principals": principals,
-                    },
-                )
+    def names(self, thing_group: str | None) -> Iterator[tuple[str, str]]:
+        """(name, ARN or "") of every thing, or of the things in ``thing_group``."""
+        if thing_group is None:
+            for page in self.pages("ListThings", "/things", maxResults=PAGE_SIZE):
+                for thing in page.get("things", []):
+                    yield str(thing["thingName"]), str(thing.get("thingArn", ""))
+            return
+        path = f"/thing-groups/{label(thing_group)}/things"
+        for page in self.pages("ListThingsInThingGroup", path, maxResults=PAGE_SIZE):
+            for name in page.get("things", []):
+                yield str(name), ""
+
+    def things(self, thing_group: str | None = None) -> Iterator[RemoteDevice]:
+        """Every thing (of ``thing_group``, if given) with its certificates, page by page."""
+        for name, arn in self.names(thing_group):
+            principals = self.principals(name)
+            certificates = tuple(
+                c for c in (self.certificate(p) for p in principals) if c is not None
+            )
+            yield RemoteDevice(
+                device_id=name,
+                enabled=any(c.active for c in certificates),
+                certificates=certificates,
+                remote={"thing_name": name, "thing_arn": arn, "principals": principals},
+            )
 
 
 def delete_thing(api: AwsApi, remote: RemoteDevice) -> None:
