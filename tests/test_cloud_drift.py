@@ -25,6 +25,7 @@ from fleet.cloud.base import (
     RemoteCertificate,
     RemoteDevice,
     RemoteStatus,
+    TransientError,
 )
 from fleet.cloud.clouds import add_cloud
 from fleet.cloud.drift import drift
@@ -353,6 +354,28 @@ def test_backend_without_inventory_is_a_clear_error(fleet_ws: Workspace, cli: Cl
     assert result.stdout == ""
     missing = cli("cloud", "drift", "nope")
     assert missing.exit_code == 3
+
+
+def test_a_cloud_failing_mid_inventory_is_one_line_and_exit_1(
+    fleet_ws: Workspace, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FakeBackend(agreeing(fleet_ws, ["dev-0000", "dev-0001"]))
+
+    def failing(state: Mapping[str, Any]) -> Iterator[RemoteDevice]:
+        yield from backend.devices.values()
+        raise TransientError("AWS IoT ListThings: ThrottlingException: Rate exceeded")
+
+    backend.iter_inventory = failing  # type: ignore[method-assign]
+    monkeypatch.setattr(drift_module, "make_backend", lambda cloud, client=None: backend)
+    result = cli("cloud", "drift", "fake", "--fix")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: cloud 'fake': reading the inventory failed: AWS IoT ListThings: "
+        "ThrottlingException: Rate exceeded\n"
+    )
+    with read_session(fleet_ws.open_registry()) as session:  # nothing queued on a failed read
+        drifted = session.exec(select(AuditEvent).where(AuditEvent.action == "cloud.drift"))
+        assert drifted.all() == []
 
 
 # --- AWS IoT end to end, against moto -------------------------------------------------------
