@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 PAGE = 250  # devices per inventory page (AWS ListThings' maximum)
 UNKNOWN = 100
+AWS_RATE = 10  # things/s AWS IoT lists at the default list_rate (a ListThingPrincipals each)
 RATE_TARGET = 5_000  # devices/s compared: the check is never the bottleneck (AWS lists ~10/s)
 RSS_TARGET_MB = 200
 
@@ -206,6 +207,7 @@ def main() -> None:
         f"+{checked['rss_mb'] - stream['rss_mb']:.0f} MB "
         f"(target >= {RATE_TARGET}/s and <= {RSS_TARGET_MB} MB: {met})"
     )
+    print(f"drift vs AWS IoT's listing at the default list_rate: {rate / AWS_RATE:.0f}x faster")
     print(f"findings: {json.dumps({k: v for k, v in checked['counts'].items() if v})}")
 
 
