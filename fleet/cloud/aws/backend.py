@@ -262,6 +262,8 @@ class AwsIotBackend(CloudBackend):
         """Detach the certificates attached beside the device's own; deactivate the ones
         fleet's CA issued that no other thing holds (an old or revoked one of this device's).
         Foreign ones keep their status: fleet does not own them."""
+        if not extras:
+            return
         issuing = setup.load_cert(str(state["issuing_pem"]), "fleet's issuing CA")
         for principal in extras:
             if ":cert/" not in principal:
