@@ -432,8 +432,8 @@ def arn_of(iot: Any, thing: str) -> str:
     return str(principal)
 
 
-def drift_json(cli: Cli, *args: str) -> tuple[int, dict[str, Any]]:
-    result = cli("cloud", "drift", "aws", "--json", *args)
+def drift_json(cli: Cli, *args: str, cloud: str = "aws") -> tuple[int, dict[str, Any]]:
+    result = cli("cloud", "drift", cloud, "--json", *args)
     assert result.exit_code in (0, 8), result.stderr
     return result.exit_code, json.loads(result.stdout)
 
@@ -709,3 +709,53 @@ def ungrouped_backend(moto_url: str) -> Any:
 
     valid = AwsIotBackend.validate_options({"region": REGION, "endpoint_url": moto_url})
     return AwsIotBackend("aws-all", valid)
+
+
+# --- ThingsBoard, against the strict local server of tests/helpers -----------------------------
+
+
+def test_thingsboard_drift_fix_and_delete_unknown(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """drift is backend-neutral: the same run against ThingsBoard's inventory (a device
+    deleted in the console, one created there), fixed, pushed, clean."""
+    from helpers import tb_models
+
+    if not tb_models.available():
+        require_service("tb-ce-client is not installed (pip install -e .[test])")
+    from helpers.thingsboard_server import ThingsBoardServer
+
+    server = ThingsBoardServer().start()
+    try:
+        server.state.add_user("tenant@fleet.test", "tb-drift-password")
+        monkeypatch.setenv("TB_PASSWORD", "tb-drift-password")
+        cli = sqlite_cli
+        added = cli("cloud", "add", "tb", "--type", "thingsboard", "--base-url", server.url,
+                    "--username", "tenant@fleet.test", "--password-env", "TB_PASSWORD",
+                    "--no-rate-limit")  # fmt: skip
+        assert added.exit_code == 0, added.output
+        add_devices(ready_sqlite_ws, tmp_path, 3, clouds=("tb",))
+        assert cli("cloud", "sync", "tb").exit_code == 0
+        assert drift_json(cli, cloud="tb")[0] == 0
+
+        with server.state.lock:  # deleted in the console; another device created there
+            gone = server.state.device_by_name("dev-0001")
+            assert gone is not None
+            del server.state.devices[gone["id"]["id"]]
+            del server.state.credentials[gone["id"]["id"]]
+        server.state.add_device("rogue-tb", token="rogue-token")
+        code, report = drift_json(cli, cloud="tb")
+        assert code == 8
+        assert {(f["device_id"], f["kind"]) for f in report["findings"]} == {
+            ("dev-0001", "missing-in-cloud"),
+            ("rogue-tb", "unknown-in-cloud"),
+        }
+        code, fixing = drift_json(cli, "--fix", "--delete-unknown", cloud="tb")
+        assert (fixing["fix"]["register"], fixing["fix"]["deleted"]) == (1, ["rogue-tb"])
+        assert cli("cloud", "sync", "tb").exit_code == 0
+        code, after = drift_json(cli, cloud="tb")
+        assert (code, after["clean"], after["remote_devices"]) == (0, True, 3)
+        assert server.state.device_by_name("rogue-tb") is None
+    finally:
+        server.stop()
+    assert server.state.violations == []
