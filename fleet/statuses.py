@@ -123,3 +123,15 @@ TERMINAL_ROLLOUT_DEVICE_STATES = (
     RolloutDeviceState.CANCELLED,
     RolloutDeviceState.ALREADY_INSTALLED,
 )
+
+
+class DriftKind(StrEnum):
+    """What ``fleet cloud drift`` finds when a cloud and the registry disagree."""
+
+    MISSING_IN_CLOUD = "missing-in-cloud"  # registered in fleet, absent remotely
+    UNKNOWN_IN_CLOUD = "unknown-in-cloud"  # remote only: possibly rogue
+    CERTIFICATE_MISMATCH = "certificate-mismatch"  # another or an extra certificate
+    # security: decommissioned or deregistered in fleet (or a revoked certificate) yet
+    # accepted by the cloud
+    DECOMMISSIONED_BUT_ENABLED = "decommissioned-but-enabled"
+    DISABLED_IN_CLOUD = "disabled-in-cloud"  # active in fleet, disabled remotely

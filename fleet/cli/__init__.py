@@ -1,7 +1,8 @@
 """The ``fleet`` command line: parses options, calls one library function, renders.
 
 Exit codes: 0 ok, 1 other failure, 2 invalid input or usage, 3 not found, 4 conflict,
-5 registry or workspace problem, 6 CA passphrase missing or wrong, 7 audit trail broken.
+5 registry or workspace problem, 6 CA passphrase missing or wrong, 7 audit trail broken,
+8 drift found (``cloud drift``).
 An unexpected exception (a bug) is one line, ``error: internal error: TYPE: MESSAGE``, and
 exit 1; ``FLEET_DEBUG=1`` shows its traceback instead.
 

@@ -8,6 +8,7 @@ Backends implement :class:`fleet.cloud.base.CloudBackend` and are found through 
   limit, backoff, push policy;
 * ``transitions``: what an outcome makes of a job and a registration (pure);
 * ``work``, ``push``: loading and calling jobs, the push engine; ``status``: sync, status;
+* ``drift_model``, ``drift``: the cloud's inventory against the registry, fixes as jobs;
 * ``http/``, ``aws/``: the built-in backends; ``testing``: the contract every backend passes.
 """
 

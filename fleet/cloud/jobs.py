@@ -150,6 +150,7 @@ def enqueue_register(
     clouds: Sequence[str],
     *,
     now: datetime | None = None,
+    force: bool = False,
 ) -> int:
     """Queue registration of ``device_ids`` on ``clouds`` in the caller's transaction.
 
@@ -157,7 +158,8 @@ def enqueue_register(
     devices and certificates are flushed; if the transaction rolls back, so do the jobs.
     Unknown clouds raise :class:`NotFound` and decommissioned or certificate-less devices
     :class:`Conflict` (both before anything is written). A device already registered with
-    its current certificate, or with a register job already queued, is skipped. Returns the
+    its current certificate (unless ``force``: ``fleet cloud drift --fix`` found the platform
+    disagreeing), or with a register job already queued, is skipped. Returns the
     number of jobs queued. Example::
 
         with write_session(engine) as session:
@@ -186,7 +188,8 @@ def enqueue_register(
             if (device_id, cloud) in queued:
                 continue
             if (
-                reg is not None
+                not force
+                and reg is not None
                 and reg.status == RegistrationStatus.REGISTERED
                 and reg.certificate_serial == serial
             ):
@@ -238,14 +241,16 @@ def enqueue_deregister(
     *,
     certificate_serial: str | None = None,
     now: datetime | None = None,
+    force: bool = False,
 ) -> int:
     """Queue deregistration of ``device_ids`` in the caller's transaction.
 
     Covers every cloud where the device is registered, pending or failed (or only
     ``clouds``); with ``certificate_serial`` only registrations of that certificate (what a
-    revocation affects). Queued register jobs for the same device and cloud are superseded
-    (marked failed); the deregistration still runs, since an earlier attempt may have
-    reached the platform. Returns the number of jobs queued.
+    revocation affects); with ``force`` deregistered ones too (``fleet cloud drift --fix``
+    found the platform still accepting the device). Queued register jobs for the same
+    device and cloud are superseded (marked failed); the deregistration still runs, since
+    an earlier attempt may have reached the platform. Returns the number of jobs queued.
     """
     ids = list(dict.fromkeys(device_ids))
     names = None if clouds is None else validate_clouds_exist(session, clouds)
@@ -256,7 +261,7 @@ def enqueue_deregister(
     regs = [
         r
         for r in registrations_of(session, ids, names)
-        if r.status in DEREGISTRABLE
+        if (force or r.status in DEREGISTRABLE)
         and (certificate_serial is None or r.certificate_serial == certificate_serial)
     ]
     if not regs:

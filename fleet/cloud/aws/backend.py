@@ -8,8 +8,15 @@ What each operation does (see docs/cloud-aws.md):
   AddThingToThingGroup. A thing holding another certificate is a :class:`ConflictError`.
 * ``deregister``: UpdateCertificate INACTIVE or REVOKED (terminal), DetachThingPrincipal,
   DetachPolicy, optionally DeleteThing.
+  A thing that holds the device's certificate and others too (attached out of band, found by
+  ``fleet cloud drift``) keeps only the device's: the others are detached, and those fleet's
+  CA issued that no other thing holds (an old or revoked one re-enabled) are also set
+  INACTIVE (REVOKED with ``deregister_mode=revoke``); foreign certificates keep their status.
+* ``deregister``: of a decommissioned device, also detaches the principals fleet did not attach
+  (its thing must accept no one); their status is left alone.
 * ``fetch_status``: fleet indexing SearchIndex (``connectivity``) plus the firmware version
   reported in a named shadow (:mod:`fleet.cloud.aws.connectivity`).
+* ``iter_inventory`` / ``delete_unknown`` (``fleet cloud drift``): :mod:`fleet.cloud.aws.inventory`.
 
 Credentials come from botocore's standard chain; nothing secret is stored in the cloud's
 options or state.
@@ -17,12 +24,12 @@ options or state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
 
-from fleet.cloud.aws import connectivity, setup
+from fleet.cloud.aws import connectivity, inventory, setup
 from fleet.cloud.aws import options as aws_options
 from fleet.cloud.aws.api import (
     DENIED_TYPES,
@@ -44,11 +51,12 @@ from fleet.cloud.base import (
     ConflictError,
     DeviceRecord,
     PermanentError,
+    RemoteDevice,
     RemoteStatus,
     TransientError,
 )
 from fleet.pki.keys import fingerprint_sha256, verify_issued_by
-from fleet.statuses import EventSource
+from fleet.statuses import DeviceStatus, EventSource
 
 
 class AwsIotBackend(CloudBackend):
@@ -195,13 +203,15 @@ class AwsIotBackend(CloudBackend):
         thing_path = f"/things/{uri_label(thing)}"
 
         existing = self.api.describe("DescribeThing", thing_path)
+        extras: list[str] = []
         if existing is not None:
-            for principal in self._thing_principals(thing):
-                if not self._is_same_certificate(principal, fingerprint):
-                    raise ConflictError(
-                        f"thing {thing!r} already exists in AWS IoT with another principal "
-                        f"attached ({principal}): deregister it there first"
-                    )
+            principals = self._thing_principals(thing)
+            extras = [p for p in principals if not self._is_same_certificate(p, fingerprint)]
+            if extras and len(extras) == len(principals):
+                raise ConflictError(
+                    f"thing {thing!r} already exists in AWS IoT with another principal "
+                    f"attached ({extras[0]}): deregister it there first"
+                )
 
         cert_id, cert_arn = self._register_certificate(device, state)
 
@@ -231,6 +241,7 @@ class AwsIotBackend(CloudBackend):
             f"/target-policies/{uri_label(self.policy_name)}",
             body={"target": cert_arn},
         )
+        self._detach_extras(thing_path, extras, state)
         if self.thing_group:
             self.api.call(
                 "AddThingToThingGroup",
@@ -244,6 +255,37 @@ class AwsIotBackend(CloudBackend):
             "certificate_id": cert_id,
             "certificate_arn": cert_arn,
         }
+
+    def _detach_extras(
+        self, thing_path: str, extras: Sequence[str], state: Mapping[str, Any]
+    ) -> None:
+        """Detach the certificates attached beside the device's own; deactivate the ones
+        fleet's CA issued that no other thing holds (an old or revoked one of this device's).
+        Foreign ones keep their status: fleet does not own them."""
+        if not extras:
+            return
+        issuing = setup.load_cert(str(state["issuing_pem"]), "fleet's issuing CA")
+        for principal in extras:
+            if ":cert/" not in principal:
+                continue  # not a certificate (a Cognito identity): not fleet's to touch
+            self.api.call_unless_missing(
+                "DetachThingPrincipal",
+                "DELETE",
+                thing_path + "/principals",
+                headers={"x-amzn-principal": principal},
+            )
+            cert_id = principal.rsplit("/", 1)[1]
+            described = self.api.describe(
+                "DescribeCertificate", f"/certificates/{uri_label(cert_id)}"
+            )
+            pem = (described or {}).get("certificateDescription", {}).get("certificatePem")
+            ours = bool(pem) and verify_issued_by(setup.load_cert(pem, principal), issuing)
+            # still attached elsewhere: another device's certificate, attached here by mistake
+            if ours and not inventory.other_things(self.api, principal):
+                inventory.deactivate(self.api, cert_id, self._deregister_status())
+
+    def _deregister_status(self) -> str:
+        return "REVOKED" if self.options.get("deregister_mode") == "revoke" else "INACTIVE"
 
     def _thing_principals(self, thing: str) -> list[str]:
         path = f"/things/{uri_label(thing)}/principals"
@@ -314,7 +356,7 @@ class AwsIotBackend(CloudBackend):
                 raise
             principals = []
         targets = _fleet_certificates(device, remote, principals)
-        new_status = "REVOKED" if self.options.get("deregister_mode") == "revoke" else "INACTIVE"
+        new_status = self._deregister_status()
         for cert_id, known_arn in sorted(targets.items()):
             arn = self._set_certificate_status(cert_id, new_status) or known_arn
             if arn is None:
@@ -333,8 +375,19 @@ class AwsIotBackend(CloudBackend):
                     f"/target-policies/{uri_label(policy)}",
                     body={"target": arn},
                 )
+        detached = {arn for arn in targets.values() if arn}
+        if device.status == DeviceStatus.DECOMMISSIONED:
+            for principal in principals:
+                if principal not in detached and ":cert/" in principal:
+                    self.api.call_unless_missing(
+                        "DetachThingPrincipal",
+                        "DELETE",
+                        thing_path + "/principals",
+                        headers={"x-amzn-principal": principal},
+                    )
+                    detached.add(principal)
         if self.options.get("delete_thing"):
-            self._delete_thing(thing, principals, {arn for arn in targets.values() if arn})
+            self._delete_thing(thing, principals, detached)
 
     def _delete_thing(self, thing: str, principals: list[str], detached: set[str]) -> None:
         others = [p for p in principals if p not in detached]
@@ -383,6 +436,21 @@ class AwsIotBackend(CloudBackend):
             if not is_not_found(exc):
                 raise
         return names
+
+    # --- drift ------------------------------------------------------------------------------
+
+    def iter_inventory(self, state: Mapping[str, Any]) -> Iterator[RemoteDevice]:
+        """Every thing (of the cloud's thing group, when it has one) with its certificates
+        (:mod:`fleet.cloud.aws.inventory`), each list API within ``list_rate`` calls/s."""
+        rate = float(self.options.get("list_rate") or aws_options.LIST_RATE.default)
+        return inventory.Inventory(self.api, rate).things(self.thing_group)
+
+    def delete_unknown(self, remote: RemoteDevice, state: Mapping[str, Any]) -> None:
+        """Detach the thing's principals, set certificates then attached to no thing
+        INACTIVE, delete the thing (:func:`fleet.cloud.aws.inventory.delete_thing`)."""
+        if not THING_NAME_RE.match(remote.device_id):
+            raise PermanentError(f"{remote.device_id!r} is not an AWS IoT thing name")
+        inventory.delete_thing(self.api, remote)
 
     # --- status -----------------------------------------------------------------------------
 

@@ -30,6 +30,12 @@ SHADOW_NAME = BackendOption("shadow_name", "Named shadow with the firmware.", de
 FIRMWARE_FIELD = BackendOption(
     "firmware_field", "Reported key holding the firmware version.", default="firmware_version"
 )
+LIST_RATE = BackendOption(
+    "list_rate",
+    "Calls per second per list API for drift (ListThings quota: 10).",
+    value_type=float,
+    default=10.0,
+)
 OPTIONS = (
     BackendOption("region", "AWS region."),
     BackendOption("endpoint_url", "API endpoint (emulators)."),
@@ -45,6 +51,7 @@ OPTIONS = (
     ),
     SHADOW_NAME,
     FIRMWARE_FIELD,
+    LIST_RATE,
 )
 _NAMES = frozenset(option.name for option in OPTIONS)
 # Options naming an AWS resource, with AWS's rule for the name.
@@ -88,7 +95,8 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     ``policy`` (default ``fleet-device``), ``thing_group``, ``thing_type``, ``ca_mode``
     (``default`` | ``sni-only``), ``deregister_mode`` (``inactive`` | ``revoke``),
     ``delete_thing`` (bool), ``shadow_name`` (default ``firmware``), ``firmware_field``
-    (default ``firmware_version``).
+    (default ``firmware_version``), ``list_rate`` (``fleet cloud drift``: calls per second
+    to each listing API; default 10, stored only when given).
     """
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - _NAMES)
@@ -121,4 +129,12 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"{option.flag} must be one of {', '.join(allowed)}, got {value!r}")
         result[option.name] = value
     result["delete_thing"] = _delete_thing(given.get("delete_thing", False))
+    if "list_rate" in given:
+        try:
+            rate = float(given["list_rate"])
+        except (TypeError, ValueError):
+            rate = 0.0
+        if not rate > 0:
+            raise InvalidInput(f"{LIST_RATE.flag} must be a positive number of calls per second")
+        result["list_rate"] = rate
     return result
