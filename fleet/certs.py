@@ -56,7 +56,7 @@ def revoke_certificate(
             raise Conflict(f"certificate {wanted} is already revoked ({row.revocation_reason})")
         revoke_rows(session, [row], reason_name, now)
         # The platform must stop accepting this certificate too.
-        jobs.enqueue_deregister(session, [row.device_id], certificate_serial=wanted, now=now)
+        jobs.enqueue_revocation(session, row.device_id, wanted, now=now)
         audit.append(
             session,
             "cert.revoke",

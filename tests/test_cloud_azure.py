@@ -443,6 +443,28 @@ def test_renewal_keeps_the_previous_thumbprint_as_secondary(
     assert thumbprints(hub, device_id) == (new.fingerprint_sha256.upper(), None)
 
 
+def test_revoking_the_previous_certificate_queues_a_registration_that_drops_it(
+    ready_ws: Workspace, hub: HubServer, hub_env: str, tmp_path: Path
+) -> None:
+    """The hub accepts a renewed device's previous thumbprint as secondary; revoking that
+    certificate must reach the hub without anything else re-registering the device."""
+    add_hub_cloud(ready_ws, hub)
+    (device_id,) = add_devices(ready_ws, tmp_path, 1, clouds=("hub",))
+    push(ready_ws, "hub", policy=FAST)
+    old, _ = thumbprints(hub, device_id)
+    new = certs.renew_certificate(ready_ws, device_id, out_dir=tmp_path / "out")
+    register(ready_ws, "hub", [device_id], policy=FAST)
+    assert thumbprints(hub, device_id) == (new.fingerprint_sha256.upper(), old)
+    with read_session(ready_ws.open_registry()) as session:
+        serial = session.exec(
+            select(Certificate.serial).where(Certificate.fingerprint_sha256 == old.lower())  # type: ignore[union-attr]
+        ).one()
+    certs.revoke_certificate(ready_ws, serial, reason="keyCompromise")
+    (report,) = push(ready_ws, "hub", policy=FAST)
+    assert (report.done, report.failed) == (1, 0)
+    assert thumbprints(hub, device_id) == (new.fingerprint_sha256.upper(), None)
+
+
 @pytest.mark.parametrize("mode", ["disable", "delete"])
 def test_decommission_disables_or_deletes(
     ready_ws: Workspace, hub: HubServer, hub_env: str, tmp_path: Path, mode: str

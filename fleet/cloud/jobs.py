@@ -234,6 +234,34 @@ def _pending_registration(
     return reg
 
 
+def enqueue_revocation(
+    session: Session, device_id: str, certificate_serial: str, *, now: datetime | None = None
+) -> int:
+    """Queue what the clouds need once ``certificate_serial`` of ``device_id`` is revoked, in
+    the caller's transaction: deregistration where the device is registered with that
+    certificate, and a fresh registration where it is registered with a newer one (a platform
+    may still accept the revoked one beside it: Azure's secondary thumbprint during a
+    renewal window, an extra certificate attached in AWS). Returns the number of jobs queued.
+    """
+    queued = enqueue_deregister(
+        session, [device_id], certificate_serial=certificate_serial, now=now
+    )
+    device = session.get(Device, device_id)
+    if device is None or device.status != DeviceStatus.ACTIVE:
+        return queued
+    if not newest_active_certificates(session, [device_id]):
+        return queued
+    newer = sorted(
+        r.cloud
+        for r in registrations_of(session, [device_id], None)
+        if r.status == RegistrationStatus.REGISTERED
+        and r.certificate_serial not in (None, certificate_serial)
+    )
+    if newer:
+        queued += enqueue_register(session, [device_id], newer, now=now, force=True)
+    return queued
+
+
 def enqueue_deregister(
     session: Session,
     device_ids: Sequence[str],
