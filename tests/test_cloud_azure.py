@@ -542,6 +542,46 @@ def test_inventory_delete_unknown_and_firmware(
         backend.deliver_firmware(records[3], target, {}, {})
 
 
+def test_drift_against_the_hub_finds_fixes_and_deletes(
+    ready_ws: Workspace, hub: HubServer, hub_env: str, tmp_path: Path, issuer: Issuer
+) -> None:
+    """``fleet cloud drift`` over the hub's inventory: a device deleted in the portal, one
+    disabled there, one decommissioned in fleet but left enabled (security), one the hub
+    alone knows; ``--fix`` + sync + ``--delete-unknown`` leave it clean."""
+    from fleet.cloud.drift import drift
+
+    add_hub_cloud(ready_ws, hub)
+    ids = add_devices(ready_ws, tmp_path, 4, clouds=("hub",))
+    push(ready_ws, "hub", policy=FAST)
+    assert drift(ready_ws, "hub").clean
+    with hub.state.lock:
+        del hub.state.devices[ids[0]]
+        hub.state.devices[ids[1]]["status"] = "disabled"
+    backend = AzureIotHubBackend("hub", hub_options(hub))
+    try:
+        (rogue,) = backend.register_many([device_record(issuer, "rogue-1")], {})
+    finally:
+        backend.close()
+    assert isinstance(rogue, dict)
+    devices.decommission_device(ready_ws, ids[2])
+    assert job_states(ready_ws)[ids[2]] == "pending"  # its deregistration has not run yet
+    report = drift(ready_ws, "hub")
+    found = {(f.device_id, str(f.kind)) for f in report.findings}
+    assert found == {
+        (ids[0], "missing-in-cloud"),
+        (ids[1], "disabled-in-cloud"),
+        (ids[2], "decommissioned-but-enabled"),
+        ("rogue-1", "unknown-in-cloud"),
+    }
+    assert [f.device_id for f in report.findings if f.security] == [ids[2]]
+    fixed = drift(ready_ws, "hub", fix=True, delete_unknown=True)
+    assert fixed.fix is not None and fixed.fix.to_dict()["deleted"] == ["rogue-1"]
+    push(ready_ws, "hub", policy=FAST)
+    after = drift(ready_ws, "hub")
+    assert after.clean, [f.to_dict() for f in after.findings]
+    assert identity(hub, ids[0]) is not None and identity(hub, "rogue-1") is None
+
+
 # --- secrets --------------------------------------------------------------------------------
 
 
