@@ -85,6 +85,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fleet.cli.watch_cmds:watch",
         "Record devices going online and offline, as a Sparkplug B host application.",
     ),
+    "firmware": (
+        "fleet.cli.firmware_cmds:app",
+        "Catalogue signed firmware images; record and check what devices run.",
+    ),
 }
 
 
