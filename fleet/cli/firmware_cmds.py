@@ -300,3 +300,38 @@ def report(
         message(f"recorded {device_id}: {version or '-'}{f' ({state})' if state else ''}")
     else:
         message(f"{device_id} has a newer report: nothing changed")
+
+
+@app.command("compliance")
+def compliance(
+    ctx: typer.Context,
+    model: ModelOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """What the active fleet runs: devices per version per model, and those behind their
+    target, on deprecated or uncatalogued versions, or that never reported one.
+
+    Example:
+
+        fleet firmware compliance --model p200 --json
+    """
+    from fleet.firmware.compliance import compliance as compliance_of
+
+    result = compliance_of(workspace(ctx), model=model)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    view = table("Model", "Version", "Devices", "Catalogue")
+    for entry in result.models:
+        name = entry.model or "-"
+        for version in entry.versions:
+            view.add_row(name, version.version, str(version.devices), version.status)
+        if entry.no_report:
+            view.add_row(name, "-", str(entry.no_report), "never reported")
+    render(view)
+    totals = result.totals()
+    message(
+        f"{totals['devices']} devices: {totals['behind_target']} behind their target, "
+        f"{totals['deprecated']} on deprecated versions, {totals['unknown']} on versions not "
+        f"in the catalogue, {totals['no_report']} never reported"
+    )

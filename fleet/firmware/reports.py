@@ -8,6 +8,7 @@ inside the caller's write transaction. The rules:
   report or one at the same moment changes nothing (counted ``stale``);
 - a report without a version (``version=None``, e.g. "update failed") keeps the version last
   reported and updates only the update state;
+- a version longer than 64 characters (the column) is refused (counted ``invalid``);
 - a report for a device the registry does not know, or has decommissioned, is counted
   (``unknown``, with the first IDs) and not stored: never raised;
 - reports are telemetry, like connection events: they are not audited (they arrive by the
@@ -34,6 +35,7 @@ from fleet.registry.models import Device
 from fleet.statuses import DeviceStatus, FirmwareSource
 
 CHUNK = 2000  # reports per lookup and per executemany
+VERSION_MAX = 64  # device_firmware.reported_version
 
 UpdateState = Literal["in-progress", "failed"]
 UPDATE_STATES: tuple[str, ...] = ("in-progress", "failed")
@@ -72,12 +74,14 @@ class RecordedReports:
     stale: int = 0  # not newer than what the device last reported (or superseded in the batch)
     unknown: int = 0  # for devices not in the registry, or decommissioned
     unknown_ids: list[str] = field(default_factory=list)  # the first 20
+    invalid: int = 0  # versions longer than 64 characters
 
     def add(self, other: RecordedReports) -> None:
         """Fold another result into this one."""
         self.recorded += other.recorded
         self.stale += other.stale
         self.unknown += other.unknown
+        self.invalid += other.invalid
         self.unknown_ids += other.unknown_ids[: max(0, 20 - len(self.unknown_ids))]
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +91,7 @@ class RecordedReports:
             "stale": self.stale,
             "unknown": self.unknown,
             "unknown_ids": self.unknown_ids,
+            "invalid": self.invalid,
         }
 
 
@@ -114,10 +119,13 @@ def _record_chunk(session: Session, reports: list[Report], now: datetime) -> Rec
     for report in reports:
         if report.at.tzinfo is None:
             raise ValueError(f"report for {report.device_id!r}: naive time {report.at}")
+        if report.version is not None and len(report.version) > VERSION_MAX:
+            result.invalid += 1
+            continue
         kept = newest.get(report.device_id)
         if kept is None or report.at > kept.at:
             newest[report.device_id] = report
-    result.stale = len(reports) - len(newest)
+    result.stale = len(reports) - result.invalid - len(newest)
     conn = session.connection()
     known = _known(conn, list(newest))
     rows: list[dict[str, Any]] = []
