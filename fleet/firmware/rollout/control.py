@@ -92,12 +92,7 @@ def abort_rollout(ws: Workspace, name: str) -> dict[str, int]:
             at=now,
         )
         clear_targets(session, rollout, delivered, now)
-        if delivered:
-            from fleet.firmware.rollout.targets import members_marked
-
-            enqueue_firmware_jobs(
-                session, members_marked(rollout.id, S.CANCELLED, now), rollout.cloud, now
-            )
+        enqueue_firmware_jobs(session, delivered, rollout.cloud, now)
         rollout.state = RolloutState.ABORTED
         rollout.reason = "aborted by an operator"
         rollout.finished_at = now

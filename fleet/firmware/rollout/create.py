@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, exists, func, literal, not_, or_, select
 from sqlalchemy.engine import Connection
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from fleet import clock
 from fleet.cloud.jobs import get_cloud
@@ -76,7 +76,9 @@ def _check_name(name: str) -> str:
 
 def get_rollout(session: Session, name: str) -> Rollout:
     """The rollout called ``name``, or :class:`NotFound`."""
-    rollout = session.execute(select(Rollout).where(Rollout.name == name)).scalars().first()  # type: ignore[arg-type]
+    rollout: Rollout | None = (
+        session.execute(select(Rollout).where(col(Rollout.name) == name)).scalars().first()
+    )
     if rollout is None:
         raise NotFound(f"no rollout named {name!r}: see `fleet rollout list`")
     return rollout
@@ -125,7 +127,7 @@ def create_rollout(ws: Workspace, spec: RolloutSpec) -> Rollout:
             raise Conflict(f"firmware {model}@{version} is deprecated and cannot be rolled out")
         if spec.cloud is not None:
             get_cloud(session, spec.cloud)
-        if session.execute(select(Rollout.id).where(Rollout.name == name)).first():  # type: ignore[arg-type]
+        if session.execute(select(col(Rollout.id)).where(col(Rollout.name) == name)).first():
             raise Conflict(f"a rollout named {name!r} exists already")
         stored = {
             "model": spec.model,
@@ -236,7 +238,10 @@ def _insert_selected(
     phase_of: Any,
     source: Any,
     now: datetime,
-) -> None:
+    *,
+    returning: bool = False,
+) -> list[tuple[str, str]]:
+    """Insert the selected devices; with ``returning``, their (id, first state)."""
     conn = session.connection()
     state, reason = _first_state(rollout, image, _below_requires_min(conn, image), source.c.model)
     query = (
@@ -252,12 +257,15 @@ def _insert_selected(
         .select_from(source.outerjoin(_fw, _fw.c.device_id == source.c.id))
         .where(literal(True))
     )
-    conn.execute(
-        _rd.insert().from_select(
-            ["rollout_id", "device_id", "phase", "state", "reason", "attempts", "updated_at"],
-            query,
-        )
+    statement = _rd.insert().from_select(
+        ["rollout_id", "device_id", "phase", "state", "reason", "attempts", "updated_at"],
+        query,
     )
+    if not returning:
+        conn.execute(statement)
+        return []
+    rows = conn.execute(statement.returning(_rd.c.device_id, _rd.c.state))
+    return [(str(device_id), str(state)) for device_id, state in rows]
 
 
 def _state_counts(session: Session, rollout_id: int) -> dict[str, int]:
@@ -269,9 +277,7 @@ def _state_counts(session: Session, rollout_id: int) -> dict[str, int]:
     return {str(state): int(count) for state, count in rows}
 
 
-def _audit_skips(
-    session: Session, rollout: Rollout, now: datetime, *, since: datetime | None = None
-) -> None:
+def _audit_skips(session: Session, rollout: Rollout, now: datetime) -> None:
     """``rollout.devices`` events for the devices selected straight into a terminal state."""
     for value in (RolloutDeviceState.SKIPPED, RolloutDeviceState.ALREADY_INSTALLED):
         query = select(_rd.c.device_id).where(_rd.c.rollout_id == rollout.id, _rd.c.state == value)
@@ -326,21 +332,14 @@ def join_new_devices(session: Session, rollout: Rollout, now: datetime) -> int:
     base, key = _device_query([_device.c.id, _device.c.model], selector_of(rollout), after=None)
     already = exists().where(_rd.c.rollout_id == rollout.id, _rd.c.device_id == key)
     fresh = base.where(~already).subquery()
-    before = int(session.execute(select(func.count()).select_from(fresh)).scalar_one())
-    if not before:
-        return 0
-    _insert_selected(session, rollout, image, literal(rollout.current_phase), fresh, now)
-    ids = list(
-        session.execute(
-            select(_rd.c.device_id).where(
-                _rd.c.rollout_id == rollout.id,
-                _rd.c.updated_at == literal(now, _rd.c.updated_at.type),
-                _rd.c.attempts == 0,
-            )
-        ).scalars()
+    rows = _insert_selected(
+        session, rollout, image, literal(rollout.current_phase), fresh, now, returning=True
     )
+    ids = [device_id for device_id, _ in rows]
     audit_devices(
         session, "rollout.join", rollout.name, {"phase": rollout.current_phase}, ids, at=now
     )
-    _audit_skips(session, rollout, now)
-    return before
+    for value in (RolloutDeviceState.SKIPPED, RolloutDeviceState.ALREADY_INSTALLED):
+        done = [device_id for device_id, state in rows if state == value]
+        audit_devices(session, "rollout.devices", rollout.name, {"state": str(value)}, done, at=now)
+    return len(ids)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func, literal, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from fleet import clock
 from fleet.firmware.models import DeviceFirmware, FirmwareImage, Rollout, RolloutDevice
@@ -27,7 +27,6 @@ from fleet.firmware.rollout.machine import OPEN_STATES, Next, Thresholds, decide
 from fleet.firmware.rollout.targets import (
     audit_devices,
     enqueue_firmware_jobs,
-    members_marked,
     set_targets,
 )
 from fleet.registry import audit
@@ -221,10 +220,8 @@ def notify(session: Session, rollout: Rollout, report: StepReport, now: datetime
     ids = list(session.connection().execute(statement).scalars())
     if not ids:
         return
-    assert rollout.id is not None
-    members = members_marked(rollout.id, S.NOTIFIED, now)
-    set_targets(session, rollout, members, ids, now)
-    report.jobs += enqueue_firmware_jobs(session, members, rollout.cloud, now)
+    set_targets(session, rollout, ids, now)
+    report.jobs += enqueue_firmware_jobs(session, ids, rollout.cloud, now)
     report.notified += len(ids)
 
 
@@ -243,15 +240,15 @@ def step_one(session: Session, rollout: Rollout, now: datetime) -> StepReport:
     """One step of one running rollout in the caller's write transaction."""
     assert rollout.id is not None
     phases = json.loads(rollout.phases)
-    report = StepReport(rollout.name, rollout.state, rollout.current_phase)
+    report = StepReport(rollout.name, str(rollout.state), rollout.current_phase)
     image = session.get(FirmwareImage, rollout.firmware_id)
     if image is not None and image.deprecated:
-        reason = f"firmware {rollout.model}@{rollout.version} was deprecated"
-        _set_state(session, rollout, RolloutState.PAUSED, reason, now)
+        why = f"firmware {rollout.model}@{rollout.version} was deprecated"
+        _set_state(session, rollout, RolloutState.PAUSED, why, now)
         audit.append(
-            session, "rollout.pause", rollout.name, {"reason": reason, "auto": True}, at=now
+            session, "rollout.pause", rollout.name, {"reason": why, "auto": True}, at=now
         )
-        report.state, report.reason = rollout.state, reason
+        report.state, report.reason = rollout.state, why
         return report
     if rollout.dynamic:
         report.joined = join_new_devices(session, rollout, now)
@@ -304,20 +301,19 @@ def step(ws: Workspace, name: str | None = None) -> list[StepReport]:
     Example: ``for r in step(ws): print(r.rollout, r.state, r.changed)``."""
     engine = ws.open_registry()
     with read_session(engine) as session:
-        query = select(Rollout.name).where(Rollout.state == RolloutState.RUNNING)  # type: ignore[arg-type]
+        query = select(col(Rollout.name)).where(col(Rollout.state) == RolloutState.RUNNING)
         if name is not None:
             from fleet.firmware.rollout.create import get_rollout
 
             get_rollout(session, name)
-            query = query.where(Rollout.name == name)  # type: ignore[arg-type]
-        names = list(session.execute(query.order_by(Rollout.name)).scalars())  # type: ignore[arg-type]
+            query = query.where(col(Rollout.name) == name)
+        names = list(session.execute(query.order_by(col(Rollout.name))).scalars())
     reports = []
     for rollout_name in names:
         now = clock.now()
         with write_session(engine) as session:
-            rollout = (
-                session.execute(select(Rollout).where(Rollout.name == rollout_name)).scalars().one()
-            )  # type: ignore[arg-type]
+            query_one = select(Rollout).where(col(Rollout.name) == rollout_name)
+            rollout = session.execute(query_one).scalars().one()
             if rollout.state != RolloutState.RUNNING:
                 continue
             reports.append(step_one(session, rollout, now))

@@ -9,11 +9,11 @@ rollout's name, details ``{"version": "<version or null>", "devices": [ids...]}`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Subquery, and_, exists, func, literal, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -23,7 +23,7 @@ from fleet.registry import audit
 from fleet.statuses import OPEN_JOB_STATES, JobAction, JobState, RegistrationStatus
 
 AUDIT_BATCH = 1000
-ID_CHUNK = 500  # ids per IN (...) list
+ID_CHUNK = 2000  # ids per IN (...) list
 
 _fw = DeviceFirmware.__table__  # type: ignore[attr-defined]
 _rd = RolloutDevice.__table__  # type: ignore[attr-defined]
@@ -64,40 +64,42 @@ def _insert_for(conn: Connection) -> Any:
     return sqlite_insert
 
 
+def _chunks(device_ids: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(device_ids), ID_CHUNK):
+        yield list(device_ids[start : start + ID_CHUNK])
+
+
 def set_targets(
-    session: Session,
-    rollout: Rollout,
-    members: Subquery,
-    device_ids: Sequence[str],
-    now: datetime,
+    session: Session, rollout: Rollout, device_ids: Sequence[str], now: datetime
 ) -> None:
-    """Make ``rollout``'s version the target of the devices ``members`` selects (one
-    ``device_id`` column): ``device_firmware`` upserted set-based, its update state reset
-    (a new attempt starts), the ``firmware.target`` events written for ``device_ids``."""
+    """Make ``rollout``'s version the target of ``device_ids`` (members of the rollout):
+    ``device_firmware`` upserted set-based per chunk, its update state reset (a new attempt
+    starts), the ``firmware.target`` events written."""
     if not device_ids:
         return
     conn = session.connection()
     insert = _insert_for(conn)
-    source = select(
-        members.c.device_id,
-        literal(rollout.version, _fw.c.target_version.type),
-        literal(rollout.id, _fw.c.target_rollout_id.type),
-        literal(now, _fw.c.updated_at.type),
-    ).where(literal(True))
-    statement = insert(_fw).from_select(
-        ["device_id", "target_version", "target_rollout_id", "updated_at"], source
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=["device_id"],
-        set_={
-            "target_version": statement.excluded.target_version,
-            "target_rollout_id": statement.excluded.target_rollout_id,
-            "update_state": None,
-            "update_detail": None,
-            "updated_at": statement.excluded.updated_at,
-        },
-    )
-    conn.execute(statement)
+    for chunk in _chunks(device_ids):
+        source = select(
+            _rd.c.device_id,
+            literal(rollout.version, _fw.c.target_version.type),
+            literal(rollout.id, _fw.c.target_rollout_id.type),
+            literal(now, _fw.c.updated_at.type),
+        ).where(_rd.c.rollout_id == rollout.id, _rd.c.device_id.in_(chunk))
+        statement = insert(_fw).from_select(
+            ["device_id", "target_version", "target_rollout_id", "updated_at"], source
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["device_id"],
+            set_={
+                "target_version": statement.excluded.target_version,
+                "target_rollout_id": statement.excluded.target_rollout_id,
+                "update_state": None,
+                "update_detail": None,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+        conn.execute(statement)
     audit_devices(
         session, "firmware.target", rollout.name, {"version": rollout.version}, device_ids, at=now
     )
@@ -131,9 +133,9 @@ def _job_key(conn: Connection) -> ColumnElement[Any]:
 
 
 def enqueue_firmware_jobs(
-    session: Session, members: Subquery, cloud: str | None, now: datetime
+    session: Session, device_ids: Sequence[str], cloud: str | None, now: datetime
 ) -> int:
-    """Queue a ``firmware`` outbox job for each device ``members`` selects on its cloud
+    """Queue a ``firmware`` outbox job for each of ``device_ids`` on its cloud
     (``cloud``, or every cloud it is registered or being registered with), unless one is
     already queued there (the job reads the device's current target when it is pushed).
     Returns the jobs queued."""
@@ -144,13 +146,16 @@ def enqueue_firmware_jobs(
         _job.c.action == JobAction.FIRMWARE,
         _job.c.state.in_(OPEN_JOB_STATES),
     )
-    conditions = [
-        _reg.c.device_id.in_(select(members.c.device_id)),
-        _reg.c.status.in_(DELIVERABLE),
-        ~open_job,
-    ]
-    if cloud is not None:
-        conditions.append(_reg.c.cloud == cloud)
+    queued = 0
+    for chunk in _chunks(device_ids):
+        conditions = [_reg.c.device_id.in_(chunk), _reg.c.status.in_(DELIVERABLE), ~open_job]
+        if cloud is not None:
+            conditions.append(_reg.c.cloud == cloud)
+        queued += _insert_jobs(conn, conditions, now)
+    return queued
+
+
+def _insert_jobs(conn: Connection, conditions: list[ColumnElement[bool]], now: datetime) -> int:
     moment = literal(now, _job.c.created_at.type)
     source = select(
         _reg.c.device_id,
@@ -178,14 +183,3 @@ def enqueue_firmware_jobs(
         source,
     )
     return int(conn.execute(statement).rowcount or 0)
-
-
-def members_marked(rollout_id: int, state: str, now: datetime) -> Subquery:
-    """The devices of a rollout in ``state`` that the current step changed (``updated_at``
-    is the step's moment): the set the step's target and job writes apply to."""
-    return (
-        select(_rd.c.device_id)
-        .where(_rd.c.rollout_id == rollout_id, _rd.c.state == state)
-        .where(_rd.c.updated_at == literal(now, _rd.c.updated_at.type))
-        .subquery()
-    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from fleet.errors import NotFound
 from fleet.firmware.models import Rollout, RolloutDevice
@@ -131,9 +132,9 @@ def iter_rollouts(
 ) -> Iterator[RolloutView]:
     """Rollouts in name order after ``after``, at most ``limit``."""
     with read_session(ws.open_registry()) as session:
-        query = select(Rollout).order_by(Rollout.name)  # type: ignore[arg-type]
+        query = select(Rollout).order_by(col(Rollout.name))
         if after is not None:
-            query = query.where(Rollout.name > after)  # type: ignore[arg-type]
+            query = query.where(col(Rollout.name) > after)
         if limit is not None:
             query = query.limit(limit)
         rows = list(session.execute(query).scalars())
@@ -146,7 +147,7 @@ def count_rollouts(ws: Workspace, *, after: str | None = None) -> int:
     with read_session(ws.open_registry()) as session:
         query = select(func.count()).select_from(Rollout)
         if after is not None:
-            query = query.where(Rollout.name > after)  # type: ignore[arg-type]
+            query = query.where(col(Rollout.name) > after)
         return int(session.execute(query).scalar_one())
 
 
