@@ -90,7 +90,9 @@ def _image(ws: Workspace, tmp_path: Path, version: str, *models: str) -> None:
     add_image(ws, image, version=version, models=list(models), passphrase=PASSPHRASE)
 
 
-def _report(ws: Workspace, clock: FrozenClock, items: dict[str, tuple[str | None, str | None]]) -> None:
+def _report(
+    ws: Workspace, clock: FrozenClock, items: dict[str, tuple[str | None, str | None]]
+) -> None:
     at = clock.advance(seconds=1)
     with write_session(ws.open_registry()) as session:
         record_reports(
@@ -124,7 +126,7 @@ def test_phases_advance_and_complete(fleet60: Workspace, fleet_clock: FrozenCloc
     assert [sum(p.values()) for p in status.phase_states or []] == [7, 24, 31]
     [report] = step(ws)
     assert report.notified == 7 and report.phase == 0
-    for phase in (0, 1, 2):
+    for _phase in (0, 1, 2):
         notified = _notified(ws, "spring")
         _report(ws, fleet_clock, {d: ("2.0.0", None) for d in notified})
         [report] = step(ws)
@@ -167,7 +169,7 @@ def test_failure_rate_pauses_retry_recovers(fleet60: Workspace, fleet_clock: Fro
     outcome = {d: ("2.0.0", None) for d in notified[5:]}
     outcome.update({d: (None, "failed") for d in notified[:5]})
     _report(ws, fleet_clock, outcome)
-    [report] = step(ws)
+    step(ws)
     status = rollout_status(ws, "r")
     assert status.state == "paused" and status.reason and "exceeds" in status.reason
     assert status.to_dict()["failures"] == 5

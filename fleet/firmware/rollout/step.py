@@ -245,9 +245,7 @@ def step_one(session: Session, rollout: Rollout, now: datetime) -> StepReport:
     if image is not None and image.deprecated:
         why = f"firmware {rollout.model}@{rollout.version} was deprecated"
         _set_state(session, rollout, RolloutState.PAUSED, why, now)
-        audit.append(
-            session, "rollout.pause", rollout.name, {"reason": why, "auto": True}, at=now
-        )
+        audit.append(session, "rollout.pause", rollout.name, {"reason": why, "auto": True}, at=now)
         report.state, report.reason = rollout.state, why
         return report
     if rollout.dynamic:
