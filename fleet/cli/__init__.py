@@ -89,6 +89,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fleet.cli.firmware_cmds:app",
         "Catalogue signed firmware images; record and check what devices run.",
     ),
+    "rollout": (
+        "fleet.cli.rollout_cmds:app",
+        "Roll firmware out in phases: start, step, pause, resume, abort, retry, status.",
+    ),
 }
 
 
