@@ -264,7 +264,7 @@ def status(
 
         fleet rollout status spring --device pump-0042
     """
-    from fleet.firmware.rollouts import device_history, rollout_status
+    from fleet.firmware.rollout.views import device_history, rollout_status
 
     ws = workspace(ctx)
     if device is not None:
@@ -321,7 +321,7 @@ def list_cmd(
 
         fleet rollout list --json
     """
-    from fleet.firmware.rollouts import count_rollouts, iter_rollouts
+    from fleet.firmware.rollout.views import count_rollouts, iter_rollouts
 
     ws = workspace(ctx)
     options = ListOptions(limit, after, all_rows, json_out, jsonl, count)

@@ -12,7 +12,7 @@ from sqlalchemy import update
 from fleet import clock
 from fleet.errors import Conflict
 from fleet.firmware.models import Rollout, RolloutDevice
-from fleet.firmware.rollout.create import get_rollout
+from fleet.firmware.rollout.lookup import get_rollout
 from fleet.firmware.rollout.machine import allowed
 from fleet.firmware.rollout.targets import audit_devices, clear_targets, enqueue_firmware_jobs
 from fleet.registry import audit

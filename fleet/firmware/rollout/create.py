@@ -32,6 +32,7 @@ from fleet.firmware.models import (
     Rollout,
     RolloutDevice,
 )
+from fleet.firmware.rollout.lookup import get_rollout
 from fleet.firmware.rollout.machine import parse_percent, parse_phases, phase_cutoffs
 from fleet.firmware.rollout.targets import audit_devices
 from fleet.firmware.versions import compare_versions
@@ -72,16 +73,6 @@ def _check_name(name: str) -> str:
     if not name or len(name) > NAME_MAX or not name.isprintable() or "/" in name:
         raise InvalidInput(f"rollout name must be 1-{NAME_MAX} printable characters, no '/'")
     return name
-
-
-def get_rollout(session: Session, name: str) -> Rollout:
-    """The rollout called ``name``, or :class:`NotFound`."""
-    rollout: Rollout | None = (
-        session.execute(select(Rollout).where(col(Rollout.name) == name)).scalars().first()
-    )
-    if rollout is None:
-        raise NotFound(f"no rollout named {name!r}: see `fleet rollout list`")
-    return rollout
 
 
 def selector_of(rollout: Rollout) -> DeviceFilter:

@@ -23,6 +23,7 @@ from sqlmodel import Session, col
 from fleet import clock
 from fleet.firmware.models import DeviceFirmware, FirmwareImage, Rollout, RolloutDevice
 from fleet.firmware.rollout.create import join_new_devices
+from fleet.firmware.rollout.lookup import get_rollout
 from fleet.firmware.rollout.machine import OPEN_STATES, Next, Thresholds, decide
 from fleet.firmware.rollout.targets import (
     audit_devices,
@@ -301,8 +302,6 @@ def step(ws: Workspace, name: str | None = None) -> list[StepReport]:
     with read_session(engine) as session:
         query = select(col(Rollout.name)).where(col(Rollout.state) == RolloutState.RUNNING)
         if name is not None:
-            from fleet.firmware.rollout.create import get_rollout
-
             get_rollout(session, name)
             query = query.where(col(Rollout.name) == name)
         names = list(session.execute(query.order_by(col(Rollout.name))).scalars())

@@ -20,7 +20,7 @@ from sqlmodel import col
 
 from fleet.errors import NotFound
 from fleet.firmware.models import Rollout, RolloutDevice
-from fleet.firmware.rollout.create import get_rollout
+from fleet.firmware.rollout.lookup import get_rollout
 from fleet.firmware.rollout.machine import failure_rate
 from fleet.registry.audit import format_ts, iter_audit_events
 from fleet.registry.db import read_session
