@@ -46,7 +46,9 @@ def image(tmp_path: Path, name: str = "fw.bin", size: int = 300_000, seed: int =
 
 def actions(ws: Workspace) -> list[tuple[str, str]]:
     with read_session(ws.open_registry()) as session:
-        rows = session.execute(select(AuditEvent.action, AuditEvent.target).order_by(AuditEvent.seq))  # type: ignore[call-overload]
+        rows = session.execute(
+            select(AuditEvent.action, AuditEvent.target).order_by(AuditEvent.seq)
+        )  # type: ignore[call-overload]
         return [(a, t) for a, t in rows if not a.startswith(("ca.init", "ca.create"))]
 
 
@@ -72,11 +74,27 @@ def test_versions_are_semver_ordered_by_packaging() -> None:
 # --- the catalogue ------------------------------------------------------------------------
 
 
-def test_add_list_show_deprecate(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:
+def test_add_list_show_deprecate(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
     ws, cli = ready_sqlite_ws, sqlite_cli
     first = image(tmp_path)
-    done = cli("firmware", "add", str(first), "--version", "1.4.0", "--model", "p200",
-               "--model", "p210", "--requires-min", "1.2.0", "--notes", "fixes", "--json")  # fmt: skip
+    done = cli(
+        "firmware",
+        "add",
+        str(first),
+        "--version",
+        "1.4.0",
+        "--model",
+        "p200",
+        "--model",
+        "p210",
+        "--requires-min",
+        "1.2.0",
+        "--notes",
+        "fixes",
+        "--json",
+    )
     assert done.exit_code == 0, done.stderr
     added = json.loads(done.stdout)
     assert added["added_models"] == ["p200", "p210"]
@@ -85,11 +103,18 @@ def test_add_list_show_deprecate(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tm
     assert stored.read_bytes() == first.read_bytes()
     assert (shown["size"], shown["requires_min"], shown["notes"]) == (300_000, "1.2.0", "fixes")
     # the same content again for another model extends the image; again changes nothing
-    assert cli("firmware", "add", str(first), "--version", "1.4.0", "--model", "p300").exit_code == 0
+    assert (
+        cli("firmware", "add", str(first), "--version", "1.4.0", "--model", "p300").exit_code == 0
+    )
     again = cli("firmware", "add", str(first), "--version", "1.4.0", "--model", "p200")
     assert "nothing changed" in again.stderr
-    remote = add_image(ws, image(tmp_path, "r.bin", 1000, 3), version="1.5.0-rc.1",
-                       models=["p200"], url="https://fw.example/p200-1.5.0rc1.bin")  # fmt: skip
+    remote = add_image(
+        ws,
+        image(tmp_path, "r.bin", 1000, 3),
+        version="1.5.0-rc.1",
+        models=["p200"],
+        url="https://fw.example/p200-1.5.0rc1.bin",
+    )
     assert remote.image.path is None and remote.image.url is not None
     assert sorted(p.name for p in (ws.home / "firmware").iterdir()) == [shown["sha256"]]
     listed = json.loads(cli("firmware", "list", "--json").stdout)
@@ -130,10 +155,27 @@ def test_signature_verifies_with_openssl_and_a_changed_byte_fails(
 
     def openssl_verify(path: Path) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            ["openssl", "cms", "-verify", "-binary", "-content", str(path), "-inform", "PEM",
-             "-in", str(signature), "-CAfile", str(root), "-purpose", "any", "-out", os.devnull],
-            capture_output=True, check=False,
-        )  # fmt: skip
+            [
+                "openssl",
+                "cms",
+                "-verify",
+                "-binary",
+                "-content",
+                str(path),
+                "-inform",
+                "PEM",
+                "-in",
+                str(signature),
+                "-CAfile",
+                str(root),
+                "-purpose",
+                "any",
+                "-out",
+                os.devnull,
+            ],
+            capture_output=True,
+            check=False,
+        )
 
     assert openssl_verify(result.image.path).returncode == 0  # type: ignore[arg-type]
     changed = tmp_path / "changed.bin"
@@ -145,7 +187,9 @@ def test_signature_verifies_with_openssl_and_a_changed_byte_fails(
     assert sqlite_cli("firmware", "verify", "2.0.0").exit_code == 0
     assert sqlite_cli("firmware", "verify", "2.0.0", "--file", str(changed)).exit_code == 7
     # the signer: issued by the issuing CA, codeSigning only, its key 0600
-    cert = x509.load_pem_x509_certificate((ws.home / "ca" / "firmware-signing.cert.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate(
+        (ws.home / "ca" / "firmware-signing.cert.pem").read_bytes()
+    )
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [x509.oid.ExtendedKeyUsageOID.CODE_SIGNING]
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -159,7 +203,9 @@ def test_signature_verifies_with_openssl_and_a_changed_byte_fails(
     assert format(cert.serial_number, "x") == result.image.signer_serial
 
 
-def test_bad_input_leaves_nothing_written(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:
+def test_bad_input_leaves_nothing_written(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
     ws, cli = ready_sqlite_ws, sqlite_cli
     good = image(tmp_path)
     before = actions(ws)
@@ -168,10 +214,36 @@ def test_bad_input_leaves_nothing_written(ready_sqlite_ws: Workspace, sqlite_cli
         (["firmware", "add", str(good), "--version", "bad", "--model", "p"], 2),
         (["firmware", "add", str(tmp_path / "nope.bin"), "--version", "1.0.0", "--model", "p"], 2),
         (["firmware", "add", str(tmp_path), "--version", "1.0.0", "--model", "p"], 2),
-        (["firmware", "add", str(good), "--version", "1.0.0", "--model", "p", "--url", "ftp://x"], 2),
-        (["firmware", "add", str(good), "--version", "1.0.0", "--model", "p", "--requires-min", "x"], 2),
+        (
+            [
+                "firmware",
+                "add",
+                str(good),
+                "--version",
+                "1.0.0",
+                "--model",
+                "p",
+                "--url",
+                "ftp://x",
+            ],
+            2,
+        ),
+        (
+            [
+                "firmware",
+                "add",
+                str(good),
+                "--version",
+                "1.0.0",
+                "--model",
+                "p",
+                "--requires-min",
+                "x",
+            ],
+            2,
+        ),
         (["firmware", "add", str(good), "--version", "1.0.0", "--model", ""], 2),
-    ]  # fmt: skip
+    ]
     # on a fresh workspace, a refused add creates no signing key and no image folder
     for args, code in refusals[1:]:
         result = cli(*args)
@@ -207,39 +279,54 @@ def test_record_reports_newest_wins_and_unknown_devices(fleet_ws: Workspace) -> 
     ws = fleet_ws
     src = FirmwareSource.INGEST
     with write_session(ws.open_registry()) as session:
-        done = record_reports(session, [
-            Report("a-1", "1.0.0", src, T0),
-            Report("a-1", "1.1.0", src, T0 + timedelta(minutes=2)),  # newer in the same batch
-            Report("a-2", "1.0.0", src, T0),
-            Report("ghost", "1.0.0", src, T0),
-            Report("old", "1.0.0", src, T0),  # decommissioned
-            Report("a-3", "x" * 65, src, T0),
-        ])  # fmt: skip
+        done = record_reports(
+            session,
+            [
+                Report("a-1", "1.0.0", src, T0),
+                Report("a-1", "1.1.0", src, T0 + timedelta(minutes=2)),  # newer in the same batch
+                Report("a-2", "1.0.0", src, T0),
+                Report("ghost", "1.0.0", src, T0),
+                Report("old", "1.0.0", src, T0),  # decommissioned
+                Report("a-3", "x" * 65, src, T0),
+            ],
+        )
     assert (done.recorded, done.stale, done.unknown, done.invalid) == (2, 1, 2, 1)
     assert done.unknown_ids == ["ghost", "old"]
     with write_session(ws.open_registry()) as session:
-        late = record_reports(session, [
-            Report("a-1", "0.9.0", src, T0 + timedelta(minutes=1)),  # older: ignored
-            Report("a-2", "1.0.0", src, T0),  # the same moment: ignored
-            Report("a-2", None, FirmwareSource.MANUAL, T0 + timedelta(minutes=3), "failed", "E42"),
-        ])  # fmt: skip
+        late = record_reports(
+            session,
+            [
+                Report("a-1", "0.9.0", src, T0 + timedelta(minutes=1)),  # older: ignored
+                Report("a-2", "1.0.0", src, T0),  # the same moment: ignored
+                Report(
+                    "a-2", None, FirmwareSource.MANUAL, T0 + timedelta(minutes=3), "failed", "E42"
+                ),
+            ],
+        )
     assert (late.recorded, late.stale) == (1, 2)
     a1, a2 = firmware_row(ws, "a-1"), firmware_row(ws, "a-2")
     assert a1 is not None and a2 is not None
     assert (a1.reported_version, a1.reported_at, a1.reported_source) == (
-        "1.1.0", T0 + timedelta(minutes=2), "ingest",
-    )  # fmt: skip
+        "1.1.0",
+        T0 + timedelta(minutes=2),
+        "ingest",
+    )
     # a report without a version keeps the version and says what the update did
     assert (a2.reported_version, a2.update_state, a2.update_detail, a2.reported_source) == (
-        "1.0.0", "failed", "E42", "manual",
-    )  # fmt: skip
+        "1.0.0",
+        "failed",
+        "E42",
+        "manual",
+    )
     assert firmware_row(ws, "old") is None and firmware_row(ws, "a-3") is None
 
 
 def test_report_pin_unpin_and_device_show(fleet_ws: Workspace, cli: Cli) -> None:
     ws = fleet_ws
     assert cli("firmware", "report", "a-1", "1.2.0").exit_code == 0
-    assert cli("firmware", "report", "a-1", "--state", "in-progress", "--detail", "50%").exit_code == 0
+    assert (
+        cli("firmware", "report", "a-1", "--state", "in-progress", "--detail", "50%").exit_code == 0
+    )
     assert cli("firmware", "report", "ghost", "1.0.0").exit_code == NotFound.exit_code
     assert cli("firmware", "report", "a-1", "nope").exit_code == 2
     assert cli("firmware", "report", "a-1", "1.0.0", "--state", "done").exit_code == 2
@@ -251,9 +338,15 @@ def test_report_pin_unpin_and_device_show(fleet_ws: Workspace, cli: Cli) -> None
     assert cli("device", "pin", "a-2", "bad").exit_code == 2
     shown = json.loads(cli("device", "show", "a-1", "--json").stdout)["firmware"]
     assert shown["reported"]["version"] == "1.2.0"
-    assert (shown["reported"]["source"], shown["reported"]["update_state"]) == ("manual", "in-progress")
+    assert (shown["reported"]["source"], shown["reported"]["update_state"]) == (
+        "manual",
+        "in-progress",
+    )
     assert shown["reported"]["update_detail"] == "50%"
-    assert shown["pinned_version"] == "1.2.0" and shown["target"] == {"version": None, "rollout": None}
+    assert shown["pinned_version"] == "1.2.0" and shown["target"] == {
+        "version": None,
+        "rollout": None,
+    }
     table = cli("device", "show", "a-1").stdout
     assert "1.2.0" in table and "firmware_pin" in table
     assert unpin_device(ws, "a-2") == "1.3.0"
@@ -262,8 +355,11 @@ def test_report_pin_unpin_and_device_show(fleet_ws: Workspace, cli: Cli) -> None
     assert report_manual(ws, "b-1", "2.0.0").recorded == 1
     pins = [(a, t) for a, t in actions(ws) if a.startswith("device.") and "pin" in a]
     assert pins == [
-        ("device.pin", "a-1"), ("device.pin", "a-2"), ("device.unpin", "a-2"), ("device.pin", "b-1"),
-    ]  # fmt: skip
+        ("device.pin", "a-1"),
+        ("device.pin", "a-2"),
+        ("device.unpin", "a-2"),
+        ("device.pin", "b-1"),
+    ]
     # reports are telemetry: no audit event
     assert not any(a.startswith("firmware.report") for a, _ in actions(ws))
     b1 = firmware_row(ws, "b-1")
@@ -282,13 +378,16 @@ def test_compliance_counts_a_hand_counted_fleet(fleet_ws: Workspace, tmp_path: P
     deprecate_image(ws, "1.0.0")
     src = FirmwareSource.INGEST
     with write_session(ws.open_registry()) as session:
-        record_reports(session, [
-            Report("a-1", "1.0.0", src, T0),  # deprecated
-            Report("a-2", "1.1.0", src, T0),  # catalogued
-            Report("a-3", "1.10.0-dev", src, T0),  # not a version fleet knows: unknown
-            Report("b-1", "1.0.0", src, T0),  # 1.0.0 is not catalogued for gw: unknown
-            Report("old", "1.1.0", src, T0),  # decommissioned: not counted
-        ])  # fmt: skip
+        record_reports(
+            session,
+            [
+                Report("a-1", "1.0.0", src, T0),  # deprecated
+                Report("a-2", "1.1.0", src, T0),  # catalogued
+                Report("a-3", "1.10.0-dev", src, T0),  # not a version fleet knows: unknown
+                Report("b-1", "1.0.0", src, T0),  # 1.0.0 is not catalogued for gw: unknown
+                Report("old", "1.1.0", src, T0),  # decommissioned: not counted
+            ],
+        )
         # targets as a rollout sets them: a-1 and a-2 should run 1.1.0 (a-2 does)
         session.execute(
             update(DeviceFirmware)
@@ -314,8 +413,12 @@ def test_compliance_counts_a_hand_counted_fleet(fleet_ws: Workspace, tmp_path: P
     assert by_model["gw"]["versions"] == [{"version": "1.0.0", "devices": 1, "status": "unknown"}]
     assert by_model[None]["no_report"] == 1
     assert result["totals"] == {
-        "devices": 6, "no_report": 2, "behind_target": 1, "deprecated": 1, "unknown": 2,
-    }  # fmt: skip
+        "devices": 6,
+        "no_report": 2,
+        "behind_target": 1,
+        "deprecated": 1,
+        "unknown": 2,
+    }
     only = compliance(ws, model="gw").to_dict()
     assert [m["model"] for m in only["models"]] == ["gw"]
 
@@ -407,11 +510,26 @@ def test_reports_do_not_re_render_the_export_cache(fleet_ws: Workspace) -> None:
 def test_ingest_and_sparkplug_births_record_firmware(fleet_ws: Workspace) -> None:
     ws = fleet_ws
     lines = [
-        {"device_id": "a-1", "state": "online", "time": "2027-03-01T08:00:00Z", "firmware": "1.2.0"},
-        {"device_id": "a-1", "state": "offline", "time": "2027-03-01T07:00:00Z", "firmware": "1.1.0"},
-        {"device_id": "ghost", "state": "online", "time": "2027-03-01T08:00:00Z", "firmware": "9.0.0"},
+        {
+            "device_id": "a-1",
+            "state": "online",
+            "time": "2027-03-01T08:00:00Z",
+            "firmware": "1.2.0",
+        },
+        {
+            "device_id": "a-1",
+            "state": "offline",
+            "time": "2027-03-01T07:00:00Z",
+            "firmware": "1.1.0",
+        },
+        {
+            "device_id": "ghost",
+            "state": "online",
+            "time": "2027-03-01T08:00:00Z",
+            "firmware": "9.0.0",
+        },
         {"device_id": "a-2", "state": "online", "time": "2027-03-01T08:00:00Z"},
-    ]  # fmt: skip
+    ]
     text = "\n".join(json.dumps(line) for line in lines) + "\n"
     report = ingest(ws, io.BytesIO(text.encode()))
     assert report.recorded.recorded == 3 and report.recorded.stray == 1
