@@ -201,6 +201,9 @@ def test_signature_verifies_with_openssl_and_a_changed_byte_fails(
     issuing = x509.load_pem_x509_certificate((ws.home / "ca" / "issuing.cert.pem").read_bytes())
     assert cert.issuer == issuing.subject
     assert format(cert.serial_number, "x") == result.image.signer_serial
+    # the profile is never a device's: a device with codeSigning could sign firmware
+    refused = sqlite_cli("device", "add", "x-1", "--profile", "firmware-signing")
+    assert refused.exit_code == 2 and "signing certificate" in refused.stderr
 
 
 def test_bad_input_leaves_nothing_written(
