@@ -256,3 +256,83 @@ def test_bad_input(fleet60: Workspace) -> None:
     with pytest.raises(NotFound):
         start_rollout(ws, "nope")
     assert json.loads(json.dumps(rollout_status(ws, "x").to_dict()))["state"] == "created"
+
+
+# --- delivery (HTTP backend) and the CLI -------------------------------------------------
+
+
+def test_http_backend_puts_the_target_on_the_firmware_url() -> None:
+    """The generic HTTP backend's delivery, against ``httpx.MockTransport`` (the request
+    is the observable): PUT on the default URL, then on a configured --firmware-url."""
+    import httpx
+
+    from fleet.cloud.base import DeviceRecord, FirmwareTarget
+    from fleet.cloud.http.backend import HttpBackend
+
+    seen: list[tuple[str, str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, str(request.url), json.loads(request.content)))
+        return httpx.Response(204)
+
+    device = DeviceRecord("pump 1", "p200", None, {}, "active", "", "", "")
+    target = FirmwareTarget("2.0.0", "ab" * 32, 10, "https://fw/x.bin", "SIG")
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        options = HttpBackend.validate_options({"url": "https://reg.example/devices/{id}"})
+        HttpBackend("h", options, client=client).deliver_firmware(device, target, {}, {})
+        options = HttpBackend.validate_options(
+            {"url": "https://reg.example/devices/{id}", "firmware_url": "https://ota.example/{id}"}
+        )
+        HttpBackend("h", options, client=client).deliver_firmware(device, None, {}, {})
+    assert seen[0][:2] == ("PUT", "https://reg.example/devices/pump%201/firmware")
+    assert seen[0][2] == {
+        "firmware": {
+            "version": "2.0.0",
+            "url": "https://fw/x.bin",
+            "sha256": "ab" * 32,
+            "size": 10,
+            "signature": "SIG",
+        }
+    }
+    assert seen[1] == ("PUT", "https://ota.example/pump%201", {"firmware": None})
+    with pytest.raises(InvalidInput):
+        HttpBackend.validate_options({"url": "https://r/{id}", "firmware_url": "ftp://x/{id}"})
+
+
+def test_cli(fleet60: Workspace, fleet_clock: FrozenClock) -> None:
+    from helpers import Cli
+
+    cli = Cli(fleet60)
+    made = cli("rollout", "create", "c", "--firmware", "pump@2.0.0", "--phases", "50%,100%",
+               "--timeout", "1h", "--max-failure-rate", "20%", "--json")  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    assert json.loads(made.stdout)["phases"] == [50, 100]
+    assert cli("rollout", "start", "c").exit_code == 0
+    stepped = cli("rollout", "step", "--json")
+    assert json.loads(stepped.stdout)[0]["notified"] == 31
+    shown = json.loads(cli("rollout", "status", "c", "--json").stdout)
+    assert shown["states"]["notified"] == 31 and shown["devices"] == 62
+    assert [sum(p.values()) for p in shown["phase_states"]] == [31, 31]
+    table = cli("rollout", "status", "c")
+    assert table.exit_code == 0 and "notified" in table.stdout
+    history = json.loads(cli("rollout", "status", "c", "--device", "p-000", "--json").stdout)
+    assert history["history"][0] == {
+        "ts": history["history"][0]["ts"],
+        "seq": history["history"][0]["seq"],
+        "action": "firmware.target",
+        "target": "2.0.0",
+    }
+    listed = json.loads(cli("rollout", "list", "--json").stdout)
+    assert [r["name"] for r in listed] == ["c"]
+    assert cli("rollout", "pause", "c").exit_code == 0
+    again = cli("rollout", "pause", "c")
+    assert again.exit_code == 4 and "cannot pause" in again.stderr
+    assert cli("rollout", "status", "nope").exit_code == 3
+    bad = cli("rollout", "create", "d", "--firmware", "pump@2.0.0", "--phases", "10%,5%")
+    assert bad.exit_code == 2 and "Traceback" not in bad.stderr
+    aborted = json.loads(cli("rollout", "abort", "c", "--json").stdout)
+    assert aborted == {"name": "c", "state": "aborted", "cancelled": 60, "targets_cleared": 31}
+    for command in ("create", "start", "step", "pause", "resume", "abort", "retry-failed",
+                    "status", "list"):  # fmt: skip
+        helped = cli("rollout", command, "--help")
+        assert helped.exit_code == 0 and "Example:" in helped.stdout, command
