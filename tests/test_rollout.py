@@ -336,3 +336,17 @@ def test_cli(fleet60: Workspace, fleet_clock: FrozenClock) -> None:
                     "status", "list"):  # fmt: skip
         helped = cli("rollout", command, "--help")
         assert helped.exit_code == 0 and "Example:" in helped.stdout, command
+
+
+def test_deprecated_image_is_never_a_target(fleet60: Workspace) -> None:
+    from fleet.firmware.images import deprecate_image
+
+    ws = fleet60
+    create_rollout(ws, RolloutSpec("dep", "pump@2.0.0", phases="50%,100%"))
+    start_rollout(ws, "dep")
+    deprecate_image(ws, "2.0.0")
+    [report] = step(ws)
+    assert report.state == "paused" and report.notified == 0
+    assert "deprecated" in (rollout_status(ws, "dep").reason or "")
+    with pytest.raises(Conflict):
+        create_rollout(ws, RolloutSpec("dep2", "pump@2.0.0"))
