@@ -240,11 +240,17 @@ def device_certificates(session: Session, device_id: str) -> list[Certificate]:
 
 
 def show_device(ws: Workspace, device_id: str) -> DeviceView:
-    """A device with all its certificates and its connection state."""
+    """A device with all its certificates, its connection state and its firmware."""
+    from fleet.firmware.device import firmware_in
+
     with read_session(ws.open_registry()) as session:
         device = get_device_row(session, device_id)
         view = DeviceView.from_rows(device, device_certificates(session, device_id), clock.now())
-        return dataclasses.replace(view, connection=connection_in(session, device_id))
+        return dataclasses.replace(
+            view,
+            connection=connection_in(session, device_id),
+            firmware=firmware_in(session, device_id),
+        )
 
 
 def update_device(

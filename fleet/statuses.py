@@ -40,6 +40,7 @@ class JobAction(StrEnum):
 
     REGISTER = "register"
     DEREGISTER = "deregister"
+    FIRMWARE = "firmware"  # deliver the device's current firmware target (a rollout's)
 
 
 class JobState(StrEnum):

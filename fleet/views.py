@@ -155,6 +155,35 @@ class ConnectionView:
 
 
 @dataclass(frozen=True, slots=True)
+class FirmwareView:
+    """A device's firmware: what it last reported (and when, from which source), the update
+    it says is under way, its target (and the rollout that set it), and its pin."""
+
+    reported_version: str | None = None
+    reported_at: datetime | None = None
+    reported_source: str | None = None
+    update_state: str | None = None
+    update_detail: str | None = None
+    target_version: str | None = None
+    target_rollout: str | None = None
+    pinned_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The firmware as ``--json`` shows it."""
+        return {
+            "reported": {
+                "version": self.reported_version,
+                "at": iso(self.reported_at),
+                "source": self.reported_source,
+                "update_state": self.update_state,
+                "update_detail": self.update_detail,
+            },
+            "target": {"version": self.target_version, "rollout": self.target_rollout},
+            "pinned_version": self.pinned_version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceView:
     """A device with every certificate it was ever issued, newest first."""
 
@@ -170,6 +199,7 @@ class DeviceView:
     certificates: tuple[CertificateView, ...]
     # where the device's connection stands (``device show``); lists leave it out
     connection: ConnectionView | None = None
+    firmware: FirmwareView | None = None  # likewise
 
     @classmethod
     def from_rows(
@@ -205,6 +235,8 @@ class DeviceView:
         shape["certificates"] = [c.to_dict() for c in self.certificates]
         if self.connection is not None:
             shape["connection"] = self.connection.to_dict()
+        if self.firmware is not None:
+            shape["firmware"] = self.firmware.to_dict()
         return shape
 
 

@@ -90,6 +90,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fleet.cli.onboard_cmds:onboard",
         "Onboard devices at a bench: unlock the CA once, then scan or type each ID and serial.",
     ),
+    "firmware": (
+        "fleet.cli.firmware_cmds:app",
+        "Catalogue signed firmware images; record and check what devices run.",
+    ),
+    "rollout": (
+        "fleet.cli.rollout_cmds:app",
+        "Roll firmware out in phases: start, step, pause, resume, abort, retry, status.",
+    ),
 }
 
 

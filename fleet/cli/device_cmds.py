@@ -37,7 +37,7 @@ from fleet.views import iso
 
 if TYPE_CHECKING:
     from fleet.status.history import EventView
-    from fleet.views import DeviceView
+    from fleet.views import DeviceView, FirmwareView
 
 app = typer.Typer(help="Add, list, show, update and decommission devices.", no_args_is_help=True)
 
@@ -257,6 +257,8 @@ def render_device(device: DeviceView) -> None:
                 fields.add_row("reason", link.reason)
             if link.reported_firmware:
                 fields.add_row("reported_firmware", link.reported_firmware)
+    if device.firmware is not None:
+        _firmware_rows(fields, device.firmware)
     render(fields)
     certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
     for cert in device.certificates:
@@ -264,6 +266,59 @@ def render_device(device: DeviceView) -> None:
             cert.serial, cert.status, iso(cert.not_after), cert.profile, cert.fingerprint_sha256
         )
     render(certs)
+
+
+def _firmware_rows(fields: Any, firmware: FirmwareView) -> None:
+    reported = firmware.reported_version or ("-" if firmware.reported_at else "never reported")
+    if firmware.reported_at:
+        reported += f" ({iso(firmware.reported_at)}, {firmware.reported_source})"
+    fields.add_row("firmware", reported)
+    if firmware.update_state:
+        detail = f": {firmware.update_detail}" if firmware.update_detail else ""
+        fields.add_row("firmware_update", f"{firmware.update_state}{detail}")
+    if firmware.target_version:
+        rollout = f" (rollout {firmware.target_rollout})" if firmware.target_rollout else ""
+        fields.add_row("firmware_target", f"{firmware.target_version}{rollout}")
+    if firmware.pinned_version:
+        fields.add_row("firmware_pin", firmware.pinned_version)
+
+
+@app.command("pin")
+def pin(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument(metavar="ID")],
+    version: Annotated[str, typer.Argument(metavar="VERSION")],
+) -> None:
+    """Pin a device to a firmware version: rollouts skip it and say so (audited).
+
+    Example:
+
+        fleet device pin pump-0042 1.3.2
+    """
+    from fleet.firmware.pins import pin_device
+
+    previous = pin_device(workspace(ctx), device_id, version)
+    if previous == version:
+        message(f"{device_id} is already pinned to {version}: nothing changed")
+    else:
+        message(f"pinned {device_id} to {version}")
+
+
+@app.command("unpin")
+def unpin(ctx: typer.Context, device_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Remove a device's firmware pin (audited): rollouts include it again.
+
+    Example:
+
+        fleet device unpin pump-0042
+    """
+    from fleet.firmware.pins import unpin_device
+
+    previous = unpin_device(workspace(ctx), device_id)
+    if previous is None:
+        message(f"{device_id} is not pinned: nothing changed")
+    else:
+        message(f"unpinned {device_id} (was {previous})")
 
 
 @app.command("history")

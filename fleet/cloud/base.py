@@ -148,6 +148,9 @@ class RemoteStatus:
     connected: bool | None
     last_activity: datetime | None
     firmware_version: str | None
+    # what the device says of an update under way: "in-progress" or "failed" (with detail)
+    firmware_state: str | None = None
+    firmware_detail: str | None = None
 
 
 @dataclass(frozen=True)

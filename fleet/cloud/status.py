@@ -24,9 +24,10 @@ from fleet.cloud.push import ProgressFn, PushReport, push
 from fleet.cloud.transitions import short_error
 from fleet.cloud.views import RegistrationView
 from fleet.errors import InvalidInput
+from fleet.firmware.reports import Report, record_reports
 from fleet.registry.db import read_session, write_session
 from fleet.status.events import Seen, record_in
-from fleet.statuses import ConnectionState, RegistrationStatus
+from fleet.statuses import ConnectionState, FirmwareSource, RegistrationStatus
 
 if TYPE_CHECKING:
     import httpx
@@ -105,6 +106,7 @@ def pull_status(
     for start in range(0, len(items), CHUNK):
         with write_session(engine) as session:
             changes: list[Seen] = []
+            reports: list[Report] = []
             for device_id, status in items[start : start + CHUNK]:
                 reg = session.get(CloudRegistration, (device_id, cloud.name))
                 if reg is None:
@@ -127,7 +129,19 @@ def pull_status(
                 reg.status_checked_at = now
                 session.add(reg)
                 updated += 1
+                if status.firmware_version is not None or status.firmware_state is not None:
+                    reports.append(
+                        Report(
+                            device_id,
+                            status.firmware_version[:64] if status.firmware_version else None,
+                            FirmwareSource.CLOUD,
+                            now,
+                            status.firmware_state,  # type: ignore[arg-type]
+                            status.firmware_detail,
+                        )
+                    )
             record_in(session, changes, now=now)
+            record_reports(session, reports, now=now)
     return updated, errors[:STATUS_ERRORS_MAX]
 
 
@@ -140,10 +154,13 @@ def sync(
     client: httpx.Client | None = None,
     progress: ProgressFn | None = None,
     passphrase: Passphrase | None = None,
+    step_rollouts: bool = True,
 ) -> list[SyncReport]:
-    """Push every due job, then pull status, for one cloud or all of them."""
+    """Push every due job, then pull status (recording the firmware devices report), for
+    one cloud or all of them; then step the running rollouts (``fleet rollout step``) and
+    push the firmware targets that step queued."""
     reports = []
-    for push_report in push(
+    pushed = push(
         ws,
         name,
         policy=policy,
@@ -151,7 +168,8 @@ def sync(
         client=client,
         progress=progress,
         passphrase=passphrase,
-    ):
+    )
+    for push_report in pushed:
         report = SyncReport(push_report)
         if push_report.error is None:
             with read_session(ws.open_registry()) as session:
@@ -164,7 +182,34 @@ def sync(
             finally:
                 backend.close()
         reports.append(report)
+    if step_rollouts and any(r.push.error is None for r in reports):
+        _step_and_deliver(ws, name, reports, policy=policy, timer=timer, client=client)
     return reports
+
+
+def _step_and_deliver(
+    ws: Workspace,
+    name: str | None,
+    reports: list[SyncReport],
+    *,
+    policy: PushPolicy | None,
+    timer: Timer,
+    client: httpx.Client | None,
+) -> None:
+    """Step the running rollouts; push what they queued, folded into the sync reports."""
+    from fleet.firmware.rollout.step import step
+
+    if not sum(r.jobs for r in step(ws)):
+        return
+    by_cloud = {r.push.cloud: r.push for r in reports if r.push.error is None}
+    for extra in push(ws, name, policy=policy, timer=timer, client=client):
+        first = by_cloud.get(extra.cloud)
+        if first is None:
+            continue
+        first.done += extra.done
+        first.failed += extra.failed
+        first.left = extra.left
+        first.failures.extend(extra.failures)
 
 
 def status_cursor(row: RegistrationView, *, one_cloud: bool) -> str:

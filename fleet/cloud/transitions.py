@@ -161,6 +161,12 @@ def superseded(job: JobRow, attempt: Attempt, outcome: Outcome) -> Transition:
 
 def done(attempt: Attempt, outcome: Outcome, attempts: int) -> Transition:
     """The platform did what the job asked."""
+    if attempt.action == JobAction.FIRMWARE:  # the registration is not what changed
+        return Transition(
+            job=_job(JobState.DONE, attempts, None),
+            event=("cloud.firmware", {"cloud": attempt.cloud, "attempts": attempts}),
+            counts_as=JobState.DONE,
+        )
     if attempt.action == JobAction.REGISTER:
         registration = _registered(attempt, outcome)
     else:
@@ -185,6 +191,13 @@ def retry(attempts: int, error: str, next_attempt_at: datetime) -> Transition:
 def failed(attempt: Attempt, attempts: int, error: str) -> Transition:
     """A permanent failure: the job and the registration are failed, the others go on."""
     reported = {"action": attempt.action, "attempts": attempts, "error": error}
+    if attempt.action == JobAction.FIRMWARE:  # the device stays registered
+        return Transition(
+            job=_job(JobState.FAILED, attempts, error),
+            event=("cloud.failed", {"cloud": attempt.cloud, **reported}),
+            counts_as=JobState.FAILED,
+            failure={"device_id": attempt.device_id, **reported},
+        )
     return Transition(
         job=_job(JobState.FAILED, attempts, error),
         registration={

@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from fleet.cloud.base import (
     CloudBackend,
     CloudError,
     DeviceRecord,
+    FirmwareTarget,
     TransientError,
     idempotency_key,
 )
@@ -39,6 +41,7 @@ class Work:
     record: DeviceRecord | None  # None: refuse without calling the backend
     refusal: str
     remote: dict[str, Any]  # what the registration holds from register()
+    firmware: FirmwareTarget | None = None  # a firmware job: the target (None clears it)
 
 
 def _certificates_by_serial(session: Session, serials: Sequence[str]) -> dict[str, Certificate]:
@@ -96,6 +99,8 @@ def load_work(session: Session, jobs: Sequence[CloudJob]) -> list[Work]:
     by_serial = _certificates_by_serial(
         session, sorted({r.certificate_serial for r in regs.values() if r.certificate_serial})
     )
+    firmware_ids = sorted({j.device_id for j in jobs if j.action == JobAction.FIRMWARE})
+    targets = firmware_targets(session, firmware_ids) if firmware_ids else {}
     works: list[Work] = []
     for job in jobs:
         assert job.id is not None
@@ -103,11 +108,11 @@ def load_work(session: Session, jobs: Sequence[CloudJob]) -> list[Work]:
         reg = regs.get((job.device_id, job.cloud))
         action = JobAction(job.action)
         refusal = ""
-        if action == JobAction.REGISTER:
+        if action in (JobAction.REGISTER, JobAction.FIRMWARE):
             cert = active.get(job.device_id)
             if device.status != DeviceStatus.ACTIVE:
                 refusal = "device is decommissioned"
-            elif cert is None:
+            elif cert is None and action == JobAction.REGISTER:
                 refusal = "device has no active certificate"
         else:
             registered = by_serial.get(reg.certificate_serial or "") if reg is not None else None
@@ -116,9 +121,49 @@ def load_work(session: Session, jobs: Sequence[CloudJob]) -> list[Work]:
         record = None if refusal else _record(device, cert, earlier)
         remote = dict(reg.remote) if reg is not None else {}
         works.append(
-            Work(job.id, job.device_id, action, job.idempotency_key, record, refusal, remote)
+            Work(
+                job.id,
+                job.device_id,
+                action,
+                job.idempotency_key,
+                record,
+                refusal,
+                remote,
+                targets.get(job.device_id),
+            )
         )
     return works
+
+
+def firmware_targets(session: Session, device_ids: Sequence[str]) -> dict[str, FirmwareTarget]:
+    """The current firmware target of each device that has one (a firmware job delivers
+    what the device should run when it is pushed, not when it was queued)."""
+    from fleet.firmware.models import DeviceFirmware, FirmwareImage, Rollout
+
+    fw = DeviceFirmware.__table__  # type: ignore[attr-defined]
+    image = FirmwareImage.__table__  # type: ignore[attr-defined]
+    rollout = Rollout.__table__  # type: ignore[attr-defined]
+    found: dict[str, FirmwareTarget] = {}
+    for chunk in chunks(device_ids):
+        query = (
+            core_select(
+                fw.c.device_id,
+                fw.c.target_version,
+                image.c.sha256,
+                image.c.size,
+                image.c.url,
+                image.c.signature_pem,
+            )
+            .select_from(
+                fw.join(rollout, rollout.c.id == fw.c.target_rollout_id).join(
+                    image, image.c.id == rollout.c.firmware_id
+                )
+            )
+            .where(fw.c.device_id.in_(chunk), fw.c.target_version.is_not(None))
+        )
+        for device_id, version, sha256, size, url, signature in session.execute(query):
+            found[device_id] = FirmwareTarget(version, sha256, size, url, signature)
+    return found
 
 
 def perform(
@@ -134,6 +179,9 @@ def perform(
             if work.action == JobAction.REGISTER:
                 remote = backend.register(work.record, state)
                 return Outcome(OutcomeKind.DONE, remote=dict(remote))
+            if work.action == JobAction.FIRMWARE:
+                backend.deliver_firmware(work.record, work.firmware, work.remote, state)
+                return Outcome(OutcomeKind.DONE)
             backend.deregister(work.record, work.remote, state)
             return Outcome(OutcomeKind.DONE)
     except TransientError as exc:

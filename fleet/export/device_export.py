@@ -18,10 +18,10 @@ from fleet.export.cache import cache_is_current, cached_batches, cached_query, r
 from fleet.export.cells import iso_moment
 from fleet.export.files import export_output
 from fleet.export.filters import ExportFilters
-from fleet.export.layout import CSV_COLUMNS
 from fleet.export.live import live_lines
 from fleet.export.replay import replayed_lines
 from fleet.export.snapshot import Snapshot, read_head, snapshot_connection
+from fleet.export.telemetry import EXPORT_COLUMNS
 from fleet.export.write import write_lines
 from fleet.registry import audit
 from fleet.workspace import Passphrase, Workspace
@@ -62,7 +62,8 @@ def write_devices(
             # before write_lines starts its thread: worker processes are forked here
             batches = replayed_lines(ws, conn, args, replay_workers)
         elif use_cache and cache_is_current(conn):
-            batches = cached_batches(conn, cached_query(fmt, filters, moment))
+            query = cached_query(fmt, filters, moment, telemetry=conn.dialect.name)
+            batches = cached_batches(conn, query, fmt)
         else:
             batches = live_lines(conn, fmt, filters, moment)
         count = write_lines(stream, fmt, batches)
@@ -110,7 +111,7 @@ def export_devices(
     description = {
         "kind": "devices",
         "format": fmt,
-        "columns": list(CSV_COLUMNS) if fmt == "csv" else None,
+        "columns": list(EXPORT_COLUMNS) if fmt == "csv" else None,
         "filters": filters.to_dict(),
         "as_of": audit.format_ts(as_of) if as_of is not None else None,
     }

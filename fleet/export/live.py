@@ -6,20 +6,21 @@ cannot be made current (a read-only registry) or is not wanted (``use_cache=Fals
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from fleet.export.batches import BATCH_ROWS
+from fleet.export.batches import BATCH_ROWS, in_batches
 from fleet.export.cells import canonical_labels
 from fleet.export.filters import NO_CERTIFICATE, ExportFilters, device_filters
 from fleet.export.layout import LAYOUT
-from fleet.export.render import Rendered, effective_status, render, rendered_lines
+from fleet.export.render import Rendered, effective_status, line, render
 from fleet.export.section import LiveContext
 from fleet.export.sections import SECTIONS
+from fleet.export.telemetry import extend_text, with_columns
 from fleet.registry.models import Device
 
 
@@ -64,14 +65,24 @@ def live_lines(
     conn: Connection, fmt: str, filters: ExportFilters, moment: str
 ) -> Iterator[list[bytes]]:
     """The live rows matching ``filters`` at ``moment`` (:func:`iso_moment` text), as
-    batches of ``fmt`` lines."""
-    rows: Iterable[Rendered] = live_rows(conn, filters)
+    batches of ``fmt`` lines, with the columns joined at export time (:mod:`.telemetry`)."""
+    device = Device.__table__  # type: ignore[attr-defined]
+    dialect = conn.dialect.name
+    query = with_columns(live_query(dialect, filters), device.c.id, dialect)
+    result = conn.execute(
+        query, execution_options={"stream_results": True, "yield_per": BATCH_ROWS}
+    )
+    labels_at, width = LAYOUT.labels, LAYOUT.width
     wanted = filters.cert_status
-    if wanted is not None:
-        rows = (
-            r
-            for r in rows
-            if (effective_status(r.cert_status, r.cert_not_after, moment) or NO_CERTIFICATE)
-            == wanted
-        )
-    return rendered_lines(rows, fmt, moment)
+
+    def lines() -> Iterator[bytes]:
+        for row in result:
+            cells = list(row[:width])
+            cells[labels_at] = canonical_labels(cells[labels_at])
+            rendered = render(cells, fmt)
+            status = effective_status(rendered.cert_status, rendered.cert_not_after, moment)
+            if wanted is not None and (status or NO_CERTIFICATE) != wanted:
+                continue
+            yield extend_text(fmt, line(rendered, fmt, moment), row[width:]).encode()
+
+    return in_batches(lines())

@@ -22,14 +22,15 @@ from typing import Any
 from sqlalchemy import TextClause, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from fleet.export.batches import row_batches
+from fleet.export.batches import in_batches, row_batches
 from fleet.export.cells import Cells, iso_moment, labels_object
 from fleet.export.filters import NO_CERTIFICATE, ExportFilters
 from fleet.export.layout import LAYOUT
-from fleet.export.render import Rendered, effective_status, line, render, rendered_lines
+from fleet.export.render import effective_status, line, render
 from fleet.export.section import ReplayContext, ReplayedDevice
 from fleet.export.sections import SECTIONS
 from fleet.export.snapshot import snapshot_connection
+from fleet.export.telemetry import extend_text, firmware_targets
 from fleet.registry import audit
 from fleet.registry.models import AuditEvent, Device
 from fleet.workspace import Workspace
@@ -59,7 +60,7 @@ def replayed_lines(
     bounds = _part_bounds(conn) if workers > 1 else []
     if bounds:
         return _replayed_parts(ws, args, bounds, workers)
-    return rendered_lines(_replayed_rows(conn, fmt, filters, as_of), fmt, iso_moment(as_of))
+    return in_batches(_replayed_lines(conn, fmt, filters, as_of))
 
 
 def replayed_cells(
@@ -187,7 +188,7 @@ def cells_matcher(filters: ExportFilters, moment: str) -> Callable[[Cells], bool
     return matches
 
 
-def _replayed_rows(
+def _replayed_lines(
     conn: Connection,
     fmt: str,
     filters: ExportFilters,
@@ -195,13 +196,21 @@ def _replayed_rows(
     *,
     targets: Targets | None = None,
     max_seq: int | None = None,
-) -> Iterator[Rendered]:
+) -> Iterator[bytes]:
+    """The rows' lines at ``as_of``, with the export-time columns: the firmware target as
+    the trail says, the reported firmware and connection empty (not audited)."""
     moment = iso_moment(as_of)
     cells: Iterable[list[Any]] = replayed_cells(conn, as_of, targets=targets, max_seq=max_seq)
     matches = cells_matcher(filters, moment)
     if matches is not None:
         cells = filter(matches, cells)
-    return (render(c, fmt) for c in cells)
+    lo, hi = targets or (None, None)
+    seq_limit = max_seq if max_seq is not None else _LAST_SEQ
+    firmware = firmware_targets(conn, audit.format_ts(as_of), seq_limit, lo, hi)
+    for row in cells:
+        text = line(render(row, fmt), fmt, moment)
+        values = (None, firmware.get(row[0]), None, None)
+        yield extend_text(fmt, text, values).encode()
 
 
 # --- parallel parts ---------------------------------------------------------------------
@@ -232,9 +241,7 @@ def _replay_part(home: str, db_url: str | None, args: ReplayArgs, targets: Targe
         engine = Workspace(home=Path(home), db_url=db_url).open_registry()
         _worker_registries[(home, db_url)] = engine
     with snapshot_connection(engine) as conn, conn.begin():
-        rows = _replayed_rows(conn, fmt, filters, as_of, targets=targets, max_seq=head_seq)
-        moment = iso_moment(as_of)
-        return [line(row, fmt, moment).encode() for row in rows]
+        return list(_replayed_lines(conn, fmt, filters, as_of, targets=targets, max_seq=head_seq))
 
 
 def _replayed_parts(

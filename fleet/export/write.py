@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
-from fleet.export.layout import CSV_COLUMNS
+from fleet.export.telemetry import EXPORT_COLUMNS
 
 # What ends each row in a file: CSV lines CRLF (RFC 4180), JSONL LF. Rows are produced
 # without it; JSON objects in an array are separated by ",\n" instead.
@@ -34,7 +34,7 @@ def write_lines(stream: TextIO, fmt: str, batches: Iterable[list[bytes]]) -> int
         else:
             end = LINE_ENDS[fmt]
             if fmt == "csv":
-                write(",".join(CSV_COLUMNS).encode() + end)
+                write(",".join(EXPORT_COLUMNS).encode() + end)
             for batch in batches:
                 if batch:
                     count += len(batch)

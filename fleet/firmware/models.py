@@ -110,7 +110,7 @@ class RolloutDevice(SQLModel, table=True):
     rollout_id: int = Field(foreign_key="rollout.id", primary_key=True)
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
     phase: int
-    state: str = Field(max_length=16)
+    state: str = Field(max_length=24)  # "already-installed" is 17 characters
     reason: str | None = Field(default=None, max_length=512)
     attempts: int = Field(default=0)
     notified_at: datetime | None = utc_column(nullable=True)

@@ -145,8 +145,16 @@ def available_profiles(home: Path | None = None) -> list[str]:
     return sorted(names)
 
 
+# Profiles of fleet's own signing certificates (fleet.pki.signers): never issued to a device,
+# else a device's key could sign firmware that verifies against the root.
+RESERVED_PROFILES = frozenset({"firmware-signing"})
+
+
 def load_profile(name: str, home: Path | None = None) -> Profile:
-    """Find, parse and validate profile ``name``; unknown names and bad files are refused."""
+    """Find, parse and validate profile ``name``; unknown names, bad files and fleet's own
+    signers' profiles (:data:`RESERVED_PROFILES`) are refused."""
+    if name in RESERVED_PROFILES:
+        raise InvalidInput(f"profile {name!r} is for fleet's own signing certificate, not devices")
     return read_profile(name, find_profile(name, home))
 
 

@@ -7,12 +7,19 @@ devices or CRLs. Files, beside the CA's::
     <home>/ca/export-signing.key.pem   (0600, PKCS#8, encrypted with the CA passphrase)
     <home>/ca/export-signing.cert.pem
 
+The firmware-signing certificate (``firmware-signing.{key,cert}.pem``, audit event
+``ca.firmware_signer``, keyUsage digitalSignature and extendedKeyUsage codeSigning only, from
+``certs/profiles/firmware-signing.toml``) is made and kept the same way: :data:`FIRMWARE_SIGNER`.
+
 The signatures themselves are :mod:`fleet.pki.cms`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -30,9 +37,10 @@ from fleet.pki.keys import (
     private_key_pem,
     verify_issued_by,
 )
-from fleet.pki.profiles import signer_profile
+from fleet.pki.profiles import Profile, read_profile, signer_profile
 from fleet.registry import audit
 from fleet.registry.db import write_session
+from fleet.resources import data_dir
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
 SIGNER_KEY_FILE = "export-signing.key.pem"
@@ -42,42 +50,84 @@ SIGNER_VALIDITY = timedelta(days=3 * 365)
 SIGNER_RENEW_BEFORE = timedelta(days=30)
 
 
-def load_signer(ws: Workspace, passphrase: Passphrase | None = None) -> Signer:
-    """The workspace's export signer, issued by the issuing CA (and audited) if missing,
-    expired, expiring within 30 days, or issued by a previous issuing CA."""
+@dataclass(frozen=True)
+class SignerSpec:
+    """One of fleet's own signing certificates: its files, profile and audit action."""
+
+    name: str  # file stem under <home>/ca/ and the audit target, e.g. "export-signing"
+    title: str  # the common name's suffix after the CA's organization, and in messages
+    audit_action: str
+    profile: Callable[[str], Profile]  # the organization -> the profile it is issued from
+
+    @property
+    def key_file(self) -> str:
+        """The key's file name under ``<home>/ca/``."""
+        return f"{self.name}.key.pem"
+
+    @property
+    def cert_file(self) -> str:
+        """The certificate's file name under ``<home>/ca/``."""
+        return f"{self.name}.cert.pem"
+
+
+def _export_profile(organization: str) -> Profile:
+    return signer_profile(
+        "export-signing",
+        "fleet export signing (digitalSignature only)",
+        SIGNER_VALIDITY.days,
+        organization,
+    )
+
+
+def _firmware_profile(organization: str) -> Profile:
+    # fleet's own file, never a workspace override: this certificate signs what devices run
+    name = "firmware-signing"
+    profile = read_profile(name, data_dir("certs") / "profiles" / f"{name}.toml")
+    return dataclasses.replace(profile, subject={**profile.subject, "organization": organization})
+
+
+EXPORT_SIGNER = SignerSpec("export-signing", "Export Signing", "ca.export_signer", _export_profile)
+FIRMWARE_SIGNER = SignerSpec(
+    "firmware-signing", "Firmware Signing", "ca.firmware_signer", _firmware_profile
+)
+
+
+def load_signer(
+    ws: Workspace, passphrase: Passphrase | None = None, spec: SignerSpec = EXPORT_SIGNER
+) -> Signer:
+    """The workspace's export signer (or ``spec``'s), issued by the issuing CA (and audited)
+    if missing, expired, expiring within 30 days, or issued by a previous issuing CA."""
     secret = passphrase_bytes(require_passphrase(passphrase))
     folder = ca.ca_dir(ws.home)
     issuing, root = ca.load_ca_certificates(ws.home)
     now = clock.now()
-    key_path, cert_path = folder / SIGNER_KEY_FILE, folder / SIGNER_CERT_FILE
+    key_path, cert_path = folder / spec.key_file, folder / spec.cert_file
     if key_path.is_file() and cert_path.is_file():
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key_pem = key_path.read_bytes()
         except (OSError, ValueError) as exc:
-            raise RegistryError(f"cannot read the export signer in {folder}: {exc}") from exc
-        key = load_private_key_pem(key_pem, secret, what="the export-signing key")
+            raise RegistryError(f"cannot read the {spec.name} signer in {folder}: {exc}") from exc
+        key = load_private_key_pem(key_pem, secret, what=f"the {spec.name} key")
         fresh = cert.not_valid_after_utc - SIGNER_RENEW_BEFORE > now
         # (a key without its certificate is a run killed between the two renames below)
         if fresh and verify_issued_by(cert, issuing) and key.public_key() == cert.public_key():
             return Signer(key, cert, issuing, root)
-    return _issue_signer(ws, secret, now)
+    return _issue_signer(ws, secret, now, spec)
 
 
-def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
+def _issue_signer(ws: Workspace, secret: bytes, now: datetime, spec: SignerSpec) -> Signer:
     issuer = ca.load_issuer(ws.home, secret)
     org = issuer.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
     name = str(org[0].value) if org else "fleet"
-    profile = signer_profile(
-        "export-signing", "fleet export signing (digitalSignature only)", SIGNER_VALIDITY.days, name
-    )
-    issued = issue_certificate(issuer, f"{name} Export Signing"[:64], profile, now=now)
+    profile = spec.profile(name)
+    issued = issue_certificate(issuer, f"{name} {spec.title}"[:64], profile, now=now)
     assert issued.key_pem is not None  # generated, not from a CSR
-    key = load_private_key_pem(issued.key_pem, None, what="the new export-signing key")
+    key = load_private_key_pem(issued.key_pem, None, what=f"the new {spec.name} key")
     cert = issued.certificate()
     folder = ca.ca_dir(ws.home)
-    key_path, cert_path = folder / SIGNER_KEY_FILE, folder / SIGNER_CERT_FILE
-    key_tmp, cert_tmp = folder / f".{SIGNER_KEY_FILE}.tmp", folder / f".{SIGNER_CERT_FILE}.tmp"
+    key_path, cert_path = folder / spec.key_file, folder / spec.cert_file
+    key_tmp, cert_tmp = folder / f".{spec.key_file}.tmp", folder / f".{spec.cert_file}.tmp"
     try:
         for path in (key_tmp, cert_tmp):
             path.unlink(missing_ok=True)  # left by a killed run: never recorded, or superseded
@@ -88,8 +138,8 @@ def _issue_signer(ws: Workspace, secret: bytes, now: datetime) -> Signer:
         with write_session(ws.open_registry()) as session:
             audit.append(
                 session,
-                "ca.export_signer",
-                "export-signing",
+                spec.audit_action,
+                spec.name,
                 summarize_ca_certificate(cert).to_dict(),
                 at=now,
             )

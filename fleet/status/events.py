@@ -11,7 +11,10 @@ of :class:`Seen` events; one transaction stores the new ones and moves each devi
   source's own time (a later event wins; a tie changes nothing);
 - ``last_seen`` is the newest moment any source saw the device, whatever its order;
 - an event for a device the registry does not know, or has decommissioned, is kept aside in
-  ``stray_connection_event`` and counted, never applied.
+  ``stray_connection_event`` and counted, never applied;
+- a firmware version an applied event carries from a Sparkplug birth or an ingested fleet
+  report is also the device's reported firmware (fleet/firmware/reports.py), in the same
+  transaction (cloud status pulls record theirs where they are pulled).
 """
 
 from __future__ import annotations
@@ -27,16 +30,23 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from fleet import clock
+from fleet.firmware.reports import Report, record_reports
 from fleet.registry.bulk import bulk_insert
 from fleet.registry.db import write_session
 from fleet.registry.models import Device
 from fleet.status.models import ConnectionEvent, ConnectionStatus, StrayConnectionEvent
-from fleet.statuses import ConnectionState, DeviceStatus, EventSource
+from fleet.statuses import ConnectionState, DeviceStatus, EventSource, FirmwareSource
 
 if TYPE_CHECKING:
     from fleet.workspace import Workspace
 
 CHUNK = 2000  # IDs per IN (...) lookup, rows per multi-row INSERT
+# the firmware source of a version an event carries: births from the watcher, else what
+# `fleet status ingest` read (fleet's own shape may name any source), cloud pulls as cloud
+FIRMWARE_SOURCES = {
+    EventSource.SPARKPLUG: FirmwareSource.SPARKPLUG,
+    EventSource.HTTP: FirmwareSource.CLOUD,
+}
 
 _event = ConnectionEvent.__table__  # type: ignore[attr-defined]
 _state = ConnectionStatus.__table__  # type: ignore[attr-defined]
@@ -144,6 +154,18 @@ def record_in(
     report.duplicates = len(events) - report.recorded - report.stray
     report.stray_ids = [row["device_id"] for row in stray[:20]]
     report.changed = _advance_states(session, applied)
+    reports = [
+        Report(
+            e.device_id,
+            e.firmware,
+            FIRMWARE_SOURCES.get(e.source, FirmwareSource.INGEST),
+            e.source_time,
+        )
+        for e in applied
+        if e.firmware
+    ]
+    if reports:
+        record_reports(session, reports, now=received)
     return report
 
 

@@ -80,7 +80,7 @@ def upgrade() -> None:
         sa.Column("rollout_id", sa.Integer(), nullable=False),
         sa.Column("device_id", sa.String(length=64), nullable=False),
         sa.Column("phase", sa.Integer(), nullable=False),
-        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("state", sa.String(length=24), nullable=False),  # "already-installed": 17
         sa.Column("reason", sa.String(length=512), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("notified_at", UTC_DATETIME, nullable=True),

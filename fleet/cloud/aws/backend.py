@@ -50,6 +50,7 @@ from fleet.cloud.base import (
     CloudBackend,
     ConflictError,
     DeviceRecord,
+    FirmwareTarget,
     PermanentError,
     RemoteDevice,
     RemoteStatus,
@@ -468,6 +469,26 @@ class AwsIotBackend(CloudBackend):
             name: connectivity.remote_status(self.api, name, thing, firmware, data_endpoint)
             for name, thing in found.items()
         }
+
+    # --- firmware ---------------------------------------------------------------------------
+
+    def deliver_firmware(
+        self,
+        device: DeviceRecord,
+        target: FirmwareTarget | None,
+        remote: Mapping[str, Any],
+        state: Mapping[str, Any],
+    ) -> None:
+        """The target as the desired state of the named shadow fleet reads the reported
+        version from (``firmware`` unless ``--shadow-name``): UpdateThingShadow on the
+        iot-data endpoint; None clears ``desired.firmware``. Idempotent (same document)."""
+        thing = str(remote.get("thing_name") or device.device_id)
+        if not THING_NAME_RE.match(thing):
+            raise PermanentError(f"{thing!r} is not a valid AWS IoT thing name")
+        data_endpoint = str(state.get("data_endpoint") or "") or self._data_endpoint_lookup()
+        path = f"/things/{uri_label(thing)}/shadow" + query_string(name=self.shadow_name)
+        body = connectivity.desired_firmware(target)
+        self.api.call("UpdateThingShadow", "POST", path, body=body, data_plane_base=data_endpoint)
 
 
 def _fleet_certificates(

@@ -69,20 +69,55 @@ def remote_status(
     """The status of thing ``name`` from its indexed record (and its shadow if needed)."""
     connectivity = indexed.get("connectivity") or {}
     connected = connectivity.get("connected")
+    reported = _reported(api, name, indexed, firmware, data_endpoint)
+    state, detail = update_state(reported.get("firmware_update"))
     return RemoteStatus(
         connected=connected if isinstance(connected, bool) else None,
         last_activity=_epoch_ms(connectivity.get("timestamp")),
-        firmware_version=_firmware(api, name, indexed, firmware, data_endpoint),
+        firmware_version=_as_version(reported.get(firmware.field)),
+        firmware_state=state,
+        firmware_detail=detail,
     )
 
 
-def _firmware(
+UPDATE_STATES = ("in-progress", "failed")
+
+
+def update_state(value: Any) -> tuple[str | None, str | None]:
+    """``reported.firmware_update`` (``{"state": "in-progress"|"failed", "detail": ...}``)
+    as (state, detail); anything else is no state."""
+    if not isinstance(value, dict) or value.get("state") not in UPDATE_STATES:
+        return None, None
+    detail = value.get("detail")
+    return str(value["state"]), (str(detail)[:512] if detail is not None else None)
+
+
+def desired_firmware(target: Any) -> dict[str, Any]:
+    """The ``firmware`` shadow's update document for a target (None clears it)."""
+    if target is None:
+        return {"state": {"desired": {"firmware": None}}}
+    return {
+        "state": {
+            "desired": {
+                "firmware": {
+                    "version": target.version,
+                    "url": target.url,
+                    "sha256": target.sha256,
+                    "size": target.size,
+                    "signature": target.signature,
+                }
+            }
+        }
+    }
+
+
+def _reported(
     api: AwsApi,
     thing: str,
     indexed: Mapping[str, Any],
     firmware: FirmwareShadow,
     data_endpoint: str,
-) -> str | None:
+) -> dict[str, Any]:
     # Named shadows indexed by fleet indexing arrive in the search result; otherwise ask
     # the device shadow service (data plane, signing name iotdata).
     shadow = indexed.get("shadow")
@@ -93,16 +128,17 @@ def _firmware(
             document = {}
         named = (document.get("name") or {}).get(firmware.name)
         if isinstance(named, dict):
-            return _as_version((named.get("reported") or {}).get(firmware.field))
+            reported = named.get("reported")
+            return reported if isinstance(reported, dict) else {}
     path = f"/things/{uri_label(thing)}/shadow" + query_string(name=firmware.name)
     try:
         result = api.call("GetThingShadow", "GET", path, data_plane_base=data_endpoint)
     except AwsApiError as exc:
         if is_not_found(exc):
-            return None
+            return {}
         raise
-    reported = (result.get("state") or {}).get("reported") or {}
-    return _as_version(reported.get(firmware.field))
+    reported = (result.get("state") or {}).get("reported")
+    return reported if isinstance(reported, dict) else {}
 
 
 def _as_version(value: Any) -> str | None:

@@ -14,6 +14,11 @@ deregister: ``DELETE`` (or ``--deregister-method``) on the same URL; 404/410 cou
 fetch_status: ``GET`` on the same URL, one device per request (``status_batch_size = 1``);
 a 2xx JSON object's ``connected`` (bool), ``last_activity`` (ISO 8601) and
 ``firmware_version`` (string) are read when present; 404 means unknown (absent).
+a JSON ``firmware_update`` object (``{"state": "in-progress"|"failed", "detail"}``) is the
+device's update state.
+deliver_firmware: ``PUT`` on ``--firmware-url`` (default: the URL with ``/firmware``
+appended) with ``{"firmware": {"version", "url", "sha256", "size", "signature"}}``, or
+``{"firmware": null}`` to clear the target; any 2xx is success.
 check: ``OPTIONS`` on the URL with ``{id}`` = ``fleet-check``: any answer below 500 other than
 401/403 proves reachability and credentials.
 
@@ -37,6 +42,7 @@ from fleet.cloud.base import (
     CloudBackend,
     ConflictError,
     DeviceRecord,
+    FirmwareTarget,
     PermanentError,
     RemoteStatus,
     TransientError,
@@ -62,6 +68,9 @@ class HttpBackend(CloudBackend):
     ) -> None:
         super().__init__(name, options, client=client)
         self.url_template = str(options["url"])
+        self.firmware_template = str(
+            options.get("firmware_url") or self.url_template.rstrip("/") + "/firmware"
+        )
         self.method = str(options.get("method", http_options.METHOD.default))
         self.deregister_method = str(
             options.get("deregister_method", http_options.DEREGISTER_METHOD.default)
@@ -211,12 +220,38 @@ class HttpBackend(CloudBackend):
                 continue
             connected = data.get("connected")
             firmware = data.get("firmware_version")
+            update = data.get("firmware_update")
+            said = update.get("state") if isinstance(update, dict) else None
+            detail = update.get("detail") if isinstance(update, dict) else None
             result[device_id] = RemoteStatus(
                 connected=connected if isinstance(connected, bool) else None,
                 last_activity=_parse_time(data.get("last_activity")),
                 firmware_version=str(firmware) if isinstance(firmware, str | int) else None,
+                firmware_state=said if said in ("in-progress", "failed") else None,
+                firmware_detail=str(detail)[:512] if detail is not None else None,
             )
         return result
+
+    def deliver_firmware(
+        self,
+        device: DeviceRecord,
+        target: FirmwareTarget | None,
+        remote: Mapping[str, Any],
+        state: Mapping[str, Any],
+    ) -> None:
+        """PUT the target (or ``null``) on the firmware URL (see the module docstring)."""
+        url = self.firmware_template.replace("{id}", quote(device.device_id, safe=""))
+        body: dict[str, Any] = {"firmware": None}
+        if target is not None:
+            body["firmware"] = {
+                "version": target.version,
+                "url": target.url,
+                "sha256": target.sha256,
+                "size": target.size,
+                "signature": target.signature,
+            }
+        response = self._send("PUT", url, json=body, key=current_idempotency_key())
+        self._raise_for(response, f"firmware target of {device.device_id}")
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -41,6 +41,11 @@ OPTIONS = (
         multiple=True,
     ),
     TIMEOUT,
+    BackendOption(
+        "firmware_url",
+        "URL template with {id} where a firmware target is PUT (default: the --url with "
+        "/firmware appended, e.g. https://h/devices/{id}/firmware).",
+    ),
 )
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -65,20 +70,27 @@ def parse_headers(values: Any) -> dict[str, str]:
     return result
 
 
-def _url(options: Mapping[str, Any]) -> str:
-    url = options.get("url")
+def _url(options: Mapping[str, Any], name: str = "url") -> str:
+    url = options.get(name)
+    flag = "--" + name.replace("_", "-")
     if not url:
         raise InvalidInput("cloud type 'http' needs --url (a template with {id})")
     url = str(url)
+    if name != "url":
+        return _check_template(url, flag)
+    return _check_template(url, "--url")
+
+
+def _check_template(url: str, flag: str) -> str:
     parts = urlsplit(url.replace("{id}", "x"))
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidInput(f"--url must be an http:// or https:// URL, got {url!r}")
+        raise InvalidInput(f"{flag} must be an http:// or https:// URL, got {url!r}")
     if parts.username or parts.password:
-        raise InvalidInput("--url must not contain credentials; use --header NAME=ENV_VAR")
+        raise InvalidInput(f"{flag} must not contain credentials; use --header NAME=ENV_VAR")
     if "{id}" not in url:
-        raise InvalidInput("--url must contain {id} (replaced by the device ID)")
+        raise InvalidInput(f"{flag} must contain {{id}} (replaced by the device ID)")
     if any(p not in ("{id}",) for p in re.findall(r"\{[^}]*\}", url)):
-        raise InvalidInput("--url may only use the {id} placeholder")
+        raise InvalidInput(f"{flag} may only use the {{id}} placeholder")
     return url
 
 
@@ -116,4 +128,6 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
         stored["header"] = headers
     if options.get("timeout") is not None:
         stored["timeout"] = _timeout(options["timeout"])
+    if options.get("firmware_url"):
+        stored["firmware_url"] = _url(options, "firmware_url")
     return stored

@@ -1,0 +1,139 @@
+"""Columns joined at export time, never cached: each device's reported and target firmware
+and its connection state.
+
+Reports and connection events arrive by the thousand per second; re-rendering a device's
+cached export row (``export_row``) for each would put the export cache on the telemetry's hot
+path. So these columns are not a :class:`~fleet.export.section.Section`: every export path
+appends them to the row it has (the cached line, a live row, a replayed one), read by one
+outer join of ``device_firmware`` and ``connection_state`` in the export's snapshot.
+``--as-of`` leaves ``firmware_reported``, ``connection_state`` and ``last_seen`` empty (reports
+and events are not audited) and replays ``firmware_target`` from the ``firmware.target``
+events rollouts write (:func:`firmware_targets`).
+
+CSV: four columns after the sections' ones (a reported version is free text the device
+sent: formula-escaped like ``model``). JSON: four top-level members at the end of the object.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.engine import Connection
+
+from fleet.export.layout import CSV_COLUMNS
+from fleet.export.render import _csv_cell, csv_safe
+from fleet.firmware.models import DeviceFirmware
+from fleet.registry.models import AuditEvent, iso_text
+from fleet.status.models import ConnectionStatus
+
+COLUMNS: tuple[str, ...] = ("firmware_reported", "firmware_target", "connection_state", "last_seen")
+# what a CSV export's header names: the cached sections' columns, then these
+EXPORT_COLUMNS: tuple[str, ...] = CSV_COLUMNS + COLUMNS
+TARGET_ACTION = "firmware.target"  # rollouts: target = rollout, {"version", "devices"}
+
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+_EMPTY_CSV = "," * len(COLUMNS)
+_EMPTY_JSON = "".join(f",{_json_str(name)}:null" for name in COLUMNS) + "}"
+_EMPTY_CSV_BYTES = _EMPTY_CSV.encode()
+_EMPTY_JSON_BYTES = _EMPTY_JSON.encode()
+_JSON_KEYS = [f",{_json_str(name)}:" for name in COLUMNS]
+
+Values = Sequence[str | None]
+
+
+def csv_tail(values: Values) -> str:
+    """The CSV cells to append to a row (with their leading commas)."""
+    if not any(values):
+        return _EMPTY_CSV
+    reported, *rest = values
+    cells = [_csv_cell(csv_safe(reported) if reported else reported)]
+    cells += [_csv_cell(csv_safe(v) if v else v) for v in rest]
+    return "," + ",".join(cells)
+
+
+def json_tail(values: Values) -> str:
+    """The JSON members to put before a row object's closing brace (and the brace)."""
+    if not any(values):
+        return _EMPTY_JSON
+    parts = [
+        key + ("null" if value is None else _json_str(value))
+        for key, value in zip(_JSON_KEYS, values, strict=True)
+    ]
+    return "".join(parts) + "}"
+
+
+def extend_text(fmt: str, line: str, values: Values) -> str:
+    """``line`` (a CSV line or JSON object, as text) with the columns appended."""
+    if fmt == "csv":
+        return line + csv_tail(values)
+    return line[:-1] + json_tail(values)
+
+
+def extend_bytes(fmt: str) -> Callable[[Sequence[Any]], bytes]:
+    """A function taking a row ``(line bytes, *values)`` to the line with the columns
+    appended: the cached export's per-row step (a constant tail for the devices with
+    neither a report, a target nor a connection, which is most of a fresh fleet)."""
+    if fmt == "csv":
+
+        def csv_row(row: Sequence[Any]) -> bytes:
+            line, *values = row
+            if not any(values):
+                return bytes(line) + _EMPTY_CSV_BYTES
+            return bytes(line) + csv_tail(values).encode()
+
+        return csv_row
+
+    def json_row(row: Sequence[Any]) -> bytes:
+        line, *values = row
+        if not any(values):
+            return bytes(line)[:-1] + _EMPTY_JSON_BYTES
+        return bytes(line)[:-1] + json_tail(values).encode()
+
+    return json_row
+
+
+def with_columns(query: Select[Any], device_id: Any, dialect: str) -> Select[Any]:
+    """``query`` (whose rows are devices, ``device_id`` their ID column) with the four
+    columns added, by outer joins on the two tables' primary keys."""
+    f = DeviceFirmware.__table__  # type: ignore[attr-defined]
+    s = ConnectionStatus.__table__  # type: ignore[attr-defined]
+    froms = query.get_final_froms()
+    joined = (
+        froms[0].outerjoin(f, f.c.device_id == device_id).outerjoin(s, s.c.device_id == device_id)
+    )
+    return query.with_only_columns(
+        *query.selected_columns,
+        f.c.reported_version,
+        f.c.target_version,
+        s.c.state,
+        iso_text(s.c.last_seen, dialect),
+    ).select_from(joined)
+
+
+def firmware_targets(
+    conn: Connection,
+    cutoff: str,
+    seq_limit: int,
+    lo: str | None = None,
+    hi: str | None = None,
+) -> dict[str, str | None]:
+    """Each device's firmware target as the audit trail says up to ``cutoff`` (an audit
+    ``ts``) and ``seq_limit``: the last ``firmware.target`` event naming it wins (``None``:
+    cleared). Only devices with ``lo <= id < hi`` are kept (a replay part's range)."""
+    e = AuditEvent.__table__  # type: ignore[attr-defined]
+    query = (
+        select(e.c.details)
+        .where(e.c.action == TARGET_ACTION, e.c.ts <= cutoff, e.c.seq <= seq_limit)
+        .order_by(e.c.seq)
+    )
+    targets: dict[str, str | None] = {}
+    for (details,) in conn.execute(query):
+        parsed = json.loads(details) if isinstance(details, str) else details
+        version = parsed.get("version")
+        for device_id in parsed.get("devices") or ():
+            if (lo is None or device_id >= lo) and (hi is None or device_id < hi):
+                targets[device_id] = version
+    return targets
