@@ -8,7 +8,9 @@ inside the caller's write transaction. The rules:
   report or one at the same moment changes nothing (counted ``stale``);
 - a report without a version (``version=None``, e.g. "update failed") keeps the version last
   reported and updates only the update state;
-- a version longer than 64 characters (the column) is refused (counted ``invalid``);
+- a version that is not safe text (:func:`is_safe_text`: 1 to 64 characters, a letter or
+  digit first, no quote, backslash, comma or control character) is refused (counted
+  ``invalid``): exports append it to their rows in SQL, unescaped (fleet/export/telemetry.py);
 - a report for a device the registry does not know, or has decommissioned, is counted
   (``unknown``, with the first IDs) and not stored: never raised;
 - reports are telemetry, like connection events: they are not audited (they arrive by the
@@ -54,6 +56,15 @@ _COLUMNS = (
 )
 
 
+_UNSAFE = frozenset('"\\,' + "".join(map(chr, range(32))) + "\x7f")
+
+
+def is_safe_text(version: str) -> bool:
+    """Whether a reported version may be stored: 1 to 64 characters, a letter or digit first
+    (no spreadsheet formula), and none that CSV or JSON would have to escape."""
+    return 0 < len(version) <= VERSION_MAX and version[0].isalnum() and _UNSAFE.isdisjoint(version)
+
+
 class Report(NamedTuple):
     """``device_id`` said at ``at`` that it runs ``version`` (``None``: not said) and, while
     updating, ``state`` (``"in-progress"`` or ``"failed"``, with ``detail``)."""
@@ -74,7 +85,7 @@ class RecordedReports:
     stale: int = 0  # not newer than what the device last reported (or superseded in the batch)
     unknown: int = 0  # for devices not in the registry, or decommissioned
     unknown_ids: list[str] = field(default_factory=list)  # the first 20
-    invalid: int = 0  # versions longer than 64 characters
+    invalid: int = 0  # versions that are not safe text (is_safe_text)
 
     def add(self, other: RecordedReports) -> None:
         """Fold another result into this one."""
@@ -119,7 +130,7 @@ def _record_chunk(session: Session, reports: list[Report], now: datetime) -> Rec
     for report in reports:
         if report.at.tzinfo is None:
             raise ValueError(f"report for {report.device_id!r}: naive time {report.at}")
-        if report.version is not None and len(report.version) > VERSION_MAX:
+        if report.version is not None and not is_safe_text(report.version):
             result.invalid += 1
             continue
         kept = newest.get(report.device_id)
