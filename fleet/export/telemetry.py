@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import LargeBinary, Select, String, cast, func, literal, select
+from sqlalchemy import LargeBinary, Select, String, and_, case, cast, func, literal, select
 from sqlalchemy.engine import Connection
 
 from fleet.export.layout import CSV_COLUMNS
@@ -100,6 +100,10 @@ def append_sql(line: Any, fmt: str, dialect: str, source: Any, device_id: Any) -
     tail = parts[0]
     for part in parts[1:]:
         tail = tail.op("||")(part)
+    # a device with neither a firmware row nor a connection (most of a new fleet): a constant
+    empty = _EMPTY_CSV if fmt == "csv" else _EMPTY_JSON
+    nothing = and_(f.c.device_id.is_(None), s.c.device_id.is_(None))
+    tail = case((nothing, literal(empty, String)), else_=tail)
     # bytes on both sides (PostgreSQL would render bytea || text as text)
     tail_bytes = (
         func.convert_to(tail, "UTF8") if dialect == "postgresql" else cast(tail, LargeBinary)
