@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -168,6 +168,13 @@ def _record_chunk(session: Session, reports: list[Report], now: datetime) -> Rec
 
 def _known(conn: Connection, ids: list[str]) -> dict[str, datetime | None]:
     """The active devices among ``ids``, each with the time of its last report (or None)."""
+    if conn.dialect.name == "postgresql":  # one array parameter, not 2,000 bound ones
+        found = conn.exec_driver_sql(
+            "SELECT d.id, f.reported_at FROM device d LEFT JOIN device_firmware f "
+            "ON f.device_id = d.id WHERE d.id = ANY(%s) AND d.status = %s",
+            (ids, str(DeviceStatus.ACTIVE)),
+        )
+        return {row[0]: row[1] for row in found}
     query = (
         select(_device.c.id, _fw.c.reported_at)
         .select_from(_device.outerjoin(_fw, _fw.c.device_id == _device.c.id))
@@ -202,21 +209,19 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
             values,
         )
         return
-    from sqlalchemy.dialects.postgresql import insert
-
-    upsert = insert(_fw)
-    statement = upsert.on_conflict_do_update(
-        index_elements=["device_id"],
-        set_={
-            "reported_version": func.coalesce(
-                upsert.excluded.reported_version, _fw.c.reported_version
-            ),
-            "reported_at": upsert.excluded.reported_at,
-            "reported_source": upsert.excluded.reported_source,
-            "update_state": upsert.excluded.update_state,
-            "update_detail": upsert.excluded.update_detail,
-            "updated_at": upsert.excluded.updated_at,
-        },
-        where=(_fw.c.reported_at.is_(None)) | (upsert.excluded.reported_at > _fw.c.reported_at),
+    # PostgreSQL: one statement per chunk, the rows as arrays (unnest): several times the
+    # speed of an executemany of single-row upserts
+    columns = ", ".join(_COLUMNS)
+    arrays = ", ".join(
+        f"%s::{'timestamptz' if name.endswith('_at') else 'text'}[]" for name in _COLUMNS
     )
-    conn.execute(statement, rows)
+    conn.exec_driver_sql(
+        f"INSERT INTO device_firmware AS f ({columns}) SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (device_id) DO UPDATE SET "
+        "reported_version = coalesce(excluded.reported_version, f.reported_version), "
+        "reported_at = excluded.reported_at, reported_source = excluded.reported_source, "
+        "update_state = excluded.update_state, update_detail = excluded.update_detail, "
+        "updated_at = excluded.updated_at "
+        "WHERE f.reported_at IS NULL OR excluded.reported_at > f.reported_at",
+        tuple([row[name] for row in rows] for name in _COLUMNS),
+    )
