@@ -290,10 +290,12 @@ def test_record_reports_newest_wins_and_unknown_devices(fleet_ws: Workspace) -> 
                 Report("a-2", "1.0.0", src, T0),
                 Report("ghost", "1.0.0", src, T0),
                 Report("old", "1.0.0", src, T0),  # decommissioned
-                Report("a-3", "x" * 65, src, T0),
+                Report("a-3", "x" * 65, src, T0),  # not safe text: too long, a formula, a comma
+                Report("a-3", "=1.0.0", src, T0),
+                Report("a-3", "1,0", src, T0),
             ],
         )
-    assert (done.recorded, done.stale, done.unknown, done.invalid) == (2, 1, 2, 1)
+    assert (done.recorded, done.stale, done.unknown, done.invalid) == (2, 1, 2, 3)
     assert done.unknown_ids == ["ghost", "old"]
     with write_session(ws.open_registry()) as session:
         late = record_reports(
@@ -460,7 +462,7 @@ def test_export_columns_live_and_as_of(
             audit.append(session, "firmware.target", rollout, {"version": version, "devices": ids})
 
     with write_session(ws.open_registry()) as session:  # a device's own text, as ingested
-        record_reports(session, [Report("d-1", "=1.0.0", FirmwareSource.INGEST, fleet_clock())])
+        record_reports(session, [Report("d-1", "1.0.0 (é7)", FirmwareSource.INGEST, fleet_clock())])
     report_manual(ws, "d-2", "1.0.0")
     record(ws, [Seen("d-1", ConnectionState.ONLINE, EventSource.INGEST, fleet_clock())])
     target("1.1.0", ["d-1", "d-2"])
@@ -469,7 +471,7 @@ def test_export_columns_live_and_as_of(
     target(None, ["d-2"], "r2")
     live = _rows(ws)
     assert {k: live["d-1"][k] for k in export.CSV_COLUMNS[-4:]} == {
-        "firmware_reported": "'=1.0.0",
+        "firmware_reported": "1.0.0 (é7)",
         "firmware_target": "1.1.0",
         "connection_state": "online",
         "last_seen": first.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -477,13 +479,14 @@ def test_export_columns_live_and_as_of(
     assert [live["d-2"][k] for k in export.CSV_COLUMNS[-4:]] == ["1.0.0", "", "", ""]
     assert [live["d-3"][k] for k in export.CSV_COLUMNS[-4:]] == ["", "", "", ""]
     as_json = _rows(ws, "jsonl")
-    assert as_json["d-1"]["firmware_reported"] == "=1.0.0"
+    assert as_json["d-1"]["firmware_reported"] == "1.0.0 (é7)"
     assert (as_json["d-2"]["firmware_target"], as_json["d-3"]["last_seen"]) == (None, None)
     # the live tables (no cache) give the same bytes
-    cached, uncached = io.StringIO(), io.StringIO()
-    export.write_devices(ws, cached, fmt="json")
-    export.write_devices(ws, uncached, fmt="json", use_cache=False)
-    assert cached.getvalue() == uncached.getvalue()
+    for fmt in ("csv", "json"):  # the cache appends them in SQL, the live path in Python
+        cached, uncached = io.StringIO(), io.StringIO()
+        export.write_devices(ws, cached, fmt=fmt)
+        export.write_devices(ws, uncached, fmt=fmt, use_cache=False)
+        assert cached.getvalue() == uncached.getvalue()
     # --as-of: the target as audited at that moment; reports and connection are not audited
     then = _rows(ws, as_of=first)
     assert [then["d-1"][k] for k in export.CSV_COLUMNS[-4:]] == ["", "1.1.0", "", ""]

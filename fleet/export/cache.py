@@ -29,7 +29,7 @@ from fleet.export.live import live_rows
 from fleet.export.models import ExportDirty, ExportRow
 from fleet.export.render import Rendered
 from fleet.export.snapshot import snapshot_connection
-from fleet.export.telemetry import extend_bytes, with_columns
+from fleet.export.telemetry import append_sql
 from fleet.registry.db import write_session
 from fleet.registry.models import Device
 from fleet.statuses import CertStatus
@@ -44,8 +44,8 @@ def cached_query(
     """One column per device, ordered by ID: its CSV line or JSON object at ``moment`` as
     UTF-8 bytes without a line end, as stored in ``export_row``; a row whose certificate
     has expired since it was rendered gets ``expired`` in place of the stored ``active``.
-    ``telemetry`` (the dialect's name): four more columns, the values
-    :mod:`fleet.export.telemetry` appends (joined here, never cached)."""
+    ``telemetry`` (the dialect's name): with the columns joined at export time appended, in
+    SQL (:func:`fleet.export.telemetry.append_sql`; never cached)."""
     x = ExportRow.__table__  # type: ignore[attr-defined]
     # the stored status is active, but the certificate's not_after has passed
     expired = and_(x.c.cert_status == CertStatus.ACTIVE, x.c.cert_not_after < moment)
@@ -56,13 +56,11 @@ def cached_query(
         .op("||")(func.substr(x.c.line, x.c.status_at + len(CertStatus.ACTIVE) + 1)),
         LargeBinary,
     )
-    query = (
-        select(case((expired, patched), else_=x.c.line))
-        .select_from(x)
-        .where(x.c.format == _cache_format(fmt))
-    )
+    line: Any = case((expired, patched), else_=x.c.line)
+    source: Any = x
     if telemetry is not None:
-        query = with_columns(query, x.c.device_id, telemetry)
+        line, source = append_sql(line, fmt, telemetry, source, x.c.device_id)
+    query = select(line).select_from(source).where(x.c.format == _cache_format(fmt))
     if filters.model or filters.serial or filters.status or filters.labels:
         d = Device.__table__  # type: ignore[attr-defined]
         query = device_filters(query.join(d, d.c.id == x.c.device_id), d.c, filters)
@@ -79,23 +77,17 @@ def _cache_format(fmt: str) -> str:
     return "csv" if fmt == "csv" else "json"
 
 
-def cached_batches(
-    conn: Connection, query: Any, telemetry_fmt: str | None = None
-) -> Iterator[list[bytes]]:
-    """The lines of a :func:`cached_query`, in batches, read in ``conn``'s snapshot; with
-    ``telemetry_fmt`` (a query made with ``telemetry``), the four columns appended."""
+def cached_batches(conn: Connection, query: Any) -> Iterator[list[bytes]]:
+    """The lines of a :func:`cached_query`, in batches, read in ``conn``'s snapshot."""
     if conn.dialect.name == "postgresql":
-        yield from _copied_batches(conn, query, telemetry_fmt)
+        yield from _copied_batches(conn, query)
         return
-    # the one column, already bytes (a C loop, no Python frame); or the line and its values
-    step = operator.itemgetter(0) if telemetry_fmt is None else extend_bytes(telemetry_fmt)
+    first = operator.itemgetter(0)  # the one column, already bytes (a C loop, no Python frame)
     for rows in row_batches(conn, query):
-        yield list(map(step, rows))
+        yield list(map(first, rows))
 
 
-def _copied_batches(
-    conn: Connection, query: Any, telemetry_fmt: str | None = None
-) -> Iterator[list[bytes]]:
+def _copied_batches(conn: Connection, query: Any) -> Iterator[list[bytes]]:
     """PostgreSQL: the query's one bytea column through ``COPY (query) TO STDOUT`` in binary,
     in the connection's transaction (so its snapshot). A server-side cursor fetched 100k
     JSONL rows in 0.80-0.90 s, psycopg's COPY row parser in 0.49-0.55 s (parameters are
@@ -104,11 +96,9 @@ def _copied_batches(
     driver = conn.connection.driver_connection
     assert driver is not None  # an open connection
     statement = f"COPY ({compiled}) TO STDOUT (FORMAT binary)"
-    types = ["bytea"] if telemetry_fmt is None else ["bytea", "text", "text", "text", "text"]
-    step = operator.itemgetter(0) if telemetry_fmt is None else extend_bytes(telemetry_fmt)
     with driver.cursor() as cursor, cursor.copy(statement, compiled.params) as copy:
-        copy.set_types(types)
-        yield from in_batches(map(step, copy.rows()))
+        copy.set_types(["bytea"])
+        yield from in_batches(map(operator.itemgetter(0), copy.rows()))
 
 
 def refresh_cache(engine: Engine) -> None:

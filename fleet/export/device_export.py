@@ -63,7 +63,7 @@ def write_devices(
             batches = replayed_lines(ws, conn, args, replay_workers)
         elif use_cache and cache_is_current(conn):
             query = cached_query(fmt, filters, moment, telemetry=conn.dialect.name)
-            batches = cached_batches(conn, query, fmt)
+            batches = cached_batches(conn, query)
         else:
             batches = live_lines(conn, fmt, filters, moment)
         count = write_lines(stream, fmt, batches)

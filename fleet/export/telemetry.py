@@ -4,8 +4,10 @@ and its connection state.
 Reports and connection events arrive by the thousand per second; re-rendering a device's
 cached export row (``export_row``) for each would put the export cache on the telemetry's hot
 path. So these columns are not a :class:`~fleet.export.section.Section`: every export path
-appends them to the row it has (the cached line, a live row, a replayed one), read by one
-outer join of ``device_firmware`` and ``connection_state`` in the export's snapshot.
+appends them to the row it has, read by one outer join of ``device_firmware`` and
+``connection_state`` in the export's snapshot: the cached line in SQL (:func:`append_sql`:
+the export stays one scan handing the database's bytes to the file), a live or replayed row
+in Python (:func:`extend_text`), to the same bytes.
 ``--as-of`` leaves ``firmware_reported``, ``connection_state`` and ``last_seen`` empty (reports
 and events are not audited) and replays ``firmware_target`` from the ``firmware.target``
 events rollouts write (:func:`firmware_targets`).
@@ -20,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import LargeBinary, Select, String, and_, case, cast, func, literal, select
 from sqlalchemy.engine import Connection
 
 from fleet.export.layout import CSV_COLUMNS
@@ -37,8 +39,6 @@ TARGET_ACTION = "firmware.target"  # rollouts: target = rollout, {"version", "de
 _json_str: Callable[[str], str] = json.encoder.encode_basestring
 _EMPTY_CSV = "," * len(COLUMNS)
 _EMPTY_JSON = "".join(f",{_json_str(name)}:null" for name in COLUMNS) + "}"
-_EMPTY_CSV_BYTES = _EMPTY_CSV.encode()
-_EMPTY_JSON_BYTES = _EMPTY_JSON.encode()
 _JSON_KEYS = [f",{_json_str(name)}:" for name in COLUMNS]
 
 Values = Sequence[str | None]
@@ -72,27 +72,46 @@ def extend_text(fmt: str, line: str, values: Values) -> str:
     return line[:-1] + json_tail(values)
 
 
-def extend_bytes(fmt: str) -> Callable[[Sequence[Any]], bytes]:
-    """A function taking a row ``(line bytes, *values)`` to the line with the columns
-    appended: the cached export's per-row step (a constant tail for the devices with
-    neither a report, a target nor a connection, which is most of a fresh fleet)."""
+def append_sql(line: Any, fmt: str, dialect: str, source: Any, device_id: Any) -> tuple[Any, Any]:
+    """The cached export's step, in SQL: ``line`` (a bytes expression: the stored CSV line or
+    JSON object) with the columns appended, and ``source`` outer-joined to the two tables.
+
+    No value needs escaping: a reported version is stored only if it is safe text
+    (:func:`fleet.firmware.reports.is_safe_text`: no quote, backslash, comma or control
+    character, and a letter or digit first), targets are catalogue versions, the state is
+    ``online``/``offline`` and ``last_seen`` a UTC time; so the bytes equal what
+    :func:`extend_text` writes on the other paths.
+    """
+    f = DeviceFirmware.__table__  # type: ignore[attr-defined]
+    s = ConnectionStatus.__table__  # type: ignore[attr-defined]
+    values = [f.c.reported_version, f.c.target_version, s.c.state, iso_text(s.c.last_seen, dialect)]
     if fmt == "csv":
-
-        def csv_row(row: Sequence[Any]) -> bytes:
-            line, *values = row
-            if not any(values):
-                return bytes(line) + _EMPTY_CSV_BYTES
-            return bytes(line) + csv_tail(values).encode()
-
-        return csv_row
-
-    def json_row(row: Sequence[Any]) -> bytes:
-        line, *values = row
-        if not any(values):
-            return bytes(line)[:-1] + _EMPTY_JSON_BYTES
-        return bytes(line)[:-1] + json_tail(values).encode()
-
-    return json_row
+        parts: list[Any] = []
+        for value in values:
+            parts += [literal(",", String), func.coalesce(value, literal("", String))]
+        head = line
+    else:
+        parts = []
+        for key, value in zip(_JSON_KEYS, values, strict=True):
+            quoted = literal('"', String).op("||")(value).op("||")(literal('"', String))
+            parts += [literal(key, String), func.coalesce(quoted, literal("null", String))]
+        parts.append(literal("}", String))
+        head = func.substr(line, 1, func.length(line) - 1)  # bytes: drop the closing brace
+    tail = parts[0]
+    for part in parts[1:]:
+        tail = tail.op("||")(part)
+    # a device with neither a firmware row nor a connection (most of a new fleet): a constant
+    empty = _EMPTY_CSV if fmt == "csv" else _EMPTY_JSON
+    nothing = and_(f.c.device_id.is_(None), s.c.device_id.is_(None))
+    tail = case((nothing, literal(empty, String)), else_=tail)
+    # bytes on both sides (PostgreSQL would render bytea || text as text)
+    tail_bytes = (
+        func.convert_to(tail, "UTF8") if dialect == "postgresql" else cast(tail, LargeBinary)
+    )
+    joined = source.outerjoin(f, f.c.device_id == device_id).outerjoin(
+        s, s.c.device_id == device_id
+    )
+    return cast(head.op("||")(tail_bytes), LargeBinary), joined
 
 
 def with_columns(query: Select[Any], device_id: Any, dialect: str) -> Select[Any]:

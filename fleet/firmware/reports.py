@@ -8,7 +8,9 @@ inside the caller's write transaction. The rules:
   report or one at the same moment changes nothing (counted ``stale``);
 - a report without a version (``version=None``, e.g. "update failed") keeps the version last
   reported and updates only the update state;
-- a version longer than 64 characters (the column) is refused (counted ``invalid``);
+- a version that is not safe text (:func:`is_safe_text`: 1 to 64 characters, a letter or
+  digit first, no quote, backslash, comma or control character) is refused (counted
+  ``invalid``): exports append it to their rows in SQL, unescaped (fleet/export/telemetry.py);
 - a report for a device the registry does not know, or has decommissioned, is counted
   (``unknown``, with the first IDs) and not stored: never raised;
 - reports are telemetry, like connection events: they are not audited (they arrive by the
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -54,6 +56,15 @@ _COLUMNS = (
 )
 
 
+_UNSAFE = frozenset('"\\,' + "".join(map(chr, range(32))) + "\x7f")
+
+
+def is_safe_text(version: str) -> bool:
+    """Whether a reported version may be stored: 1 to 64 characters, a letter or digit first
+    (no spreadsheet formula), and none that CSV or JSON would have to escape."""
+    return 0 < len(version) <= VERSION_MAX and version[0].isalnum() and _UNSAFE.isdisjoint(version)
+
+
 class Report(NamedTuple):
     """``device_id`` said at ``at`` that it runs ``version`` (``None``: not said) and, while
     updating, ``state`` (``"in-progress"`` or ``"failed"``, with ``detail``)."""
@@ -74,7 +85,7 @@ class RecordedReports:
     stale: int = 0  # not newer than what the device last reported (or superseded in the batch)
     unknown: int = 0  # for devices not in the registry, or decommissioned
     unknown_ids: list[str] = field(default_factory=list)  # the first 20
-    invalid: int = 0  # versions longer than 64 characters
+    invalid: int = 0  # versions that are not safe text (is_safe_text)
 
     def add(self, other: RecordedReports) -> None:
         """Fold another result into this one."""
@@ -119,7 +130,7 @@ def _record_chunk(session: Session, reports: list[Report], now: datetime) -> Rec
     for report in reports:
         if report.at.tzinfo is None:
             raise ValueError(f"report for {report.device_id!r}: naive time {report.at}")
-        if report.version is not None and len(report.version) > VERSION_MAX:
+        if report.version is not None and not is_safe_text(report.version):
             result.invalid += 1
             continue
         kept = newest.get(report.device_id)
@@ -157,6 +168,13 @@ def _record_chunk(session: Session, reports: list[Report], now: datetime) -> Rec
 
 def _known(conn: Connection, ids: list[str]) -> dict[str, datetime | None]:
     """The active devices among ``ids``, each with the time of its last report (or None)."""
+    if conn.dialect.name == "postgresql":  # one array parameter, not 2,000 bound ones
+        found = conn.exec_driver_sql(
+            "SELECT d.id, f.reported_at FROM device d LEFT JOIN device_firmware f "
+            "ON f.device_id = d.id WHERE d.id = ANY(%s) AND d.status = %s",
+            (ids, str(DeviceStatus.ACTIVE)),
+        )
+        return {row[0]: row[1] for row in found}
     query = (
         select(_device.c.id, _fw.c.reported_at)
         .select_from(_device.outerjoin(_fw, _fw.c.device_id == _device.c.id))
@@ -191,21 +209,19 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
             values,
         )
         return
-    from sqlalchemy.dialects.postgresql import insert
-
-    upsert = insert(_fw)
-    statement = upsert.on_conflict_do_update(
-        index_elements=["device_id"],
-        set_={
-            "reported_version": func.coalesce(
-                upsert.excluded.reported_version, _fw.c.reported_version
-            ),
-            "reported_at": upsert.excluded.reported_at,
-            "reported_source": upsert.excluded.reported_source,
-            "update_state": upsert.excluded.update_state,
-            "update_detail": upsert.excluded.update_detail,
-            "updated_at": upsert.excluded.updated_at,
-        },
-        where=(_fw.c.reported_at.is_(None)) | (upsert.excluded.reported_at > _fw.c.reported_at),
+    # PostgreSQL: one statement per chunk, the rows as arrays (unnest): several times the
+    # speed of an executemany of single-row upserts
+    columns = ", ".join(_COLUMNS)
+    arrays = ", ".join(
+        f"%s::{'timestamptz' if name.endswith('_at') else 'text'}[]" for name in _COLUMNS
     )
-    conn.execute(statement, rows)
+    conn.exec_driver_sql(
+        f"INSERT INTO device_firmware AS f ({columns}) SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (device_id) DO UPDATE SET "
+        "reported_version = coalesce(excluded.reported_version, f.reported_version), "
+        "reported_at = excluded.reported_at, reported_source = excluded.reported_source, "
+        "update_state = excluded.update_state, update_detail = excluded.update_detail, "
+        "updated_at = excluded.updated_at "
+        "WHERE f.reported_at IS NULL OR excluded.reported_at > f.reported_at",
+        tuple([row[name] for row in rows] for name in _COLUMNS),
+    )
