@@ -34,7 +34,6 @@ from fleet.views import iso
 from fleet.workspace import Passphrase, Workspace
 
 FIRMWARE_DIR = "firmware"
-MAX_SIZE = 2**31 - 1  # firmware_image.size is an INTEGER column
 _CHUNK = 1 << 20
 
 
@@ -229,8 +228,6 @@ def _hash(path: Path) -> tuple[str, int]:
                 size += len(chunk)
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
-    if size > MAX_SIZE:
-        raise InvalidInput(f"{path} is {size} bytes: images of 2 GiB or more are not supported")
     return hasher.hexdigest(), size
 
 

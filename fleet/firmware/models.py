@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from fleet.registry.models import utc_column
@@ -26,7 +26,7 @@ class FirmwareImage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     version: str = Field(max_length=64, index=True)  # semantic version, as given
     sha256: str = Field(max_length=64)  # lowercase hex of the image
-    size: int
+    size: int = Field(sa_type=BigInteger)  # bytes; images may pass 2 GiB
     url: str | None = Field(default=None, max_length=2048)  # where devices fetch it, if remote
     stored_path: str | None = Field(default=None, max_length=512)  # under <home>/firmware/
     signature_pem: str = Field(sa_type=Text)  # detached CMS (PEM) over the image bytes

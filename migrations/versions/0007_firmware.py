@@ -25,7 +25,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("version", sa.String(length=64), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("size", sa.Integer(), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("url", sa.String(length=2048), nullable=True),
         sa.Column("stored_path", sa.String(length=512), nullable=True),
         sa.Column("signature_pem", sa.Text(), nullable=False),
