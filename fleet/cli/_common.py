@@ -86,6 +86,32 @@ def print_json_array(items: Iterable[Any]) -> None:
     out.write("\n]\n" if not first else "]\n")
 
 
+def write_json_texts(texts: Iterable[str], *, lines: bool = False) -> None:
+    """Rows already rendered as compact JSON texts on stdout, streamed: as the items of a
+    JSON array laid out as :func:`print_json_array` lays them out, or (``lines``) as JSON
+    Lines. Written a few thousand at a time: one write per row costs more than the row."""
+    out = sys.stdout
+    chunk: list[str] = []
+    separator = "\n" if lines else ",\n  "
+    first = True
+    if not lines:
+        out.write("[")
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == 2000:
+            out.write(("" if lines else "\n  " if first else separator) + separator.join(chunk))
+            if lines:
+                out.write("\n")
+            chunk, first = [], False
+    if chunk:
+        out.write(("" if lines else "\n  " if first else separator) + separator.join(chunk))
+        if lines:
+            out.write("\n")
+        first = False
+    if not lines:
+        out.write("\n]\n" if not first else "]\n")
+
+
 def message(text: str) -> None:
     """A status line on stderr, printed as is (no markup, no wrapping)."""
     print(text, file=sys.stderr)

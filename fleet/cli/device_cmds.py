@@ -177,6 +177,7 @@ def list_(
     }
     devices_of = partial(listing.iter_device_dicts, ws, **where)
     count_of = partial(listing.count_devices, ws, **where)
+    json_of = partial(listing.iter_device_json, ws, **where)
     emit(
         Listing(
             fetch=lambda n: devices_of(after=after, limit=n),
@@ -185,6 +186,7 @@ def list_(
             count=lambda: count_of(after=after),
             count_after=lambda key: count_of(after=key, at_most=MORE_CAP),
             noun="devices",
+            fetch_json=lambda n: json_of(after=after, limit=n),
         ),
         options,
         _device_table,
