@@ -264,9 +264,7 @@ def test_sqlite_fast_path_applies_the_same_rules(
             reports.append({**report.to_dict(), "stray_ids": report.stray_ids})
         with engine.connect() as connection:
             rows = {
-                table: connection.execute(
-                    text(f"SELECT * FROM {table} ORDER BY 2")
-                ).all()
+                table: connection.execute(text(f"SELECT * FROM {table} ORDER BY 2")).all()
                 for table in tables
             }
         for table in ("connection_event", "stray_connection_event"):
