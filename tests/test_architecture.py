@@ -41,6 +41,7 @@ FEATURES = (
     "fleet.broker",
     "fleet.firmware",
     "fleet.listing",
+    "fleet.device_show",
 )
 CLI = ("fleet.cli", "fleet.__main__")
 

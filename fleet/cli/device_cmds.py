@@ -11,6 +11,8 @@ import typer
 from fleet.cli._common import (
     ask_passphrase,
     message,
+    print_columns,
+    print_fields,
     print_json,
     render,
     short_labels,
@@ -220,9 +222,9 @@ def show(
 
         fleet device show pump-0042 --json
     """
-    from fleet import devices
+    from fleet.device_show import show_device
 
-    device = devices.show_device(workspace(ctx), device_id)
+    device = show_device(workspace(ctx), device_id)
     if json_out:
         print_json(device.to_dict())
         return
@@ -230,35 +232,38 @@ def show(
 
 
 def render_device(device: DeviceView) -> None:
-    """A device as a field table plus its certificates."""
-    fields = table("Field", "Value", title=f"Device {device.id}")
-    fields.add_row("id", device.id)
-    fields.add_row("model", device.model or "")
-    fields.add_row("serial", device.serial or "")
-    fields.add_row("status", device.status)
-    fields.add_row("created_at", iso(device.created_at))
-    fields.add_row("updated_at", iso(device.updated_at))
-    fields.add_row("labels", short_labels(dict(device.labels)))
+    """A device as aligned ``field  value`` lines plus its certificates, in plain text."""
+    fields = [
+        ("id", device.id),
+        ("model", device.model or ""),
+        ("serial", device.serial or ""),
+        ("status", device.status),
+        ("created_at", iso(device.created_at) or ""),
+        ("updated_at", iso(device.updated_at) or ""),
+        ("labels", short_labels(dict(device.labels))),
+    ]
     if device.decommissioned_at:
-        fields.add_row("decommissioned_at", iso(device.decommissioned_at))
-        fields.add_row("decommission_reason", device.decommission_reason or "")
+        fields.append(("decommissioned_at", iso(device.decommissioned_at) or ""))
+        fields.append(("decommission_reason", device.decommission_reason or ""))
     if device.connection is not None:
         link = device.connection
-        fields.add_row("connection", link.state or "never seen")
+        fields.append(("connection", link.state or "never seen"))
         if link.state is not None:
-            fields.add_row("since", f"{iso(link.since)} ({link.source})")
-            fields.add_row("last_seen", iso(link.last_seen) or "")
+            fields.append(("since", f"{iso(link.since)} ({link.source})"))
+            fields.append(("last_seen", iso(link.last_seen) or ""))
             if link.reason:
-                fields.add_row("reason", link.reason)
+                fields.append(("reason", link.reason))
             if link.reported_firmware:
-                fields.add_row("reported_firmware", link.reported_firmware)
-    render(fields)
-    certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
-    for cert in device.certificates:
-        certs.add_row(
-            cert.serial, cert.status, iso(cert.not_after), cert.profile, cert.fingerprint_sha256
-        )
-    render(certs)
+                fields.append(("reported_firmware", link.reported_firmware))
+    print_fields(f"Device {device.id}", fields)
+    print_columns(
+        "Certificates",
+        ("Serial", "Status", "Not after", "Profile", "SHA-256"),
+        (
+            (c.serial, c.status, iso(c.not_after) or "", c.profile, c.fingerprint_sha256)
+            for c in device.certificates
+        ),
+    )
 
 
 @app.command("history")
