@@ -7,7 +7,6 @@ event commit, and only then is the certificate written and the bundle renamed in
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,7 +23,6 @@ from fleet.identifiers import validate_device_id, validate_label, validate_text_
 from fleet.registry import audit
 from fleet.registry.db import read_session, write_session
 from fleet.registry.models import Certificate, Device
-from fleet.status.history import connection_in
 from fleet.statuses import CertStatus, DeviceStatus
 from fleet.views import DeviceView
 from fleet.workspace import Passphrase, Workspace, require_passphrase
@@ -240,17 +238,12 @@ def device_certificates(session: Session, device_id: str) -> list[Certificate]:
 
 
 def show_device(ws: Workspace, device_id: str) -> DeviceView:
-    """A device with all its certificates, its connection state and its firmware."""
-    from fleet.firmware.device import firmware_in
+    """A device with all its certificates its connection state and
+    its firmware (see
+    :func:`fleet.device_show.show_device`: the view is built there, from plain queries)."""
+    from fleet.device_show import show_device as show
 
-    with read_session(ws.open_registry()) as session:
-        device = get_device_row(session, device_id)
-        view = DeviceView.from_rows(device, device_certificates(session, device_id), clock.now())
-        return dataclasses.replace(
-            view,
-            connection=connection_in(session, device_id),
-            firmware=firmware_in(session, device_id),
-        )
+    return show(ws, device_id)
 
 
 def update_device(

@@ -42,6 +42,7 @@ FEATURES = (
     "fleet.firmware",
     "fleet.listing",
     "fleet.onboard",
+    "fleet.device_show",
 )
 CLI = ("fleet.cli", "fleet.__main__")
 

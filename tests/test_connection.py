@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -208,3 +208,72 @@ def test_cli_ingest_and_prune(
     assert connection_of(fleet_ws, "gw-1").state == "online"
     bad = cli("status", "prune", "--older-than", "soon")
     assert bad.exit_code == 2
+
+
+def test_sqlite_fast_path_applies_the_same_rules(
+    ready_sqlite_ws: Workspace,
+    tmp_path: Path,
+    fleet_clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite records through its driver (fleet/status/events.py ``_record_sqlite``); a random
+    stream (time and marker ties, duplicates within and across batches, strays, firmware,
+    two sources) leaves the same tables and reports as the SQLAlchemy path."""
+    import random
+
+    from sqlalchemy import text
+
+    from fleet.status import events
+
+    for device_id in ("gw-1", "gw-2", "gw-3", "gw-old"):
+        devices.add_device(
+            ready_sqlite_ws, device_id, out_dir=tmp_path / "ids", passphrase=PASSPHRASE
+        )
+    devices.decommission_device(ready_sqlite_ws, "gw-old")
+    chance = random.Random(11)
+    batches = []
+    for _ in range(25):
+        batch = []
+        for _ in range(chance.randrange(1, 40)):
+            source = chance.choice([EventSource.INGEST, EventSource.AWS])
+            marker = None if chance.random() < 0.3 else f"{chance.randrange(6):020d}"
+            event = Seen(
+                chance.choice(["gw-1", "gw-2", "gw-3", "gw-old", "ghost"]),
+                chance.choice([ON, OFF]),
+                source,
+                at(chance.randrange(40)).astimezone(timezone(timedelta(hours=2))),
+                marker=marker,
+                reason=chance.choice([None, "idle", "lost"]),
+                firmware=chance.choice([None, None, "1.0", "1.1"]),
+            )
+            batch += [event] * chance.choice([1, 1, 2])
+        batches.append(
+            batch + chance.sample(batches[-1], min(3, len(batches[-1]))) if batches else batch
+        )
+
+    tables = ("connection_event", "connection_state", "stray_connection_event")
+
+    def run() -> tuple[list[dict[str, object]], dict[str, list[tuple[object, ...]]]]:
+        engine = ready_sqlite_ws.open_registry()
+        with engine.begin() as connection:
+            for table in tables:
+                connection.execute(text(f"DELETE FROM {table}"))
+        reports = []
+        for index, batch in enumerate(batches):
+            report = record(engine, batch, now=at(100 + index))
+            reports.append({**report.to_dict(), "stray_ids": report.stray_ids})
+        with engine.connect() as connection:
+            rows = {
+                table: connection.execute(text(f"SELECT * FROM {table} ORDER BY 2")).all()
+                for table in tables
+            }
+        for table in ("connection_event", "stray_connection_event"):
+            rows[table] = [row[1:] for row in rows[table]]  # without the autoincrement ID
+        return reports, rows
+
+    fast = run()
+    monkeypatch.setattr(events, "_record_sqlite", events._record_generic)
+    generic = run()
+    assert fast[0] == generic[0]
+    assert fast[1] == generic[1]
+    assert fast[1]["connection_state"] and fast[1]["stray_connection_event"]

@@ -14,6 +14,7 @@ from helpers import PASSPHRASE, Cli, FrozenClock
 from sqlalchemy import select, text
 
 from fleet import devices, listing
+from fleet.cli._common import json_line
 from fleet.cli._listing import TABLE_LIMIT
 from fleet.provision import provision
 from fleet.registry import migrations
@@ -105,6 +106,53 @@ def test_device_dicts_equal_the_views(varied_ws: Workspace) -> None:
     assert by_id["zz-retired"]["status"] == "decommissioned"
 
 
+TRICKY = [
+    'quote " backslash \\ slash / tab \t newline \n cr \r',
+    "controls \x01\x02\x08\x0b\x0c\x1b\x1f del \x7f",
+    "unicode é ß 漢字 emoji \U0001f600 separators \u2028 \u2029 bom \ufeff nbsp \xa0",
+    "</script> & <b> '",
+    "",
+]
+
+
+def test_device_json_texts_equal_the_dicts_on_tricky_data(varied_ws: Workspace) -> None:
+    """The texts SQLite writes (``device list --json`` on SQLite) are byte for byte what
+    orjson writes for the dicts: quotes, backslashes, control characters, non-ASCII, line
+    separators; labels stored escaped (``\\u00e9``, ``\\/``) or spaced as the JSON type
+    stores them; NULLs; devices with several or no certificates."""
+    ids = [d["id"] for d in listing.iter_device_dicts(varied_ws)]
+    stored_labels = [
+        '{"site": "k\\u00f6ln", "path": "a\\/b", "q": "say \\"hi\\""}',
+        '{"emoji":"\U0001f600","sep":"\u2028","plain":"x"}',
+        "{}",
+        '{"b": "2", "a": "1"}',
+    ]
+    engine = varied_ws.open_registry()
+    # PostgreSQL text cannot hold NUL; SQLite's can
+    tricky = TRICKY + (["nul \x00 inside"] if engine.dialect.name == "sqlite" else [])
+    with engine.begin() as connection:
+        for index, (device_id, value) in enumerate(zip(ids, tricky, strict=False)):
+            connection.execute(
+                text(
+                    "UPDATE device SET model = :v, serial = :v, decommission_reason = :v, "
+                    "labels = :labels WHERE id = :id"
+                ),
+                {"v": value, "labels": stored_labels[index % len(stored_labels)], "id": device_id},
+            )
+        connection.execute(
+            text("UPDATE device SET model = NULL, serial = NULL WHERE id = :id"), {"id": ids[-1]}
+        )
+    texts = list(listing.iter_device_json(varied_ws))
+    expected = [json_line(d) for d in listing.iter_device_dicts(varied_ws)]
+    assert texts == expected
+    assert [d.to_dict() for d in listing.iter_devices(varied_ws)] == [json.loads(t) for t in texts]
+    by_id = {json.loads(t)["id"]: t for t in texts}
+    assert '"labels":{"site":"köln","path":"a/b","q":"say \\"hi\\""}' in by_id[ids[0]]
+    assert "\\u0001" in by_id[ids[1]] and "\x7f" in by_id[ids[1]]  # escaped / kept as is
+    # pages from a cursor, with a limit, and filters answer the same texts
+    assert list(listing.iter_device_json(varied_ws, after=ids[2], limit=3)) == expected[3:6]
+
+
 @pytest.mark.parametrize(
     "filters",
     [
@@ -129,6 +177,9 @@ def test_filters_equal_a_full_scan(varied_ws: Workspace, filters: dict[str, Any]
     ]
     assert [d.id for d in listing.iter_devices(varied_ws, **filters)] == wanted
     assert [d["id"] for d in listing.iter_device_dicts(varied_ws, **filters)] == wanted
+    texts = list(listing.iter_device_json(varied_ws, **filters))
+    assert [json.loads(t)["id"] for t in texts] == wanted
+    assert texts == [json_line(d) for d in listing.iter_device_dicts(varied_ws, **filters)]
     assert listing.count_devices(varied_ws, **filters) == len(wanted)
     # paged by 7 from the cursor, the pages add up to the same list
     paged: list[str] = []

@@ -43,12 +43,12 @@ main()
 
 
 def imported(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, watch: tuple[str, ...] = ()
 ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run ``fleet ARGS`` in a fresh interpreter: its result, and the watched modules (and
-    ``fleet.cli.*`` modules) it imported."""
+    ``fleet.cli.*`` modules, and those of the ``watch`` packages) it imported."""
     report = tmp_path / "imported.json"
-    code = CHILD.format(watched=(*HEAVY, "rich"))
+    code = CHILD.format(watched=(*HEAVY, "rich", *watch))
     done = subprocess.run(
         [sys.executable, "-c", code, str(report), json.dumps(args)],
         env=child_env(env),
@@ -171,6 +171,20 @@ def test_registry_reads_load_no_network_library(
     done, loaded = imported(tmp_path, *args, env=small_registry)
     assert done.returncode == 0 and "pump-0001" in done.stdout, done.stderr
     assert not top_level(loaded) & set(absent), loaded
+
+
+def test_device_show_loads_no_table_class_and_no_rich(
+    tmp_path: Path, small_registry: dict[str, str]
+) -> None:
+    """``device show`` reads with plain queries (fleet/device_show.py) and prints plain text:
+    creating the SQLModel table classes and importing rich were most of its start-up beyond
+    ``import sqlmodel, typer`` (bench/startup.py)."""
+    for args in (("device", "show", "pump-0001"), ("device", "show", "pump-0001", "--json")):
+        done, loaded = imported(tmp_path, *args, env=small_registry, watch=("fleet",))
+        assert done.returncode == 0 and "pump-0001" in done.stdout, done.stderr
+        assert "fleet.device_show" in loaded
+        models = {m for m in loaded if m.endswith(".models")}
+        assert not models and "rich" not in top_level(loaded), loaded
 
 
 # --- the root's command table ----------------------------------------------------------------

@@ -86,6 +86,32 @@ def print_json_array(items: Iterable[Any]) -> None:
     out.write("\n]\n" if not first else "]\n")
 
 
+def write_json_texts(texts: Iterable[str], *, lines: bool = False) -> None:
+    """Rows already rendered as compact JSON texts on stdout, streamed: as the items of a
+    JSON array laid out as :func:`print_json_array` lays them out, or (``lines``) as JSON
+    Lines. Written a few thousand at a time: one write per row costs more than the row."""
+    out = sys.stdout
+    chunk: list[str] = []
+    separator = "\n" if lines else ",\n  "
+    first = True
+    if not lines:
+        out.write("[")
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == 2000:
+            out.write(("" if lines else "\n  " if first else separator) + separator.join(chunk))
+            if lines:
+                out.write("\n")
+            chunk, first = [], False
+    if chunk:
+        out.write(("" if lines else "\n  " if first else separator) + separator.join(chunk))
+        if lines:
+            out.write("\n")
+        first = False
+    if not lines:
+        out.write("\n]\n" if not first else "]\n")
+
+
 def message(text: str) -> None:
     """A status line on stderr, printed as is (no markup, no wrapping)."""
     print(text, file=sys.stderr)
@@ -99,6 +125,38 @@ def table(*columns: str, title: str | None = None) -> Table:
     for column in columns:
         result.add_column(column, overflow="fold")
     return result
+
+
+def print_fields(title: str, fields: Iterable[tuple[str, str]]) -> None:
+    """A title, then ``name  value`` lines with the values aligned: a record's key/value
+    view in plain text (no rich: ``device show`` starts faster without it)."""
+    rows = [(name, _one_line(value)) for name, value in fields]
+    width = max((len(name) for name, _ in rows), default=0)
+    lines = [title, *(f"  {name.ljust(width)}  {value}".rstrip() for name, value in rows)]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def print_columns(title: str, headers: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> None:
+    """A title, then a plain-text table: a header line and one line per row, each column
+    as wide as its widest cell; ``(none)`` under the header when there are no rows."""
+    cells = [headers, *(tuple(_one_line(cell) for cell in row) for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [title]
+    for row in cells:
+        lines.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+    if len(cells) == 1:
+        lines.append("  (none)")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _one_line(text: str) -> str:
+    """A cell's text on one line: control characters (a newline in a stored value) shown
+    escaped, so a value cannot fake further lines of the view."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def short_labels(labels: dict[str, str]) -> str:

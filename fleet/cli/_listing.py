@@ -23,7 +23,13 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import typer
 
-from fleet.cli._common import json_line, message, print_json, print_json_array
+from fleet.cli._common import (
+    json_line,
+    message,
+    print_json,
+    print_json_array,
+    write_json_texts,
+)
 from fleet.errors import InvalidInput
 
 TABLE_LIMIT = 100
@@ -101,7 +107,9 @@ class Listing(Generic[Row]):
     ``fetch(limit)`` yields rows in key order after the user's cursor (``None``: all);
     ``cursor(row)`` is the key ``--after`` takes; ``to_dict`` is the row's JSON shape;
     ``count()`` counts every match, ``count_after(cursor)`` those after a key; ``noun`` is
-    the plural shown in messages ("devices").
+    the plural shown in messages ("devices"). ``fetch_json(limit)``, where given, yields the
+    rows' JSON texts (each exactly ``json_line(to_dict(row))``, written faster): a whole
+    ``--json`` or ``--jsonl`` list prints them.
     """
 
     fetch: Callable[[int | None], Iterable[Row]]
@@ -110,6 +118,7 @@ class Listing(Generic[Row]):
     count: Callable[[], int]
     count_after: Callable[[str], int]
     noun: str
+    fetch_json: Callable[[int | None], Iterable[str]] | None = None
 
 
 def emit(
@@ -124,6 +133,9 @@ def emit(
             sys.stdout.write(f"{count}\n")
         return
     size = options.page_size
+    if size is None and options.machine and listing.fetch_json is not None:
+        write_json_texts(listing.fetch_json(None), lines=options.jsonl)
+        return
     rows = iter(listing.fetch(None if size is None else size + 1))
     page = _take(rows, size)
     if options.json and options.limit is None:

@@ -12,6 +12,8 @@ from fleet.cli._bundle import P12_PASSWORD_ENV, FormatOption, P12EnvOption, bund
 from fleet.cli._common import (
     ask_passphrase,
     message,
+    print_columns,
+    print_fields,
     print_json,
     render,
     short_labels,
@@ -184,6 +186,7 @@ def list_(
     }
     devices_of = partial(listing.iter_device_dicts, ws, **where)
     count_of = partial(listing.count_devices, ws, **where)
+    json_of = partial(listing.iter_device_json, ws, **where)
     emit(
         Listing(
             fetch=lambda n: devices_of(after=after, limit=n),
@@ -192,6 +195,7 @@ def list_(
             count=lambda: count_of(after=after),
             count_after=lambda key: count_of(after=key, at_most=MORE_CAP),
             noun="devices",
+            fetch_json=lambda n: json_of(after=after, limit=n),
         ),
         options,
         _device_table,
@@ -225,9 +229,9 @@ def show(
 
         fleet device show pump-0042 --json
     """
-    from fleet import devices
+    from fleet.device_show import show_device
 
-    device = devices.show_device(workspace(ctx), device_id)
+    device = show_device(workspace(ctx), device_id)
     if json_out:
         print_json(device.to_dict())
         return
@@ -235,52 +239,55 @@ def show(
 
 
 def render_device(device: DeviceView) -> None:
-    """A device as a field table plus its certificates."""
-    fields = table("Field", "Value", title=f"Device {device.id}")
-    fields.add_row("id", device.id)
-    fields.add_row("model", device.model or "")
-    fields.add_row("serial", device.serial or "")
-    fields.add_row("status", device.status)
-    fields.add_row("created_at", iso(device.created_at))
-    fields.add_row("updated_at", iso(device.updated_at))
-    fields.add_row("labels", short_labels(dict(device.labels)))
+    """A device as aligned ``field  value`` lines plus its certificates, in plain text."""
+    fields = [
+        ("id", device.id),
+        ("model", device.model or ""),
+        ("serial", device.serial or ""),
+        ("status", device.status),
+        ("created_at", iso(device.created_at) or ""),
+        ("updated_at", iso(device.updated_at) or ""),
+        ("labels", short_labels(dict(device.labels))),
+    ]
     if device.decommissioned_at:
-        fields.add_row("decommissioned_at", iso(device.decommissioned_at))
-        fields.add_row("decommission_reason", device.decommission_reason or "")
+        fields.append(("decommissioned_at", iso(device.decommissioned_at) or ""))
+        fields.append(("decommission_reason", device.decommission_reason or ""))
     if device.connection is not None:
         link = device.connection
-        fields.add_row("connection", link.state or "never seen")
+        fields.append(("connection", link.state or "never seen"))
         if link.state is not None:
-            fields.add_row("since", f"{iso(link.since)} ({link.source})")
-            fields.add_row("last_seen", iso(link.last_seen) or "")
+            fields.append(("since", f"{iso(link.since)} ({link.source})"))
+            fields.append(("last_seen", iso(link.last_seen) or ""))
             if link.reason:
-                fields.add_row("reason", link.reason)
+                fields.append(("reason", link.reason))
             if link.reported_firmware:
-                fields.add_row("reported_firmware", link.reported_firmware)
+                fields.append(("reported_firmware", link.reported_firmware))
     if device.firmware is not None:
         _firmware_rows(fields, device.firmware)
-    render(fields)
-    certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
-    for cert in device.certificates:
-        certs.add_row(
-            cert.serial, cert.status, iso(cert.not_after), cert.profile, cert.fingerprint_sha256
-        )
-    render(certs)
+    print_fields(f"Device {device.id}", fields)
+    print_columns(
+        "Certificates",
+        ("Serial", "Status", "Not after", "Profile", "SHA-256"),
+        (
+            (c.serial, c.status, iso(c.not_after) or "", c.profile, c.fingerprint_sha256)
+            for c in device.certificates
+        ),
+    )
 
 
-def _firmware_rows(fields: Any, firmware: FirmwareView) -> None:
+def _firmware_rows(fields: list[tuple[str, str]], firmware: FirmwareView) -> None:
     reported = firmware.reported_version or ("-" if firmware.reported_at else "never reported")
     if firmware.reported_at:
         reported += f" ({iso(firmware.reported_at)}, {firmware.reported_source})"
-    fields.add_row("firmware", reported)
+    fields.append(("firmware", reported))
     if firmware.update_state:
         detail = f": {firmware.update_detail}" if firmware.update_detail else ""
-        fields.add_row("firmware_update", f"{firmware.update_state}{detail}")
+        fields.append(("firmware_update", f"{firmware.update_state}{detail}"))
     if firmware.target_version:
         rollout = f" (rollout {firmware.target_rollout})" if firmware.target_rollout else ""
-        fields.add_row("firmware_target", f"{firmware.target_version}{rollout}")
+        fields.append(("firmware_target", f"{firmware.target_version}{rollout}"))
     if firmware.pinned_version:
-        fields.add_row("firmware_pin", firmware.pinned_version)
+        fields.append(("firmware_pin", firmware.pinned_version))
 
 
 @app.command("pin")

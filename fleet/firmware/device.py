@@ -1,27 +1,28 @@
-"""A device's firmware as ``device show`` reads it: kept light (no crypto, no packaging),
-since ``device show`` is a start-up-time command (tests/test_startup.py)."""
+"""A device's firmware as ``device show`` reads it: one plain query typed with the registry's
+column types, loading no table class, no crypto and no packaging (``device show`` is a
+start-up-time command: tests/test_startup.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import text
 
-from fleet.firmware.models import DeviceFirmware, Rollout
+from fleet.registry.types import UTCDateTime
 from fleet.views import FirmwareView
 
-_fw = DeviceFirmware.__table__  # type: ignore[attr-defined]
-_rollout = Rollout.__table__  # type: ignore[attr-defined]
+_FIRMWARE = text(
+    "SELECT f.reported_version, f.reported_at, f.reported_source, f.update_state, "
+    "f.update_detail, f.target_version, r.name AS rollout_name, f.pinned_version "
+    "FROM device_firmware AS f LEFT JOIN rollout AS r ON r.id = f.target_rollout_id "
+    "WHERE f.device_id = :id"
+).columns(reported_at=UTCDateTime())
 
 
-def firmware_in(session: Any, device_id: str) -> FirmwareView:
-    """``device_id``'s reported, target and pinned firmware, in the caller's session."""
-    query = (
-        select(_fw, _rollout.c.name.label("rollout_name"))
-        .select_from(_fw.outerjoin(_rollout, _rollout.c.id == _fw.c.target_rollout_id))
-        .where(_fw.c.device_id == device_id)
-    )
-    row = session.execute(query).first()
+def firmware_in(connection: Any, device_id: str) -> FirmwareView:
+    """``device_id``'s reported, target and pinned firmware, on the caller's connection (or
+    session: anything with ``execute``)."""
+    row = connection.execute(_FIRMWARE, {"id": device_id}).first()
     if row is None:
         return FirmwareView()
     return FirmwareView(

@@ -347,16 +347,12 @@ class _Chain:
         # The hot loop: locals only. Each event's canonical form is assembled around its
         # stored details text; only a mismatch is re-hashed the slow way (see _hash_matches).
         expected, prev, count, pinned = self.expected, self.prev, self.count, self.pinned
-        sha256 = hashlib.sha256
-        # actor, action and ts repeat within a batch (one per append); the cache is per batch
-        # so it stays small.
-        quoted: dict[str, str] = {}
-
-        def quote(text: str) -> str:
-            value = quoted.get(text)
-            if value is None:
-                value = quoted[text] = encode_basestring(text)
-            return value
+        sha256, quote = hashlib.sha256, encode_basestring
+        # action, actor and ts repeat within a batch (one per append): the text before the
+        # details and the text after the target are built once per value, in caches kept per
+        # batch so they stay small. The bytes hashed are the canonical form, as before.
+        heads: dict[tuple[str, str], str] = {}
+        tails: dict[str, str] = {}
 
         for seq, ts, actor, action, target, details, prev_hash, digest in rows:
             count += 1
@@ -366,17 +362,26 @@ class _Chain:
                 problem = (
                     "prev_hash does not match the previous event's hash (reordered or removed)"
                 )
-            # prev_hash equals the previous event's hash here, checked to be a hex digest.
-            elif sha256(
-                f'{{"action":{quote(action)},"actor":{quote(actor)},"details":{details},'
-                f'"prev_hash":"{prev_hash}","seq":{seq},"target":{encode_basestring(target)},'
-                f'"ts":{quote(ts)}}}'.encode()
-            ).hexdigest() == digest or _hash_matches(
-                (seq, ts, actor, action, target, details, prev_hash, digest)
-            ):
-                problem = None
             else:
-                problem = "content does not match its hash (edited)"
+                head = heads.get((action, actor))
+                if head is None:
+                    head = heads[action, actor] = (
+                        f'{{"action":{quote(action)},"actor":{quote(actor)},"details":'
+                    )
+                tail = tails.get(ts)
+                if tail is None:
+                    tail = tails[ts] = f',"ts":{quote(ts)}}}'
+                # prev_hash equals the previous event's hash here, checked to be a hex digest.
+                text = (
+                    f'{head}{details},"prev_hash":"{prev_hash}","seq":{seq},'
+                    f'"target":{quote(target)}{tail}'
+                )
+                if sha256(text.encode()).hexdigest() == digest or _hash_matches(
+                    (seq, ts, actor, action, target, details, prev_hash, digest)
+                ):
+                    problem = None
+                else:
+                    problem = "content does not match its hash (edited)"
             if problem is not None:
                 return VerifyResult(False, count, prev, seq, problem)
             if seq in pinned:

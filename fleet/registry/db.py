@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlmodel import Session, create_engine
 
 from fleet.errors import RegistryError
-from fleet.registry.models import AuditHead
 
 SQLITE_BUSY_TIMEOUT_S = 60
 # The PostgreSQL advisory lock every fleet write transaction holds ("fleet" in ASCII).
@@ -171,8 +170,8 @@ def add_after_commit_hook(hook: AfterCommitHook) -> None:
 
 
 def _read_head(conn: Connection) -> tuple[int, str] | None:
-    h = AuditHead.__table__  # type: ignore[attr-defined]
-    row = conn.execute(select(h.c.seq, h.c.hash).where(h.c.id == 1)).first()
+    # plain SQL: opening a registry (a read such as ``device show``) loads no table classes
+    row = conn.execute(text("SELECT seq, hash FROM audit_head WHERE id = 1")).first()
     return None if row is None else (int(row[0]), str(row[1]))
 
 
