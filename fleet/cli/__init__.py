@@ -29,10 +29,17 @@ from typer._click.utils import echo
 from typer.core import TyperCommand, TyperGroup
 
 from fleet import __version__
+from fleet.cli import _common
 from fleet.cli._common import fail
 from fleet.errors import FleetError, InvalidInput, RegistryError
 from fleet.identifiers import is_utf8_text
-from fleet.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace, default_home
+from fleet.workspace import (
+    DATABASE_URL_ENV,
+    HOME_ENV,
+    PASSPHRASE_FILE_ENV,
+    Workspace,
+    default_home,
+)
 
 DEBUG_ENV = "FLEET_DEBUG"
 INTERNAL_ERROR_EXIT = 1
@@ -86,6 +93,45 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Record devices going online and offline, as a Sparkplug B host application.",
     ),
 }
+
+
+# The root's options that take a value, also accepted after the command (`fleet device list
+# --home ws`): parse_args moves them in front of it.
+GLOBAL_VALUE_OPTIONS = ("--home", "--db", "--passphrase-file")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``args`` with the root's value options found after the command moved before it
+    (``device list --home ws`` -> ``--home ws device list``); a ``--`` ends the search."""
+    start = 0
+    while start < len(args):  # skip the root's own options: the command is the first word
+        arg = args[start]
+        if arg in GLOBAL_VALUE_OPTIONS:
+            start += 2
+        elif arg.startswith("-"):
+            start += 1
+        else:
+            break
+    if start >= len(args):
+        return args
+    front, rest = list(args[: start + 1]), []
+    tail = args[start + 1 :]
+    i = 0
+    while i < len(tail):
+        arg = tail[i]
+        if arg == "--":
+            rest.extend(tail[i:])
+            break
+        name = arg.partition("=")[0]
+        if name in GLOBAL_VALUE_OPTIONS and arg.startswith("--"):
+            taken = 1 if "=" in arg else 2
+            front[start:start] = tail[i : i + taken]
+            start += taken
+            i += taken
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
 
 
 def load_command(name: str, target: str) -> Command:
@@ -192,7 +238,7 @@ class FleetGroup(TyperGroup):
             # typer's rich error display would drop: print it here, with the same exit code.
             echo(ctx.get_help())
             ctx.exit(NoArgsIsHelpError.exit_code)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, hoist_global_options(args))
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -258,6 +304,16 @@ def root(
             show_default=False,
         ),
     ] = None,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help="Read the CA passphrase from this file (one trailing newline is dropped; "
+            "keep it 0600). Default: $FLEET_CA_PASSPHRASE, else the file "
+            f"${PASSPHRASE_FILE_ENV} names, else a prompt.",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -269,6 +325,7 @@ def root(
 
         fleet init --name "Acme Pumps" && fleet device add pump-0001 --model p200
     """
+    _common.passphrase_file = passphrase_file.expanduser() if passphrase_file else None
     ctx.obj = Workspace(home=(home or default_home()).expanduser(), db_url=db)
     ctx.call_on_close(ctx.obj.close)
 
