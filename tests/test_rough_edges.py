@@ -135,5 +135,43 @@ def test_export_keeps_a_signed_export_unless_force(
     assert b"late-1" in out.read_bytes()
 
 
+# --- help and usage ---------------------------------------------------------------------------
+
+
+def test_help_placeholders_and_wrapping() -> None:
+    done = run_fleet("cloud", "add", "--help", env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout
+    assert "<bool>" not in shown and "<list[" not in shown, shown
+    assert "--header" in shown and "<str>" in shown
+    # each backend's options in a panel of its own
+    assert re.search(r"aws-iot options", shown) and re.search(r"http options", shown)
+    # a paragraph is wrapped once, at the terminal's width, not also at the source's breaks
+    assert any("sources, and HTTP headers" in line for line in shown.splitlines()), shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("cert", "list", "--bogus"), ("device", "list", "--status"), ("nosuch",)],
+    ids=["unknown option", "missing value", "unknown command"],
+)
+def test_usage_errors_are_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    done = run_fleet("--home", str(tmp_path), *args)
+    assert done.returncode == 2
+    line = one_error_line(done.stderr)
+    assert "--help" in line and done.stdout == ""
+
+
+def test_global_options_after_the_command(ready_sqlite_ws: Workspace, tmp_path: Path) -> None:
+    devices.add_device(ready_sqlite_ws, "g-1", passphrase=PASSPHRASE, out_dir=tmp_path / "ids")
+    home = str(ready_sqlite_ws.home)
+    after = run_fleet("device", "list", "--count", "--home", home, env={"FLEET_HOME": "/nonexistent"})
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.strip() == "1"
+    url = f"sqlite:///{ready_sqlite_ws.home / 'registry.db'}"
+    also = run_fleet("device", "show", "g-1", "--json", f"--db={url}", "--home", home)
+    assert also.returncode == 0 and json.loads(also.stdout)["id"] == "g-1", also.stderr
+
+
 def _unused() -> None:  # keeps imports used while the file grows
     _ = (json, os, re)

@@ -144,7 +144,9 @@ def load_command(name: str, target: str) -> Command:
         holder.add_typer(found, name=name)
     else:
         holder.command(name)(found)
-    return typer.main.get_group(holder).commands[name]
+    from fleet.cli._help import tidy  # reflowed help, tidy placeholders
+
+    return tidy(typer.main.get_group(holder).commands[name])
 
 
 class LazyCommands(MutableMapping[str, Command]):
@@ -239,6 +241,34 @@ class FleetGroup(TyperGroup):
             echo(ctx.get_help())
             ctx.exit(NoArgsIsHelpError.exit_code)
         return super().parse_args(ctx, hoist_global_options(args))
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """As typer's, but a usage error is one line on stderr (exit 2), not a box."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:
+            sys.exit(exc.exit_code)  # the help is printed already
+        except ClickException as exc:
+            from fleet.cli._help import usage_error_line
+
+            words = hoist_global_options(list(sys.argv[1:] if args is None else args))
+            while words and words[0].startswith("-"):  # the root's options and their values
+                words = words[2 if words[0] in GLOBAL_VALUE_OPTIONS else 1 :]
+            print(usage_error_line(exc, words), file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:

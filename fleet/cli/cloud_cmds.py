@@ -29,6 +29,7 @@ from fleet.cli._common import (
     table,
     workspace,
 )
+from fleet.cli._help import tidy_parameters
 from fleet.cli._listing import (
     AfterOption,
     AllOption,
@@ -149,6 +150,7 @@ class BackendOptionsCommand(TyperCommand):
             names = {p.name for p in self.params if p.name}
             flags = {flag for p in self.params for flag in p.opts} | {"--help", "-h"}
             self._backend = _backend_parameters(names, flags)
+            tidy_parameters(self._backend)
             self.params.extend(self._backend)
         return self._backend
 
