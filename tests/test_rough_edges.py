@@ -6,6 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +19,7 @@ from cryptography import x509
 from helpers import PASSPHRASE, Cli, run_fleet
 
 from fleet import devices
-from fleet.errors import Conflict
+from fleet.errors import CLOUD_UNREACHABLE_EXIT, Conflict
 from fleet.identifiers import parse_as_of
 from fleet.workspace import Workspace
 
@@ -171,6 +176,97 @@ def test_global_options_after_the_command(ready_sqlite_ws: Workspace, tmp_path: 
     url = f"sqlite:///{ready_sqlite_ws.home / 'registry.db'}"
     also = run_fleet("device", "show", "g-1", "--json", f"--db={url}", "--home", home)
     assert also.returncode == 0 and json.loads(also.stdout)["id"] == "g-1", also.stderr
+
+
+# --- clouds ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain_http_server() -> Iterator[str]:
+    """A plain HTTP server (Python's own): GET of a missing path is 404, OPTIONS is 501."""
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=os.devnull))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:  # bound, then closed: its port refuses connections
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/devices/{{id}}"
+
+
+def test_cloud_check_uses_get_by_default_and_names_the_method(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, plain_http_server: str
+) -> None:
+    url = f"{plain_http_server}/devices/{{id}}"
+    assert sqlite_cli("cloud", "add", "plain", "--type", "http", "--url", url).exit_code == 0
+    done = sqlite_cli("cloud", "check", "plain")
+    assert done.exit_code == 0, done.stderr
+    assert done.stderr.startswith("ok: GET ")
+    added = sqlite_cli(
+        "cloud", "add", "opt", "--type", "http", "--url", url, "--check-method", "OPTIONS"
+    )
+    assert added.exit_code == 0, added.stderr
+    done = sqlite_cli("cloud", "check", "opt")
+    assert done.exit_code == 1
+    assert "OPTIONS" in done.stderr and "501" in done.stderr and "--check-method" in done.stderr
+    health = f"{plain_http_server}/"  # the directory listing of os.devnull: an error page
+    added = sqlite_cli(
+        "cloud", "add", "hc", "--type", "http", "--url", url, "--check-url", health,
+        "--check-method", "HEAD",
+    )  # fmt: skip
+    assert added.exit_code == 0, added.stderr
+    done = sqlite_cli("cloud", "check", "hc")
+    assert done.stderr.startswith(f"ok: HEAD {health}") or "HEAD" in done.stderr
+
+
+def test_register_all_skips_devices_without_a_certificate(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    assert sqlite_cli("cloud", "add", "reg", "--type", "http", "--url", closed_port_url()).exit_code == 0
+    for device_id in ("a-1", "a-2", "a-3"):
+        devices.add_device(ready_sqlite_ws, device_id, passphrase=PASSPHRASE, out_dir=tmp_path)
+    for device_id in ("a-1", "a-2"):  # active devices whose certificate is revoked
+        serial = json.loads(sqlite_cli("device", "show", device_id, "--json").stdout)
+        revoked = sqlite_cli("cert", "revoke", serial["certificates"][0]["serial"])
+        assert revoked.exit_code == 0, revoked.stderr
+    done = sqlite_cli("cloud", "register", "reg", "--all", "--queue-only")
+    assert done.exit_code == 0, done.stderr
+    assert "queued 1 registration" in done.stderr
+    assert "skipped 2 device(s) without an active certificate: a-1, a-2" in done.stderr
+    as_json = sqlite_cli("cloud", "register", "reg", "--all", "--queue-only", "--json")
+    assert json.loads(as_json.stdout) == {"queued": 0, "push": None, "skipped": ["a-1", "a-2"]}
+
+
+def test_unreachable_cloud_ends_the_push_at_once(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    assert sqlite_cli("cloud", "add", "gone", "--type", "http", "--url", closed_port_url()).exit_code == 0
+    for device_id in ("u-1", "u-2"):
+        devices.add_device(
+            ready_sqlite_ws, device_id, passphrase=PASSPHRASE, out_dir=tmp_path, clouds=["gone"]
+        )
+    for args in (("cloud", "sync"), ("cloud", "register", "gone", "u-1")):
+        done = sqlite_cli(*args)
+        assert done.exit_code == CLOUD_UNREACHABLE_EXIT == 8, done.stderr
+        assert "gone: cloud unreachable: 2 jobs stay queued" in done.stderr
+    # not attempted: no backoff scheduled, nothing counted against the jobs
+    rows = json.loads(sqlite_cli("cloud", "status", "gone", "--json").stdout)
+    assert [(r["device_id"], r["status"], r["attempts"]) for r in rows] == [
+        ("u-1", "pending", 0),
+        ("u-2", "pending", 0),
+    ]
+    report = json.loads(sqlite_cli("cloud", "sync", "--json").stdout)
+    assert report[0]["left"] == 2 and "cannot connect" in report[0]["unreachable"]
 
 
 def _unused() -> None:  # keeps imports used while the file grows

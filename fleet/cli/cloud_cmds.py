@@ -330,6 +330,12 @@ def check(ctx: typer.Context, name: NameArg) -> None:
 
 
 def _render_push(report: PushReport) -> None:
+    if report.unreachable is not None:
+        message(
+            f"{report.cloud}: cloud unreachable: {report.left} jobs stay queued "
+            f"({report.unreachable}); retry with `fleet cloud sync` once it is back"
+        )
+        return
     if report.error:
         message(f"{report.cloud}: {report.error}")
     message(
@@ -344,6 +350,10 @@ def _render_push(report: PushReport) -> None:
 
 
 def _exit_code(reports: list[PushReport]) -> int:
+    from fleet.errors import CLOUD_UNREACHABLE_EXIT
+
+    if any(r.unreachable is not None for r in reports):
+        return CLOUD_UNREACHABLE_EXIT
     return 1 if any(r.failed or r.error for r in reports) else 0
 
 
@@ -362,8 +372,9 @@ def register(
 ) -> None:
     """Queue registration of devices on a cloud and push the cloud's queue now.
 
-    Exit code 1 when any job failed; jobs that could not be pushed yet (offline,
-    throttled) stay queued for `fleet cloud sync`.
+    Exit code 1 when any job failed, 8 when the cloud could not be reached at all
+    (connection refused: the push stops at once); jobs that could not be pushed yet
+    (offline, throttled) stay queued for `fleet cloud sync`.
 
     Example:
 
@@ -387,10 +398,17 @@ def register(
         print_json(result.to_dict())
     else:
         message(f"{name}: queued {result.queued} registration(s)")
+        if result.skipped:
+            shown = ", ".join(result.skipped[:20])
+            more = f" and {len(result.skipped) - 20} more" if len(result.skipped) > 20 else ""
+            message(
+                f"{name}: skipped {len(result.skipped)} device(s) without an active "
+                f"certificate: {shown}{more}"
+            )
         if result.push is not None:
             _render_push(result.push)
     if result.push is not None and _exit_code([result.push]):
-        raise typer.Exit(1)
+        raise typer.Exit(_exit_code([result.push]))
 
 
 @app.command("sync")
@@ -403,7 +421,8 @@ def sync(
 ) -> None:
     """Push every pending or retryable job, then pull device status from the platform.
 
-    Exit code 1 when any job failed.
+    Exit code 1 when any job failed, 8 when a cloud could not be reached at all (its push
+    stops at once; its jobs stay queued).
 
     Example:
 
@@ -425,7 +444,7 @@ def sync(
         if not results:
             message("no clouds configured")
     if _exit_code([r.push for r in results]):
-        raise typer.Exit(1)
+        raise typer.Exit(_exit_code([r.push for r in results]))
 
 
 @app.command("status")

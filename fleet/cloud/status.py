@@ -153,7 +153,7 @@ def sync(
         passphrase=passphrase,
     ):
         report = SyncReport(push_report)
-        if push_report.error is None:
+        if push_report.error is None and push_report.unreachable is None:
             with read_session(ws.open_registry()) as session:
                 cloud = get_cloud(session, push_report.cloud)
             backend = make_backend(cloud, client=client)

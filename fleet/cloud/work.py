@@ -18,6 +18,7 @@ from fleet.cloud.base import (
     CloudError,
     DeviceRecord,
     TransientError,
+    UnreachableError,
     idempotency_key,
 )
 from fleet.cloud.jobs import chunks, devices_by_id, newest_active_certificates, registrations_of
@@ -112,6 +113,8 @@ def perform(
                 return Outcome(OutcomeKind.DONE, remote=dict(remote))
             backend.deregister(work.record, work.remote, state)
             return Outcome(OutcomeKind.DONE)
+    except UnreachableError as exc:
+        return Outcome(OutcomeKind.TRANSIENT, error=short_error(str(exc)), unreachable=True)
     except TransientError as exc:
         return Outcome(
             OutcomeKind.TRANSIENT, error=short_error(str(exc)), retry_after=exc.retry_after
