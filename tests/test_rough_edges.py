@@ -10,7 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -267,6 +267,64 @@ def test_unreachable_cloud_ends_the_push_at_once(
     ]
     report = json.loads(sqlite_cli("cloud", "sync", "--json").stdout)
     assert report[0]["left"] == 2 and "cannot connect" in report[0]["unreachable"]
+
+
+@pytest.fixture
+def imds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[str]]:
+    """No AWS credentials anywhere, and a local stand-in for the instance metadata service
+    that records each request it gets (and answers none usefully)."""
+    requests: list[str] = []
+
+    class Metadata(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            requests.append(f"{self.command} {self.path}")
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_PUT = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_EC2_METADATA_DISABLED", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}/")
+    yield requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_missing_aws_credentials_do_not_wait_for_instance_metadata(
+    imds: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off EC2 the metadata service is not asked (on a network that drops its packets, each
+    request waits for botocore's timeout); on EC2 it still is: it may hold the credentials."""
+    from fleet.cloud.aws import sigv4
+
+    vendor = tmp_path / "sys_vendor"
+    monkeypatch.setattr(sigv4, "DMI_FILES", (vendor,))
+    monkeypatch.setattr(sigv4, "HYPERVISOR_UUID", tmp_path / "no-hypervisor-uuid")
+    vendor.write_text("QEMU\n")
+    with pytest.raises(sigv4.CredentialsError, match="no AWS credentials found"):
+        sigv4.load_credentials(None)
+    assert imds == []
+    vendor.write_text("Amazon EC2\n")
+    with pytest.raises(sigv4.CredentialsError):
+        sigv4.load_credentials(None)
+    assert imds  # asked on EC2
+    imds.clear()
+    vendor.write_text("QEMU\n")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "false")  # asked for explicitly
+    with pytest.raises(sigv4.CredentialsError):
+        sigv4.load_credentials(None)
+    assert imds
 
 
 def _unused() -> None:  # keeps imports used while the file grows
