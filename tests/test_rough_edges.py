@@ -327,5 +327,68 @@ def test_missing_aws_credentials_do_not_wait_for_instance_metadata(
     assert imds
 
 
+# --- provisioning files -------------------------------------------------------------------
+
+
+def test_provision_reads_semicolons_and_tabs(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:
+    semi = tmp_path / "batch-eu.csv"
+    semi.write_text("id;model;labels\nsc-1;p200;site=hh;rack=r1\n".replace(";rack", "|rack"))
+    semi.write_text('id;model;labels\nsc-1;p200;"site=hh;rack=r1"\nsc-2;p300;\n')
+    tabs = tmp_path / "batch-tab.csv"
+    tabs.write_text("id\tserial\ntb-1\tSN1\n")
+    out = tmp_path / "ids"
+    for path in (semi, tabs):
+        done = sqlite_cli("provision", str(path), "--out", str(out), "--json")
+        assert done.exit_code == 0, done.stderr
+    shown = json.loads(sqlite_cli("device", "show", "sc-1", "--json").stdout)
+    assert (shown["model"], shown["labels"]) == ("p200", {"site": "hh", "rack": "r1"})
+    assert json.loads(sqlite_cli("device", "show", "tb-1", "--json").stdout)["serial"] == "SN1"
+
+
+def test_provision_ignores_unknown_columns_unless_strict(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.csv"
+    path.write_text("id,model,notes\nuc-1,p200,left shelf\n")
+    out = tmp_path / "ids"
+    strict = sqlite_cli("provision", str(path), "--out", str(out), "--strict")
+    assert strict.exit_code == 2 and "unknown column(s) 'notes'" in strict.stderr
+    assert not out.exists()
+    done = sqlite_cli("provision", str(path), "--out", str(out))
+    assert done.exit_code == 0, done.stderr
+    assert "warning:" in done.stderr and "'notes'" in done.stderr
+    assert (out / "uc-1" / "cert.pem").is_file()
+
+
+def test_provision_takes_fleet_s_own_export(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    source = Workspace(home=tmp_path / "old")
+    init = run_fleet("--home", str(source.home), "init", "--name", "Old")
+    assert init.returncode == 0, init.stderr
+    old = Cli(source)
+    added = old("device", "add", "ex-1", "--model", "p200", "--label", "site=hh", "--out", str(tmp_path / "o"))
+    assert added.exit_code == 0, added.stderr
+    exported = tmp_path / "devices.csv"
+    assert old("export", "--format", "csv", "--out", str(exported), "--no-sign").exit_code == 0
+    done = sqlite_cli("provision", str(exported), "--out", str(tmp_path / "ids"))
+    assert done.exit_code == 0, done.stderr
+    assert "warning" not in done.stderr
+    shown = json.loads(sqlite_cli("device", "show", "ex-1", "--json").stdout)
+    assert (shown["model"], shown["labels"]) == ("p200", {"site": "hh"})
+
+
+def test_manifest_keeps_every_batch(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "ids"
+    first, second = tmp_path / "b1.csv", tmp_path / "b2.csv"
+    first.write_text("id\nm-1\nm-2\n")
+    second.write_text("id\nm-3\nm-1\n")  # m-1 again: listed once, in this file's order
+    for path in (first, second, second):
+        assert sqlite_cli("provision", str(path), "--out", str(out)).exit_code == 0
+    rows = (out / "manifest.csv").read_text().splitlines()
+    assert rows[0] == "id,serial,fingerprint_sha256,not_after"
+    assert [r.split(",")[0] for r in rows[1:]] == ["m-2", "m-3", "m-1"]
+
+
 def _unused() -> None:  # keeps imports used while the file grows
     _ = (json, os, re)

@@ -87,15 +87,22 @@ def provision(
             show_default=False,
         ),
     ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Refuse a file with unknown columns (exit 2).")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Provision every device listed in a CSV or JSON Lines file.
 
     Columns (CSV) or keys (JSONL): id (required), model, serial, labels
     (CSV "k=v;k=v", JSONL an object), profile, csr (a CSR file relative to
-    FILE; the device keeps its key). Devices already provisioned are skipped:
-    re-run the same command after an interruption to finish the batch.
-    Failed rows go to --report and make the exit code 1; the rest go ahead.
+    FILE; the device keeps its key). The CSV delimiter (comma, semicolon or
+    tab) is detected; unknown columns are ignored with a warning (--strict
+    refuses them); fleet's own export CSV is accepted as is. Devices already
+    provisioned are skipped: re-run the same command after an interruption to
+    finish the batch. OUT/manifest.csv keeps the rows of earlier files run into
+    OUT and lists this file's. Failed rows go to --report and make the exit
+    code 1; the rest go ahead.
 
     Example:
 
@@ -118,7 +125,10 @@ def provision(
             passphrase=ask_passphrase,
             progress=_Bar(stack) if show_bar else None,
             clouds=cloud or (),
+            strict=strict,
         )
+    for warning in summary.warnings:
+        message(f"warning: {warning}")
     if json_out:
         print_json(summary.to_dict())
     else:
