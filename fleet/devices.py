@@ -221,11 +221,28 @@ def device_certificates(session: Session, device_id: str) -> list[Certificate]:
 
 
 def show_device(ws: Workspace, device_id: str) -> DeviceView:
-    """A device with all its certificates and its connection state."""
+    """A device with all its certificates, its connection state and its clouds (the status
+    of its registration on each)."""
     with read_session(ws.open_registry()) as session:
         device = get_device_row(session, device_id)
         view = DeviceView.from_rows(device, device_certificates(session, device_id), clock.now())
-        return dataclasses.replace(view, connection=connection_in(session, device_id))
+        return dataclasses.replace(
+            view,
+            connection=connection_in(session, device_id),
+            clouds=_clouds_of(session, device_id),
+        )
+
+
+def _clouds_of(session: Session, device_id: str) -> dict[str, str]:
+    """The device's registrations: cloud name -> status, by name."""
+    from fleet.cloud.models import CloudRegistration
+
+    query = (
+        select(CloudRegistration.cloud, CloudRegistration.status)
+        .where(CloudRegistration.device_id == device_id)
+        .order_by(CloudRegistration.cloud)  # type: ignore[arg-type]
+    )
+    return {cloud: str(status) for cloud, status in session.exec(query)}
 
 
 def update_device(

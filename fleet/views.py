@@ -170,6 +170,8 @@ class DeviceView:
     certificates: tuple[CertificateView, ...]
     # where the device's connection stands (``device show``); lists leave it out
     connection: ConnectionView | None = None
+    # the clouds it has a registration with, by name: its status there (``device show``)
+    clouds: Mapping[str, str] | None = None
 
     @classmethod
     def from_rows(
@@ -205,6 +207,8 @@ class DeviceView:
         shape["certificates"] = [c.to_dict() for c in self.certificates]
         if self.connection is not None:
             shape["connection"] = self.connection.to_dict()
+        if self.clouds is not None:
+            shape["clouds"] = dict(self.clouds)
         return shape
 
 

@@ -390,5 +390,43 @@ def test_manifest_keeps_every_batch(ready_sqlite_ws: Workspace, sqlite_cli: Cli,
     assert [r.split(",")[0] for r in rows[1:]] == ["m-2", "m-3", "m-1"]
 
 
+# --- device show, durations -----------------------------------------------------------------
+
+
+def test_device_show_fits_80_columns_and_lists_clouds(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    home = ["--home", str(ready_sqlite_ws.home)]
+    assert run_fleet(*home, "cloud", "add", "plant", "--type", "http", "--url", closed_port_url()).returncode == 0
+    added = run_fleet(*home, "device", "add", "w-1", "--cloud", "plant", "--out", str(tmp_path))
+    assert added.returncode == 0, added.stderr
+    view = json.loads(run_fleet(*home, "device", "show", "w-1", "--json").stdout)
+    cert = view["certificates"][0]
+    assert view["clouds"] == {"plant": "pending"}
+    env = {"COLUMNS": "80"}
+    short = run_fleet(*home, "device", "show", "w-1", env=env)
+    assert short.returncode == 0, short.stderr
+    assert max(len(line) for line in short.stdout.splitlines()) <= 80, short.stdout
+    assert cert["serial"][:12] in short.stdout and cert["serial"] not in short.stdout
+    assert "plant (pending)" in short.stdout
+    wide = run_fleet(*home, "device", "show", "w-1", "--wide", env={"COLUMNS": "200"})
+    assert cert["serial"] in wide.stdout and cert["fingerprint_sha256"] in wide.stdout
+
+
+@pytest.mark.parametrize("span", ["30d", "30", "720h", "43200m", "4w"])
+def test_one_duration_syntax(ready_sqlite_ws: Workspace, sqlite_cli: Cli, span: str) -> None:
+    devices.add_device(ready_sqlite_ws, "d-1", passphrase=PASSPHRASE, out_dir=ready_sqlite_ws.home / "o")
+    for args in (
+        ("cert", "list", "--expiring-within", span, "--count"),
+        ("device", "list", "--offline-for", span, "--count"),
+        ("status", "prune", "--older-than", span),
+        ("status", "--crl-warn", span, "--json"),
+    ):
+        done = sqlite_cli(*args)
+        assert done.exit_code == 0, (args, done.stderr)
+    bad = sqlite_cli("cert", "list", "--expiring-within", "30 days")
+    assert bad.exit_code == 2 and "such as 30d" in bad.stderr
+
+
 def _unused() -> None:  # keeps imports used while the file grows
     _ = (json, os, re)

@@ -210,9 +210,16 @@ def _device_table(rows: list[dict[str, Any]]) -> None:
 def show(
     ctx: typer.Context,
     device_id: Annotated[str, typer.Argument()],
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Full certificate serials and fingerprints (else shortened)."),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Show one device with all its certificates.
+    """Show one device with all its certificates and the clouds it is registered with.
+
+    Serials and SHA-256 fingerprints are shortened to fit 80 columns; --wide (and --json)
+    shows them whole.
 
     Example:
 
@@ -224,11 +231,20 @@ def show(
     if json_out:
         print_json(device.to_dict())
         return
-    render_device(device)
+    render_device(device, wide=wide)
 
 
-def render_device(device: DeviceView) -> None:
-    """A device as a field table plus its certificates."""
+SHORT_HEX = 12  # hex digits of a serial or fingerprint `device show` keeps without --wide
+
+
+def short_hex(value: str, wide: bool) -> str:
+    """``value`` whole with ``wide``, else its first :data:`SHORT_HEX` digits and an ellipsis."""
+    return value if wide or len(value) <= SHORT_HEX + 1 else value[:SHORT_HEX] + "…"
+
+
+def render_device(device: DeviceView, *, wide: bool = True) -> None:
+    """A device as a field table plus its certificates (serials and fingerprints shortened
+    unless ``wide``)."""
     fields = table("Field", "Value", title=f"Device {device.id}")
     fields.add_row("id", device.id)
     fields.add_row("model", device.model or "")
@@ -250,11 +266,18 @@ def render_device(device: DeviceView) -> None:
                 fields.add_row("reason", link.reason)
             if link.reported_firmware:
                 fields.add_row("reported_firmware", link.reported_firmware)
+    if device.clouds is not None:
+        shown = ", ".join(f"{name} ({state})" for name, state in device.clouds.items())
+        fields.add_row("clouds", shown or "-")
     render(fields)
     certs = table("Serial", "Status", "Not after", "Profile", "SHA-256", title="Certificates")
     for cert in device.certificates:
         certs.add_row(
-            cert.serial, cert.status, iso(cert.not_after), cert.profile, cert.fingerprint_sha256
+            short_hex(cert.serial, wide),
+            cert.status,
+            iso(cert.not_after),
+            cert.profile,
+            short_hex(cert.fingerprint_sha256, wide),
         )
     render(certs)
 
