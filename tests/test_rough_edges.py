@@ -7,6 +7,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from helpers import PASSPHRASE, Cli, run_fleet
+from helpers import PASSPHRASE, Cli, child_env, run_fleet
 
 from fleet import devices
 from fleet.errors import CLOUD_UNREACHABLE_EXIT, Conflict
@@ -426,6 +428,57 @@ def test_one_duration_syntax(ready_sqlite_ws: Workspace, sqlite_cli: Cli, span: 
         assert done.exit_code == 0, (args, done.stderr)
     bad = sqlite_cli("cert", "list", "--expiring-within", "30 days")
     assert bad.exit_code == 2 and "such as 30d" in bad.stderr
+
+
+# --- shell completion -----------------------------------------------------------------------
+
+COMPLETE_CHILD = """
+import atexit, json, sys
+def report():
+    print("LOADED " + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in
+          ("sqlalchemy", "sqlmodel", "cryptography", "httpx", "botocore", "alembic", "rich"))))
+atexit.register(report)
+sys.argv = ["fleet"]
+from fleet.cli import main
+main()
+"""
+
+
+def complete(words: str, env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The candidates bash completion offers for ``words``, and the heavy modules loaded."""
+    cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPLETE_CHILD],
+        env=child_env({**env, "_FLEET_COMPLETE": "complete_bash", "COMP_WORDS": words,
+                       "COMP_CWORD": str(cword)}),  # fmt: skip
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    loaded = json.loads(lines[-1].removeprefix("LOADED "))
+    return lines[:-1], loaded
+
+
+def test_completion_of_device_cloud_and_profile_names(
+    ready_sqlite_ws: Workspace, tmp_path: Path
+) -> None:
+    for device_id in ("pump-1", "pump-2", "valve-1"):
+        devices.add_device(ready_sqlite_ws, device_id, passphrase=PASSPHRASE, out_dir=tmp_path)
+    home = str(ready_sqlite_ws.home)
+    assert run_fleet("--home", home, "cloud", "add", "plant", "--type", "http", "--url", closed_port_url()).returncode == 0
+    (ready_sqlite_ws.home / "profiles").mkdir()
+    (ready_sqlite_ws.home / "profiles" / "short-lived.toml").write_text("validity_days = 7\n")
+    env = {"FLEET_HOME": home}
+    shown, loaded = complete("fleet device show pu", env)
+    assert shown == ["pump-1", "pump-2"]
+    assert not loaded, loaded  # SQLite is read with sqlite3: no SQLAlchemy, no rich
+    assert complete(f"fleet --home {home} cert renew v", {})[0] == ["valve-1"]
+    assert complete("fleet cloud check ", env)[0] == ["plant"]
+    assert complete("fleet device add x --cloud p", env)[0] == ["plant"]
+    assert complete("fleet profile show ", env)[0] == ["default", "host", "rsa", "server", "short-lived"]
+    assert complete("fleet device add x --profile r", env)[0] == ["rsa"]
+    # no registry: nothing offered, no error in the shell
+    assert complete("fleet device show ", {"FLEET_HOME": str(tmp_path / "none")})[0] in ([], [""])
 
 
 def _unused() -> None:  # keeps imports used while the file grows

@@ -29,6 +29,7 @@ from fleet.cli._common import (
     table,
     workspace,
 )
+from fleet.cli import _complete
 from fleet.cli._help import tidy_parameters
 from fleet.cli._listing import (
     AfterOption,
@@ -55,7 +56,12 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-NameArg = Annotated[str, typer.Argument(help="The cloud's name (see `fleet cloud list`).")]
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        help="The cloud's name (see `fleet cloud list`).", autocompletion=_complete.cloud_names
+    ),
+]
 _BACKEND_OPTIONS = "fleet.cloud.backend_options"  # ctx.meta key: the backend options given
 
 
@@ -362,7 +368,10 @@ def register(
     ctx: typer.Context,
     name: NameArg,
     device_ids: Annotated[
-        list[str] | None, typer.Argument(help="Device IDs.", show_default=False)
+        list[str] | None,
+        typer.Argument(
+            help="Device IDs.", show_default=False, autocompletion=_complete.device_ids
+        ),
     ] = None,
     all_devices: Annotated[bool, typer.Option("--all", help="Every active device.")] = False,
     queue_only: Annotated[

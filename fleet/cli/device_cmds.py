@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fleet.cli import _complete
 from fleet.cli._common import (
     ask_passphrase,
     message,
@@ -54,7 +55,10 @@ def add(
     model: Annotated[str | None, typer.Option(help="Hardware model.")] = None,
     serial: Annotated[str | None, typer.Option(help="Hardware serial number.")] = None,
     label: LabelOption = None,
-    profile: Annotated[str, typer.Option(help="Certificate profile name.")] = "default",
+    profile: Annotated[
+        str,
+        typer.Option(help="Certificate profile name.", autocompletion=_complete.profile_names),
+    ] = "default",
     key_type: Annotated[
         str | None, typer.Option("--key-type", help="Override the profile's key type.")
     ] = None,
@@ -72,6 +76,7 @@ def add(
             help="Queue its registration on this cloud (same transaction); repeatable. "
             "Pushed by `fleet cloud sync`.",
             show_default=False,
+            autocompletion=_complete.cloud_names,
         ),
     ] = None,
     json_out: JsonOption = False,
@@ -209,7 +214,7 @@ def _device_table(rows: list[dict[str, Any]]) -> None:
 @app.command("show")
 def show(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     wide: Annotated[
         bool,
         typer.Option("--wide", help="Full certificate serials and fingerprints (else shortened)."),
@@ -285,7 +290,7 @@ def render_device(device: DeviceView, *, wide: bool = True) -> None:
 @app.command("history")
 def history(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     since: Annotated[
         str | None, typer.Option(help="From this time on (ISO 8601, or an age: 24h, 7d).")
     ] = None,
@@ -359,7 +364,7 @@ def _history_table(rows: list[EventView]) -> None:
 @app.command("update")
 def update(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     model: Annotated[str | None, typer.Option(help="New model.")] = None,
     serial: Annotated[str | None, typer.Option(help="New hardware serial.")] = None,
     label: LabelOption = None,
@@ -393,7 +398,7 @@ def update(
 @app.command("decommission")
 def decommission(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     reason: Annotated[str | None, typer.Option(help="Why, for the audit trail.")] = None,
     json_out: JsonOption = False,
 ) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fleet.cli import _complete
 from fleet.cli._common import ask_passphrase, message, print_json, workspace
 
 if TYPE_CHECKING:
@@ -70,7 +71,11 @@ def provision(
         typer.Option(help="Processes for key generation and signing. Default: one per core."),
     ] = None,
     profile: Annotated[
-        str, typer.Option(help="Certificate profile for rows without a profile column.")
+        str,
+        typer.Option(
+            help="Certificate profile for rows without a profile column.",
+            autocompletion=_complete.profile_names,
+        ),
     ] = "default",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate every row; write nothing.")
@@ -85,6 +90,7 @@ def provision(
             help="Queue each new device's registration on this cloud (in its batch's "
             "transaction); repeatable. Pushed by `fleet cloud sync`.",
             show_default=False,
+            autocompletion=_complete.cloud_names,
         ),
     ] = None,
     strict: Annotated[
