@@ -12,6 +12,7 @@ user's shell.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from urllib.parse import unquote
@@ -46,7 +47,7 @@ def registry_names(registry_url: str, kind: str, prefix: str = "") -> list[str]:
     at most :data:`LIMIT`; ``[]`` when the registry cannot be read."""
     table, column = _QUERIES[kind]
     upper = _upper_bound(prefix)
-    sql = f"SELECT {column} FROM {table} WHERE {column} >= :low"  # noqa: S608 (fixed names)
+    sql = f"SELECT {column} FROM {table} WHERE {column} >= :low"
     if upper is not None:
         sql += f" AND {column} < :high"
     sql += f" ORDER BY {column} LIMIT {LIMIT}"
@@ -75,10 +76,8 @@ def profile_names(home: Path, prefix: str = "") -> list[str]:
     ``prefix``, sorted; the files are not read."""
     names: set[str] = set()
     folders = [home / "profiles"]
-    try:
+    with contextlib.suppress(FileNotFoundError):
         folders.append(data_dir("certs") / "profiles")
-    except FileNotFoundError:
-        pass
     for folder in folders:
         try:
             names.update(p.stem for p in folder.glob("*.toml") if p.stem.startswith(prefix))

@@ -240,7 +240,7 @@ def _clouds_of(session: Session, device_id: str) -> dict[str, str]:
     query = (
         select(CloudRegistration.cloud, CloudRegistration.status)
         .where(CloudRegistration.device_id == device_id)
-        .order_by(CloudRegistration.cloud)  # type: ignore[arg-type]
+        .order_by(CloudRegistration.cloud)
     )
     return {cloud: str(status) for cloud, status in session.exec(query)}
 

@@ -1,7 +1,8 @@
 """README's walkthrough runs top to bottom: every ```bash and ```sh block, in order, in one
 scratch folder and workspace, each command required to exit 0.
 
-A block preceded by ``<!-- readme-test: skip ... -->`` is left out (installing fleet, sudo,
+A block right below ``<!-- readme-test: skip ... -->`` (among the HTML comments above
+its fence) is left out (installing fleet, sudo,
 a broker that runs until stopped). The clouds are stand-ins: ``https://reg.example`` becomes
 a local device-registration server (tests/cloudserver.py), and AWS is the moto emulator,
 reached through ``AWS_ENDPOINT_URL`` as the AWS SDKs (and fleet) read it. Other sections'
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,14 @@ def shell_blocks(readme: str) -> tuple[list[Block], list[Block]]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         if language in ("bash", "sh"):
             block = Block(start + 1, "\n".join(lines[start + 1 : end]) + "\n")
-            before = lines[start - 1] if start > 0 else ""
-            (skipped if SKIP.search(before) else run).append(block)
+            # the HTML comments right above the fence (a marker such as <!-- tests --> too)
+            above = start - 1
+            comments = []
+            while above >= 0 and lines[above].lstrip().startswith("<!--"):
+                comments.append(lines[above])
+                above -= 1
+            marked = any(SKIP.search(c) for c in comments)
+            (skipped if marked else run).append(block)
         i = end + 1
     return run, skipped
 
@@ -70,7 +77,9 @@ def test_blocks_are_found() -> None:
     for expected in ("fleet init", "fleet device add", "fleet cloud add aws", "fleet export"):
         assert expected in commands
     assert len(skipped) <= 4, [b.line for b in skipped]
-    assert all("pip install" in b.text or "sudo" in b.text or "fleet watch" in b.text for b in skipped)
+    assert all(
+        "pip install" in b.text or "sudo" in b.text or "fleet watch" in b.text for b in skipped
+    )
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,14 +56,26 @@ def test_passphrase_file_option_and_env(
     assert cli("device", "add", "pf-1", "--out", str(tmp_path / "ids")).exit_code == 0
     monkeypatch.delenv("FLEET_CA_PASSPHRASE_FILE")
     # ... and the option, given before the command
-    done = cli("--passphrase-file", str(secret), "device", "add", "pf-2", "--out", str(tmp_path / "ids"))
+    done = cli(
+        "--passphrase-file", str(secret), "device", "add", "pf-2", "--out", str(tmp_path / "ids")
+    )
     assert done.exit_code == 0, done.output
     # a wrong one is the passphrase exit code, 6
     wrong = tmp_path / "wrong.txt"
     wrong.write_text(PASSPHRASE + "x\n")
-    done = cli("device", "add", "pf-3", "--out", str(tmp_path / "ids"), "--passphrase-file", str(wrong))
+    done = cli(
+        "device", "add", "pf-3", "--out", str(tmp_path / "ids"), "--passphrase-file", str(wrong)
+    )
     assert done.exit_code == 6, done.output
-    missing = cli("device", "add", "pf-3", "--out", str(tmp_path / "ids"), "--passphrase-file", str(tmp_path / "no"))
+    missing = cli(
+        "device",
+        "add",
+        "pf-3",
+        "--out",
+        str(tmp_path / "ids"),
+        "--passphrase-file",
+        str(tmp_path / "no"),
+    )
     assert missing.exit_code == 6 and "cannot read the passphrase file" in missing.output
 
 
@@ -172,7 +184,9 @@ def test_usage_errors_are_one_line(tmp_path: Path, args: tuple[str, ...]) -> Non
 def test_global_options_after_the_command(ready_sqlite_ws: Workspace, tmp_path: Path) -> None:
     devices.add_device(ready_sqlite_ws, "g-1", passphrase=PASSPHRASE, out_dir=tmp_path / "ids")
     home = str(ready_sqlite_ws.home)
-    after = run_fleet("device", "list", "--count", "--home", home, env={"FLEET_HOME": "/nonexistent"})
+    after = run_fleet(
+        "device", "list", "--count", "--home", home, env={"FLEET_HOME": "/nonexistent"}
+    )
     assert after.returncode == 0, after.stderr
     assert after.stdout.strip() == "1"
     url = f"sqlite:///{ready_sqlite_ws.home / 'registry.db'}"
@@ -234,7 +248,10 @@ def test_cloud_check_uses_get_by_default_and_names_the_method(
 def test_register_all_skips_devices_without_a_certificate(
     ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
 ) -> None:
-    assert sqlite_cli("cloud", "add", "reg", "--type", "http", "--url", closed_port_url()).exit_code == 0
+    assert (
+        sqlite_cli("cloud", "add", "reg", "--type", "http", "--url", closed_port_url()).exit_code
+        == 0
+    )
     for device_id in ("a-1", "a-2", "a-3"):
         devices.add_device(ready_sqlite_ws, device_id, passphrase=PASSPHRASE, out_dir=tmp_path)
     for device_id in ("a-1", "a-2"):  # active devices whose certificate is revoked
@@ -252,7 +269,10 @@ def test_register_all_skips_devices_without_a_certificate(
 def test_unreachable_cloud_ends_the_push_at_once(
     ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
 ) -> None:
-    assert sqlite_cli("cloud", "add", "gone", "--type", "http", "--url", closed_port_url()).exit_code == 0
+    assert (
+        sqlite_cli("cloud", "add", "gone", "--type", "http", "--url", closed_port_url()).exit_code
+        == 0
+    )
     for device_id in ("u-1", "u-2"):
         devices.add_device(
             ready_sqlite_ws, device_id, passphrase=PASSPHRASE, out_dir=tmp_path, clouds=["gone"]
@@ -297,7 +317,9 @@ def imds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[str]]
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setenv(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}/"
+    )
     yield requests
     server.shutdown()
     server.server_close()
@@ -332,7 +354,9 @@ def test_missing_aws_credentials_do_not_wait_for_instance_metadata(
 # --- provisioning files -------------------------------------------------------------------
 
 
-def test_provision_reads_semicolons_and_tabs(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:
+def test_provision_reads_semicolons_and_tabs(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
     semi = tmp_path / "batch-eu.csv"
     semi.write_text("id;model;labels\nsc-1;p200;site=hh;rack=r1\n".replace(";rack", "|rack"))
     semi.write_text('id;model;labels\nsc-1;p200;"site=hh;rack=r1"\nsc-2;p300;\n')
@@ -369,7 +393,17 @@ def test_provision_takes_fleet_s_own_export(
     init = run_fleet("--home", str(source.home), "init", "--name", "Old")
     assert init.returncode == 0, init.stderr
     old = Cli(source)
-    added = old("device", "add", "ex-1", "--model", "p200", "--label", "site=hh", "--out", str(tmp_path / "o"))
+    added = old(
+        "device",
+        "add",
+        "ex-1",
+        "--model",
+        "p200",
+        "--label",
+        "site=hh",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert added.exit_code == 0, added.stderr
     exported = tmp_path / "devices.csv"
     assert old("export", "--format", "csv", "--out", str(exported), "--no-sign").exit_code == 0
@@ -380,7 +414,9 @@ def test_provision_takes_fleet_s_own_export(
     assert (shown["model"], shown["labels"]) == ("p200", {"site": "hh"})
 
 
-def test_manifest_keeps_every_batch(ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path) -> None:
+def test_manifest_keeps_every_batch(
+    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+) -> None:
     out = tmp_path / "ids"
     first, second = tmp_path / "b1.csv", tmp_path / "b2.csv"
     first.write_text("id\nm-1\nm-2\n")
@@ -399,7 +435,12 @@ def test_device_show_fits_80_columns_and_lists_clouds(
     ready_sqlite_ws: Workspace, tmp_path: Path
 ) -> None:
     home = ["--home", str(ready_sqlite_ws.home)]
-    assert run_fleet(*home, "cloud", "add", "plant", "--type", "http", "--url", closed_port_url()).returncode == 0
+    assert (
+        run_fleet(
+            *home, "cloud", "add", "plant", "--type", "http", "--url", closed_port_url()
+        ).returncode
+        == 0
+    )
     added = run_fleet(*home, "device", "add", "w-1", "--cloud", "plant", "--out", str(tmp_path))
     assert added.returncode == 0, added.stderr
     view = json.loads(run_fleet(*home, "device", "show", "w-1", "--json").stdout)
@@ -417,7 +458,9 @@ def test_device_show_fits_80_columns_and_lists_clouds(
 
 @pytest.mark.parametrize("span", ["30d", "30", "720h", "43200m", "4w"])
 def test_one_duration_syntax(ready_sqlite_ws: Workspace, sqlite_cli: Cli, span: str) -> None:
-    devices.add_device(ready_sqlite_ws, "d-1", passphrase=PASSPHRASE, out_dir=ready_sqlite_ws.home / "o")
+    devices.add_device(
+        ready_sqlite_ws, "d-1", passphrase=PASSPHRASE, out_dir=ready_sqlite_ws.home / "o"
+    )
     for args in (
         ("cert", "list", "--expiring-within", span, "--count"),
         ("device", "list", "--offline-for", span, "--count"),
@@ -447,12 +490,15 @@ main()
 def complete(words: str, env: dict[str, str]) -> tuple[list[str], list[str]]:
     """The candidates bash completion offers for ``words``, and the heavy modules loaded."""
     cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    completion = {"_FLEET_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
     done = subprocess.run(
         [sys.executable, "-c", COMPLETE_CHILD],
-        env=child_env({**env, "_FLEET_COMPLETE": "complete_bash", "COMP_WORDS": words,
-                       "COMP_CWORD": str(cword)}),  # fmt: skip
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=child_env({**env, **completion}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     loaded = json.loads(lines[-1].removeprefix("LOADED "))
@@ -465,7 +511,12 @@ def test_completion_of_device_cloud_and_profile_names(
     for device_id in ("pump-1", "pump-2", "valve-1"):
         devices.add_device(ready_sqlite_ws, device_id, passphrase=PASSPHRASE, out_dir=tmp_path)
     home = str(ready_sqlite_ws.home)
-    assert run_fleet("--home", home, "cloud", "add", "plant", "--type", "http", "--url", closed_port_url()).returncode == 0
+    assert (
+        run_fleet(
+            "--home", home, "cloud", "add", "plant", "--type", "http", "--url", closed_port_url()
+        ).returncode
+        == 0
+    )
     (ready_sqlite_ws.home / "profiles").mkdir()
     (ready_sqlite_ws.home / "profiles" / "short-lived.toml").write_text("validity_days = 7\n")
     env = {"FLEET_HOME": home}
@@ -475,7 +526,13 @@ def test_completion_of_device_cloud_and_profile_names(
     assert complete(f"fleet --home {home} cert renew v", {})[0] == ["valve-1"]
     assert complete("fleet cloud check ", env)[0] == ["plant"]
     assert complete("fleet device add x --cloud p", env)[0] == ["plant"]
-    assert complete("fleet profile show ", env)[0] == ["default", "host", "rsa", "server", "short-lived"]
+    assert complete("fleet profile show ", env)[0] == [
+        "default",
+        "host",
+        "rsa",
+        "server",
+        "short-lived",
+    ]
     assert complete("fleet device add x --profile r", env)[0] == ["rsa"]
     # no registry: nothing offered, no error in the shell
     assert complete("fleet device show ", {"FLEET_HOME": str(tmp_path / "none")})[0] in ([], [""])

@@ -1,7 +1,10 @@
 """The ``fleet`` command line: parses options, calls one library function, renders.
 
 Exit codes: 0 ok, 1 other failure, 2 invalid input or usage, 3 not found, 4 conflict,
-5 registry or workspace problem, 6 CA passphrase missing or wrong, 7 audit trail broken.
+5 registry or workspace problem, 6 CA passphrase missing or wrong, 7 audit trail broken,
+8 a cloud unreachable (``cloud register``/``sync``). A usage error is one line on stderr
+(``error: ... (see 'fleet CMD --help')``), exit 2. The root's ``--home``, ``--db`` and
+``--passphrase-file`` are also taken after the command (:func:`hoist_global_options`).
 An unexpected exception (a bug) is one line, ``error: internal error: TYPE: MESSAGE``, and
 exit 1; ``FLEET_DEBUG=1`` shows its traceback instead.
 

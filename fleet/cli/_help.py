@@ -79,7 +79,7 @@ def usage_error_line(exc: ClickException, words: list[str]) -> str:
     if ctx is not None:
         path = ctx.command_path
     else:  # the group and command named: fleet's commands are at most two deep
-        named = []
+        named: list[str] = []
         for word in words:
             if word.startswith("-") or len(named) == 2:
                 break

@@ -37,9 +37,7 @@ def list_(
     ctx: typer.Context,
     device: Annotated[
         str | None,
-        typer.Option(
-            help="Only this device's certificates.", autocompletion=_complete.device_ids
-        ),
+        typer.Option(help="Only this device's certificates.", autocompletion=_complete.device_ids),
     ] = None,
     status: Annotated[
         str | None,

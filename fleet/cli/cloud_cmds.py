@@ -20,6 +20,7 @@ from typer._click.core import Context as ClickContext
 from typer._click.core import Parameter
 from typer.core import TyperCommand
 
+from fleet.cli import _complete
 from fleet.cli._common import (
     ask_passphrase,
     message,
@@ -29,7 +30,6 @@ from fleet.cli._common import (
     table,
     workspace,
 )
-from fleet.cli import _complete
 from fleet.cli._help import tidy_parameters
 from fleet.cli._listing import (
     AfterOption,
@@ -369,9 +369,7 @@ def register(
     name: NameArg,
     device_ids: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Device IDs.", show_default=False, autocompletion=_complete.device_ids
-        ),
+        typer.Argument(help="Device IDs.", show_default=False, autocompletion=_complete.device_ids),
     ] = None,
     all_devices: Annotated[bool, typer.Option("--all", help="Every active device.")] = False,
     queue_only: Annotated[

@@ -441,9 +441,7 @@ def register(
     """Queue registration of devices on a cloud and, unless ``queue_only``, push the cloud's
     queue now. Returns how many were queued, the push's report (``None``: queue only) and,
     with ``all_devices``, the active devices skipped for having no active certificate."""
-    queued, skipped = queue_registrations_skipping(
-        ws, name, device_ids, all_devices=all_devices
-    )
+    queued, skipped = queue_registrations_skipping(ws, name, device_ids, all_devices=all_devices)
     if queue_only:
         return RegisterResult(queued, None, tuple(skipped))
     reports = push(

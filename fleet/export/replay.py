@@ -274,10 +274,9 @@ def _replayed_parts(
 def as_of_warnings(engine: Engine, as_of: datetime, now: datetime) -> list[str]:
     """What is suspicious about looking back at ``as_of``: a moment before the audit trail's
     first event (the registry was empty then) or after ``now`` (it is the current one)."""
+    events = AuditEvent.__table__  # type: ignore[attr-defined]
     with engine.connect() as conn:
-        first = conn.execute(
-            select(AuditEvent.ts).order_by(AuditEvent.seq).limit(1)  # type: ignore[arg-type]
-        ).scalar()
+        first = conn.execute(select(events.c.ts).order_by(events.c.seq).limit(1)).scalar()
     moment = audit.format_ts(as_of)
     if first is not None and moment < first:
         return [

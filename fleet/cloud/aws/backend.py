@@ -18,7 +18,6 @@ options or state.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
