@@ -246,8 +246,9 @@ def test_cloud_check_uses_get_by_default_and_names_the_method(
 
 
 def test_register_all_skips_devices_without_a_certificate(
-    ready_sqlite_ws: Workspace, sqlite_cli: Cli, tmp_path: Path
+    ready_ws: Workspace, cli: Cli, tmp_path: Path
 ) -> None:
+    ready_sqlite_ws, sqlite_cli = ready_ws, cli  # SQLite and PostgreSQL
     assert (
         sqlite_cli("cloud", "add", "reg", "--type", "http", "--url", closed_port_url()).exit_code
         == 0
@@ -536,6 +537,17 @@ def test_completion_of_device_cloud_and_profile_names(
     assert complete("fleet device add x --profile r", env)[0] == ["rsa"]
     # no registry: nothing offered, no error in the shell
     assert complete("fleet device show ", {"FLEET_HOME": str(tmp_path / "none")})[0] in ([], [""])
+
+
+def test_completion_reads_any_registry(ready_ws: Workspace, tmp_path: Path) -> None:
+    """PostgreSQL (or any URL but SQLite's) through SQLAlchemy Core."""
+    for device_id in ("k-1", "k-2"):
+        devices.add_device(ready_ws, device_id, passphrase=PASSPHRASE, out_dir=tmp_path)
+    ready_ws.close()
+    env = {"FLEET_HOME": str(ready_ws.home)}
+    if ready_ws.db_url:
+        env["FLEET_DATABASE_URL"] = ready_ws.db_url
+    assert complete("fleet device show k", env)[0] == ["k-1", "k-2"]
 
 
 def _unused() -> None:  # keeps imports used while the file grows
