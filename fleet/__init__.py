@@ -34,6 +34,7 @@ _PUBLIC_NAMES: dict[str, str] = {
     "init_workspace": "fleet.pki.authority",
     "ca_info": "fleet.pki.authority",
     "ca_chain_pem": "fleet.pki.authority",
+    "ca_root_pem": "fleet.pki.authority",
     "publish_crl": "fleet.pki.crl",
     "upgrade_registry": "fleet.registry.migrations",
     "UpgradeResult": "fleet.registry.migrations",

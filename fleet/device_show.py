@@ -53,10 +53,13 @@ _CONNECTION = text(
     "WHERE device_id = :id"
 ).columns(since=UTCDateTime(), last_seen=UTCDateTime())
 
+# the clouds it has a registration with: name -> status there
+_CLOUDS = text("SELECT cloud, status FROM cloud_registration WHERE device_id = :id ORDER BY cloud")
+
 
 def show_device(ws: Workspace, device_id: str) -> DeviceView:
-    """A device with all its certificates, its connection state and its firmware, read in
-    one snapshot; :class:`NotFound` if the registry has no such device.
+    """A device with all its certificates, its connection state, its firmware and its
+    clouds, read in one snapshot; :class:`NotFound` if the registry has no such device.
 
     Example::
 
@@ -74,6 +77,10 @@ def show_device(ws: Workspace, device_id: str) -> DeviceView:
             view,
             connection=_connection(connection, device_id),
             firmware=firmware_in(connection, device_id),
+            clouds={
+                cloud: str(status)
+                for cloud, status in connection.execute(_CLOUDS, {"id": device_id})
+            },
         )
 
 

@@ -238,9 +238,9 @@ def device_certificates(session: Session, device_id: str) -> list[Certificate]:
 
 
 def show_device(ws: Workspace, device_id: str) -> DeviceView:
-    """A device with all its certificates its connection state and
-    its firmware (see
-    :func:`fleet.device_show.show_device`: the view is built there, from plain queries)."""
+    """A device with all its certificates, its connection state, its firmware and its clouds
+    (see :func:`fleet.device_show.show_device`: the view is built there, from plain
+    queries)."""
     from fleet.device_show import show_device as show
 
     return show(ws, device_id)

@@ -43,3 +43,9 @@ class IntegrityError(FleetError):
     """The audit trail does not verify."""
 
     exit_code = 7
+
+
+# `cloud register` / `cloud sync`: a cloud could not be reached at all (connection refused,
+# unknown host); the push stopped at once and its jobs stay queued. Not an exception: the
+# command still reports what it did.
+CLOUD_UNREACHABLE_EXIT = 9

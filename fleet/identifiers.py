@@ -145,6 +145,19 @@ def parse_timestamp(text: str, *, now: datetime | None = None) -> datetime:
         raise InvalidInput(f"time {text!r} is out of range (years 1 to 9999)") from None
 
 
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_as_of(text: str, *, now: datetime | None = None) -> datetime:
+    """A moment to look back at (``--as-of``): a bare date ``2026-06-30`` is the end of that
+    day in UTC (its last microsecond), anything else as :func:`parse_timestamp` reads it."""
+    value = text.strip()
+    if _DATE_RE.fullmatch(value):
+        day = parse_timestamp(value, now=now)
+        return shift(day, 86400 - 1e-6, what=f"time {text!r}")
+    return parse_timestamp(value, now=now)
+
+
 def parse_duration(text: str, *, bare_unit: str = "d", what: str = "duration") -> timedelta:
     """Parse a span the same way everywhere: ``30d``, ``12h``, ``15m``, ``90s``, ``2w``, or a
     bare number in ``bare_unit`` (days unless said otherwise: ``--expiring-within 30``).

@@ -200,6 +200,8 @@ class DeviceView:
     # where the device's connection stands (``device show``); lists leave it out
     connection: ConnectionView | None = None
     firmware: FirmwareView | None = None  # likewise
+    # the clouds it has a registration with, by name: its status there (``device show``)
+    clouds: Mapping[str, str] | None = None
 
     @classmethod
     def from_rows(
@@ -237,6 +239,8 @@ class DeviceView:
             shape["connection"] = self.connection.to_dict()
         if self.firmware is not None:
             shape["firmware"] = self.firmware.to_dict()
+        if self.clouds is not None:
+            shape["clouds"] = dict(self.clouds)
         return shape
 
 

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 HOME_ENV = "FLEET_HOME"
 DATABASE_URL_ENV = "FLEET_DATABASE_URL"
 PASSPHRASE_ENV = "FLEET_CA_PASSPHRASE"
+PASSPHRASE_FILE_ENV = "FLEET_CA_PASSPHRASE_FILE"
+PASSPHRASE_FILE_MAX = 4096  # bytes: a passphrase, not a document
 
 
 def default_home() -> Path:
@@ -92,9 +94,37 @@ class Workspace:
             self._engine = None
 
 
+def read_passphrase_file(path: Path) -> str:
+    """The passphrase in the file ``path``: its text less one trailing line break (as
+    ``step --password-file`` reads it). Keep the file 0600: fleet does not check its mode.
+
+    Raises :class:`AuthError` when it cannot be read, is empty, or is not UTF-8 text.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(PASSPHRASE_FILE_MAX + 1)
+    except OSError as exc:
+        raise AuthError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
+    if len(data) > PASSPHRASE_FILE_MAX:
+        raise AuthError(f"the passphrase file {path} is over {PASSPHRASE_FILE_MAX} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthError(f"the passphrase file {path} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise AuthError(f"the passphrase file {path} is empty")
+    return text
+
+
 def passphrase_from_env() -> str | None:
-    """The CA passphrase from ``$FLEET_CA_PASSPHRASE``, if set."""
-    return os.environ.get(PASSPHRASE_ENV) or None
+    """The CA passphrase from ``$FLEET_CA_PASSPHRASE``, else from the file
+    ``$FLEET_CA_PASSPHRASE_FILE`` names (:func:`read_passphrase_file`), if either is set."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    path = os.environ.get(PASSPHRASE_FILE_ENV)
+    return read_passphrase_file(Path(path).expanduser()) if path else None
 
 
 Passphrase = str | bytes | Callable[[], str]
@@ -110,6 +140,7 @@ def require_passphrase(passphrase: Passphrase | None) -> str | bytes:
     value = value or passphrase_from_env()
     if not value:
         raise AuthError(
-            f"the CA passphrase is needed: set {PASSPHRASE_ENV} or run on a terminal to be asked"
+            f"the CA passphrase is needed: set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV}, "
+            "or run on a terminal to be asked"
         )
     return value

@@ -271,15 +271,15 @@ def test_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
         return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
     home = str(tmp_path / "home")
-    code, screen = run_on_tty(["--home", home, "init"], ["s3cret-pass", "s3cret-pass"])
+    code, screen = run_on_tty(["--home", home, "init"], ["s3cret-passphrase", "s3cret-passphrase"])
     assert code == 0, screen
-    assert "CA passphrase" in screen and "s3cret-pass" not in screen  # hidden input
+    assert "CA passphrase" in screen and "s3cret-passphrase" not in screen  # hidden input
     code, screen = run_on_tty(
         ["--home", home, "device", "add", "tty-1", "--out", str(tmp_path)], ["wrong"]
     )
     assert code == 6, screen
     code, screen = run_on_tty(
-        ["--home", home, "device", "add", "tty-1", "--out", str(tmp_path)], ["s3cret-pass"]
+        ["--home", home, "device", "add", "tty-1", "--out", str(tmp_path)], ["s3cret-passphrase"]
     )
     assert code == 0, screen
     assert (tmp_path / "tty-1" / "key.pem").is_file()

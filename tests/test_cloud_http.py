@@ -179,7 +179,7 @@ def test_check_reports_each_failure(server: RegistryServer, token_env: str) -> N
     backend = HttpBackend("t", http_options(gone, timeout=0.5))
     try:
         result = backend.check()
-        assert not result.ok and "connection failed" in result.message
+        assert not result.ok and "cannot connect" in result.message
     finally:
         backend.close()
 

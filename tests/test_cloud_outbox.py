@@ -189,8 +189,9 @@ def test_unreachable_server_leaves_jobs_for_a_later_sync(
     assert (report.done, report.failed, report.left) == (0, 0, 3)
     regs = registrations(ready_ws)
     assert {r.status for r in regs.values()} == {"pending"}
-    assert all("connection failed" in (r.last_error or "") for r in regs.values())
-    assert {j.state for j in jobs(ready_ws)} == {"retry"}
+    # a refused connection ends the push at once: the jobs stay queued, unattempted
+    assert report.unreachable is not None and "cannot connect" in report.unreachable
+    assert {(j.state, j.attempts) for j in jobs(ready_ws)} == {("pending", 0)}
 
     up = RegistryServer(port).start()  # the network is back
     try:

@@ -71,6 +71,7 @@ def test_add_writes_bundle_and_registry_row(ready_ws: Workspace, cli: Cli, out_d
     shown = json.loads(cli("device", "show", "pump-0001", "--json").stdout)
     assert shown.pop("connection")["state"] is None  # never seen connecting
     assert shown.pop("firmware")["reported"]["version"] is None  # never reported
+    assert shown.pop("clouds") == {}  # registered with no cloud
     assert shown == device
 
 
@@ -252,6 +253,7 @@ def test_library_returns_frozen_views_whose_dicts_are_the_json(
         "reported_firmware": None,
     }  # fmt: skip
     assert shown.pop("firmware")["pinned_version"] is None
+    assert shown.pop("clouds") == {}  # device show lists its clouds (none here)
     assert device.to_dict() == shown
 
 

@@ -282,7 +282,7 @@ def test_signed_export_verifies_with_openssl_and_fleet(
     result = cli("export", "--out", str(target), "--label", "none=x", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == 0
-    result = cli("export", "--out", str(target), "--model", "p1", "--json")
+    result = cli("export", "--out", str(target), "--model", "p1", "--json", "--force")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert sorted(p.name for p in target.parent.iterdir()) == [
@@ -460,8 +460,8 @@ def test_errors_are_one_line_and_leave_nothing(
 
     monkeypatch.setenv("FLEET_CA_PASSPHRASE", PASSPHRASE)
     monkeypatch.setattr(device_export, "write_lines", explode)
-    with pytest.raises(RuntimeError):
-        export.export_devices(ready_ws, out=dest / "first.csv", passphrase=PASSPHRASE)
+    with pytest.raises(RuntimeError):  # replacing a signed export: --force
+        export.export_devices(ready_ws, out=dest / "first.csv", passphrase=PASSPHRASE, force=True)
     with pytest.raises(RuntimeError):
         export.export_devices(ready_ws, out=dest / "new.csv", passphrase=PASSPHRASE)
     assert snapshot(ready_ws, dest) == before

@@ -353,8 +353,8 @@ def test_bad_files_are_refused_before_anything_is_written(
     source.write_text(content, encoding="utf-8")
     out = tmp_path / "out"
     before = snapshot(ready_sqlite_ws, out)
-    result = sqlite_cli(
-        "provision", str(source), "--out", str(out), "--report", str(tmp_path / "r.csv")
+    result = sqlite_cli(  # --strict: unknown columns are refused, not ignored with a warning
+        "provision", str(source), "--out", str(out), "--report", str(tmp_path / "r.csv"), "--strict"
     )
     assert result.exit_code == InvalidInput.exit_code
     assert message in result.stderr

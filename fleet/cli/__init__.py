@@ -2,7 +2,10 @@
 
 Exit codes: 0 ok, 1 other failure, 2 invalid input or usage, 3 not found, 4 conflict,
 5 registry or workspace problem, 6 CA passphrase missing or wrong, 7 audit trail broken,
-8 drift found (``cloud drift``).
+8 drift found (``cloud drift``), 9 a cloud unreachable (``cloud register``/``sync``).
+A usage error is one line on stderr (``error: ... (see 'fleet CMD --help')``), exit 2. The
+root's ``--home``, ``--db`` and ``--passphrase-file`` are also taken after the command
+(:func:`hoist_global_options`).
 An unexpected exception (a bug) is one line, ``error: internal error: TYPE: MESSAGE``, and
 exit 1; ``FLEET_DEBUG=1`` shows its traceback instead.
 
@@ -30,10 +33,17 @@ from typer._click.utils import echo
 from typer.core import TyperCommand, TyperGroup
 
 from fleet import __version__
+from fleet.cli import _common
 from fleet.cli._common import fail
 from fleet.errors import FleetError, InvalidInput, RegistryError
 from fleet.identifiers import is_utf8_text
-from fleet.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace, default_home
+from fleet.workspace import (
+    DATABASE_URL_ENV,
+    HOME_ENV,
+    PASSPHRASE_FILE_ENV,
+    Workspace,
+    default_home,
+)
 
 DEBUG_ENV = "FLEET_DEBUG"
 INTERNAL_ERROR_EXIT = 1
@@ -101,6 +111,45 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The root's options that take a value, also accepted after the command (`fleet device list
+# --home ws`): parse_args moves them in front of it.
+GLOBAL_VALUE_OPTIONS = ("--home", "--db", "--passphrase-file")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``args`` with the root's value options found after the command moved before it
+    (``device list --home ws`` -> ``--home ws device list``); a ``--`` ends the search."""
+    start = 0
+    while start < len(args):  # skip the root's own options: the command is the first word
+        arg = args[start]
+        if arg in GLOBAL_VALUE_OPTIONS:
+            start += 2
+        elif arg.startswith("-"):
+            start += 1
+        else:
+            break
+    if start >= len(args):
+        return args
+    front, rest = list(args[: start + 1]), []
+    tail = args[start + 1 :]
+    i = 0
+    while i < len(tail):
+        arg = tail[i]
+        if arg == "--":
+            rest.extend(tail[i:])
+            break
+        name = arg.partition("=")[0]
+        if name in GLOBAL_VALUE_OPTIONS and arg.startswith("--"):
+            taken = 1 if "=" in arg else 2
+            front[start:start] = tail[i : i + taken]
+            start += taken
+            i += taken
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def load_command(name: str, target: str) -> Command:
     """The click command for ``target`` (``"module:attribute"``), named ``name``: built the way
     ``add_typer``/``command`` on the root app would build it."""
@@ -111,7 +160,9 @@ def load_command(name: str, target: str) -> Command:
         holder.add_typer(found, name=name)
     else:
         holder.command(name)(found)
-    return typer.main.get_group(holder).commands[name]
+    from fleet.cli._help import tidy  # reflowed help, tidy placeholders
+
+    return tidy(typer.main.get_group(holder).commands[name])
 
 
 class LazyCommands(MutableMapping[str, Command]):
@@ -205,7 +256,35 @@ class FleetGroup(TyperGroup):
             # typer's rich error display would drop: print it here, with the same exit code.
             echo(ctx.get_help())
             ctx.exit(NoArgsIsHelpError.exit_code)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, hoist_global_options(args))
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """As typer's, but a usage error is one line on stderr (exit 2), not a box."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:
+            sys.exit(exc.exit_code)  # the help is printed already
+        except ClickException as exc:
+            from fleet.cli._help import usage_error_line
+
+            words = hoist_global_options(list(sys.argv[1:] if args is None else args))
+            while words and words[0].startswith("-"):  # the root's options and their values
+                words = words[2 if words[0] in GLOBAL_VALUE_OPTIONS else 1 :]
+            print(usage_error_line(exc, words), file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -271,6 +350,16 @@ def root(
             show_default=False,
         ),
     ] = None,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help="Read the CA passphrase from this file (one trailing newline is dropped; "
+            "keep it 0600). Default: $FLEET_CA_PASSPHRASE, else the file "
+            f"${PASSPHRASE_FILE_ENV} names, else a prompt.",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -282,6 +371,7 @@ def root(
 
         fleet init --name "Acme Pumps" && fleet device add pump-0001 --model p200
     """
+    _common.passphrase_file = passphrase_file.expanduser() if passphrase_file else None
     ctx.obj = Workspace(home=(home or default_home()).expanduser(), db_url=db)
     ctx.call_on_close(ctx.obj.close)
 

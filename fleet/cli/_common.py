@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
 
 from fleet.errors import AuthError
-from fleet.workspace import Workspace, passphrase_from_env
+from fleet.workspace import Workspace, passphrase_from_env, read_passphrase_file
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -48,14 +49,23 @@ def workspace(ctx: typer.Context) -> Workspace:
     return obj
 
 
+# The root's --passphrase-file for this run (set by its callback; None when not given).
+passphrase_file: Path | None = None
+
+
 def ask_passphrase(*, confirm: bool = False) -> str:
-    """``$FLEET_CA_PASSPHRASE``, else a hidden prompt on a terminal, else a clear error."""
+    """The file ``--passphrase-file`` names, else ``$FLEET_CA_PASSPHRASE``, else the file
+    ``$FLEET_CA_PASSPHRASE_FILE`` names, else a hidden prompt on a terminal, else a clear
+    error."""
+    if passphrase_file is not None:
+        return read_passphrase_file(passphrase_file)
     env = passphrase_from_env()
     if env:
         return env
     if not sys.stdin.isatty():
         raise AuthError(
-            "the CA passphrase is needed: set FLEET_CA_PASSPHRASE (no terminal to prompt on)"
+            "the CA passphrase is needed: set FLEET_CA_PASSPHRASE or FLEET_CA_PASSPHRASE_FILE, "
+            "or give --passphrase-file (no terminal to prompt on)"
         )
     value: str = typer.prompt(
         "CA passphrase", hide_input=True, confirmation_prompt=confirm, err=True

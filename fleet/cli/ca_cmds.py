@@ -66,6 +66,23 @@ def chain(
     _emit(authority.ca_chain_pem(workspace(ctx)), out, "the CA chain")
 
 
+@app.command("root")
+def root(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the root CA certificate as PEM: what auditors need (`--ca root.pem`,
+    `-CAfile root.pem`) to check exports and certificates.
+
+    Example:
+
+        fleet ca root --out root.pem
+    """
+    from fleet.pki import authority
+
+    _emit(authority.ca_root_pem(workspace(ctx)), out, "the root CA certificate")
+
+
 @app.command("crl")
 def crl(
     ctx: typer.Context,

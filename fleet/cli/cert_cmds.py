@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fleet.cli import _complete
 from fleet.cli._bundle import P12_PASSWORD_ENV, FormatOption, P12EnvOption, bundle_format
 from fleet.cli._common import ask_passphrase, message, print_json, render, table, workspace
 from fleet.cli._listing import (
@@ -35,7 +36,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout."
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    device: Annotated[str | None, typer.Option(help="Only this device's certificates.")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Only this device's certificates.", autocompletion=_complete.device_ids),
+    ] = None,
     status: Annotated[
         str | None,
         typer.Option(
@@ -115,7 +119,7 @@ def _certificate_table(rows: list[CertificateView]) -> None:
 @app.command("renew")
 def renew(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     csr: Annotated[Path | None, typer.Option(help="Sign this CSR instead of a new key.")] = None,
     out: Annotated[
         Path | None,
@@ -125,7 +129,11 @@ def renew(
         bool, typer.Option("--revoke-old", help="Revoke the previous certificates (superseded).")
     ] = False,
     profile: Annotated[
-        str | None, typer.Option(help="Profile; default: the newest certificate's.")
+        str | None,
+        typer.Option(
+            help="Profile; default: the newest certificate's.",
+            autocompletion=_complete.profile_names,
+        ),
     ] = None,
     key_type: Annotated[str | None, typer.Option("--key-type", help="Key type override.")] = None,
     fmt: FormatOption = "pem",

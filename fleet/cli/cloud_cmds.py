@@ -20,6 +20,7 @@ from typer._click.core import Context as ClickContext
 from typer._click.core import Parameter
 from typer.core import TyperCommand
 
+from fleet.cli import _complete
 from fleet.cli._common import (
     ask_passphrase,
     message,
@@ -29,6 +30,7 @@ from fleet.cli._common import (
     table,
     workspace,
 )
+from fleet.cli._help import tidy_parameters
 from fleet.cli._listing import (
     AfterOption,
     AllOption,
@@ -55,7 +57,12 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-NameArg = Annotated[str, typer.Argument(help="The cloud's name (see `fleet cloud list`).")]
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        help="The cloud's name (see `fleet cloud list`).", autocompletion=_complete.cloud_names
+    ),
+]
 _BACKEND_OPTIONS = "fleet.cloud.backend_options"  # ctx.meta key: the backend options given
 
 
@@ -150,6 +157,7 @@ class BackendOptionsCommand(TyperCommand):
             names = {p.name for p in self.params if p.name}
             flags = {flag for p in self.params for flag in p.opts} | {"--help", "-h"}
             self._backend = _backend_parameters(names, flags)
+            tidy_parameters(self._backend)
             self.params.extend(self._backend)
         return self._backend
 
@@ -329,6 +337,12 @@ def check(ctx: typer.Context, name: NameArg) -> None:
 
 
 def _render_push(report: PushReport) -> None:
+    if report.unreachable is not None:
+        message(
+            f"{report.cloud}: cloud unreachable: {report.left} jobs stay queued "
+            f"({report.unreachable}); retry with `fleet cloud sync` once it is back"
+        )
+        return
     if report.error:
         message(f"{report.cloud}: {report.error}")
     message(
@@ -343,6 +357,10 @@ def _render_push(report: PushReport) -> None:
 
 
 def _exit_code(reports: list[PushReport]) -> int:
+    from fleet.errors import CLOUD_UNREACHABLE_EXIT
+
+    if any(r.unreachable is not None for r in reports):
+        return CLOUD_UNREACHABLE_EXIT
     return 1 if any(r.failed or r.error for r in reports) else 0
 
 
@@ -351,7 +369,8 @@ def register(
     ctx: typer.Context,
     name: NameArg,
     device_ids: Annotated[
-        list[str] | None, typer.Argument(help="Device IDs.", show_default=False)
+        list[str] | None,
+        typer.Argument(help="Device IDs.", show_default=False, autocompletion=_complete.device_ids),
     ] = None,
     all_devices: Annotated[bool, typer.Option("--all", help="Every active device.")] = False,
     queue_only: Annotated[
@@ -361,8 +380,9 @@ def register(
 ) -> None:
     """Queue registration of devices on a cloud and push the cloud's queue now.
 
-    Exit code 1 when any job failed; jobs that could not be pushed yet (offline,
-    throttled) stay queued for `fleet cloud sync`.
+    Exit code 1 when any job failed, 8 when the cloud could not be reached at all
+    (connection refused: the push stops at once); jobs that could not be pushed yet
+    (offline, throttled) stay queued for `fleet cloud sync`.
 
     Example:
 
@@ -386,10 +406,17 @@ def register(
         print_json(result.to_dict())
     else:
         message(f"{name}: queued {result.queued} registration(s)")
+        if result.skipped:
+            shown = ", ".join(result.skipped[:20])
+            more = f" and {len(result.skipped) - 20} more" if len(result.skipped) > 20 else ""
+            message(
+                f"{name}: skipped {len(result.skipped)} device(s) without an active "
+                f"certificate: {shown}{more}"
+            )
         if result.push is not None:
             _render_push(result.push)
     if result.push is not None and _exit_code([result.push]):
-        raise typer.Exit(1)
+        raise typer.Exit(_exit_code([result.push]))
 
 
 @app.command("sync")
@@ -402,7 +429,8 @@ def sync(
 ) -> None:
     """Push every pending or retryable job, then pull device status from the platform.
 
-    Exit code 1 when any job failed.
+    Exit code 1 when any job failed, 8 when a cloud could not be reached at all (its push
+    stops at once; its jobs stay queued).
 
     Example:
 
@@ -424,7 +452,7 @@ def sync(
         if not results:
             message("no clouds configured")
     if _exit_code([r.push for r in results]):
-        raise typer.Exit(1)
+        raise typer.Exit(_exit_code([r.push for r in results]))
 
 
 @app.command("status")

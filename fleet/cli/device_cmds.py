@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fleet.cli import _complete
 from fleet.cli._bundle import P12_PASSWORD_ENV, FormatOption, P12EnvOption, bundle_format
 from fleet.cli._common import (
     ask_passphrase,
@@ -57,7 +58,10 @@ def add(
     model: Annotated[str | None, typer.Option(help="Hardware model.")] = None,
     serial: Annotated[str | None, typer.Option(help="Hardware serial number.")] = None,
     label: LabelOption = None,
-    profile: Annotated[str, typer.Option(help="Certificate profile name.")] = "default",
+    profile: Annotated[
+        str,
+        typer.Option(help="Certificate profile name.", autocompletion=_complete.profile_names),
+    ] = "default",
     key_type: Annotated[
         str | None, typer.Option("--key-type", help="Override the profile's key type.")
     ] = None,
@@ -75,6 +79,7 @@ def add(
             help="Queue its registration on this cloud (same transaction); repeatable. "
             "Pushed by `fleet cloud sync`.",
             show_default=False,
+            autocompletion=_complete.cloud_names,
         ),
     ] = None,
     fmt: FormatOption = "pem",
@@ -220,10 +225,17 @@ def _device_table(rows: list[dict[str, Any]]) -> None:
 @app.command("show")
 def show(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Full certificate serials and fingerprints (else shortened)."),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Show one device with all its certificates.
+    """Show one device with all its certificates and the clouds it is registered with.
+
+    Serials and SHA-256 fingerprints are shortened to fit 80 columns; --wide (and --json)
+    shows them whole.
 
     Example:
 
@@ -235,11 +247,20 @@ def show(
     if json_out:
         print_json(device.to_dict())
         return
-    render_device(device)
+    render_device(device, wide=wide)
 
 
-def render_device(device: DeviceView) -> None:
-    """A device as aligned ``field  value`` lines plus its certificates, in plain text."""
+SHORT_HEX = 12  # hex digits of a serial or fingerprint `device show` keeps without --wide
+
+
+def short_hex(value: str, wide: bool) -> str:
+    """``value`` whole with ``wide``, else its first :data:`SHORT_HEX` digits and an ellipsis."""
+    return value if wide or len(value) <= SHORT_HEX + 1 else value[:SHORT_HEX] + "…"
+
+
+def render_device(device: DeviceView, *, wide: bool = True) -> None:
+    """A device as aligned ``field  value`` lines plus its certificates, in plain text
+    (serials and fingerprints shortened unless ``wide``)."""
     fields = [
         ("id", device.id),
         ("model", device.model or ""),
@@ -264,12 +285,21 @@ def render_device(device: DeviceView) -> None:
                 fields.append(("reported_firmware", link.reported_firmware))
     if device.firmware is not None:
         _firmware_rows(fields, device.firmware)
+    if device.clouds is not None:
+        shown = ", ".join(f"{name} ({state})" for name, state in device.clouds.items())
+        fields.append(("clouds", shown or "-"))
     print_fields(f"Device {device.id}", fields)
     print_columns(
         "Certificates",
         ("Serial", "Status", "Not after", "Profile", "SHA-256"),
         (
-            (c.serial, c.status, iso(c.not_after) or "", c.profile, c.fingerprint_sha256)
+            (
+                short_hex(c.serial, wide),
+                c.status,
+                iso(c.not_after) or "",
+                c.profile,
+                short_hex(c.fingerprint_sha256, wide),
+            )
             for c in device.certificates
         ),
     )
@@ -331,7 +361,7 @@ def unpin(ctx: typer.Context, device_id: Annotated[str, typer.Argument(metavar="
 @app.command("history")
 def history(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     since: Annotated[
         str | None, typer.Option(help="From this time on (ISO 8601, or an age: 24h, 7d).")
     ] = None,
@@ -405,7 +435,7 @@ def _history_table(rows: list[EventView]) -> None:
 @app.command("update")
 def update(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     model: Annotated[str | None, typer.Option(help="New model.")] = None,
     serial: Annotated[str | None, typer.Option(help="New hardware serial.")] = None,
     label: LabelOption = None,
@@ -439,7 +469,7 @@ def update(
 @app.command("decommission")
 def decommission(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument()],
+    device_id: Annotated[str, typer.Argument(autocompletion=_complete.device_ids)],
     reason: Annotated[str | None, typer.Option(help="Why, for the audit trail.")] = None,
     json_out: JsonOption = False,
 ) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from fleet.cli._common import ask_passphrase, fail, message, print_json, workspace
 from fleet.errors import IntegrityError
-from fleet.identifiers import parse_timestamp
+from fleet.identifiers import parse_as_of
 
 # No help= here: the callback's docstring (with its examples) is the group's help.
 app = typer.Typer(invoke_without_command=True, subcommand_metavar="[verify FILE]")
@@ -74,18 +74,24 @@ def export_devices(
         str | None,
         typer.Option(
             "--as-of",
-            help="The registry as it was at this time (ISO 8601 or an age such as 30d), "
-            "rebuilt from the audit trail.",
+            help="The registry as it was at this time (ISO 8601 or an age such as 30d; a bare "
+            "date is the end of that day, UTC), rebuilt from the audit trail.",
         ),
     ] = None,
     sign: SignOption = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace a signed export already at --out (else exit 4)."),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Export every device with its current certificate, labels, status and clouds.
 
     CSV is flat and formula-safe; JSON and JSONL are nested. With --out the file appears
     whole or not at all, beside FILE.manifest.json and the signatures FILE.p7s and
-    FILE.manifest.json.p7s. An auditor with only root.pem checks them with:
+    FILE.manifest.json.p7s; a signed export already at FILE is kept (exit 4) unless --force.
+    --as-of before the first audit event or in the future warns on stderr. An auditor with
+    only root.pem (`fleet ca root --out root.pem`) checks them with:
 
         openssl cms -verify -binary -inform PEM -in FILE.p7s -content FILE
         -CAfile root.pem -purpose any -out /dev/null
@@ -103,7 +109,7 @@ def export_devices(
     filters = export.parse_filters(
         model=model, status=status, labels=label or [], where=where or []
     )
-    moment = parse_timestamp(as_of) if as_of is not None else None
+    moment = parse_as_of(as_of) if as_of is not None else None
     result = export.export_devices(
         workspace(ctx),
         fmt=fmt,
@@ -112,7 +118,10 @@ def export_devices(
         as_of=moment,
         sign=sign,
         passphrase=ask_passphrase,
+        force=force,
     )
+    for warning in result.get("warnings", []):
+        message(f"warning: {warning}")
     if out is not None or json_out:
         render_summary(result, json_out)
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from fleet.cli import _complete
 from fleet.cli._common import print_json, render, table, workspace
 from fleet.pki.profiles import find_profile, list_profiles, read_profile
 
@@ -43,7 +44,9 @@ def list_cmd(
 @app.command("show")
 def show(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Profile name.")],
+    name: Annotated[
+        str, typer.Argument(help="Profile name.", autocompletion=_complete.profile_names)
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Show what a profile puts in a certificate (validated, as `device add` would load it).

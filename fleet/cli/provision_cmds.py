@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fleet.cli import _complete
 from fleet.cli._bundle import P12_PASSWORD_ENV, P12EnvOption, bundle_format
 from fleet.cli._common import ask_passphrase, message, print_json, workspace
 
@@ -71,7 +72,11 @@ def provision(
         typer.Option(help="Processes for key generation and signing. Default: one per core."),
     ] = None,
     profile: Annotated[
-        str, typer.Option(help="Certificate profile for rows without a profile column.")
+        str,
+        typer.Option(
+            help="Certificate profile for rows without a profile column.",
+            autocompletion=_complete.profile_names,
+        ),
     ] = "default",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate every row; write nothing.")
@@ -86,6 +91,7 @@ def provision(
             help="Queue each new device's registration on this cloud (in its batch's "
             "transaction); repeatable. Pushed by `fleet cloud sync`.",
             show_default=False,
+            autocompletion=_complete.cloud_names,
         ),
     ] = None,
     bundle_fmt: Annotated[
@@ -99,15 +105,22 @@ def provision(
         ),
     ] = "pem",
     p12_password_env: P12EnvOption = P12_PASSWORD_ENV,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Refuse a file with unknown columns (exit 2).")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Provision every device listed in a CSV or JSON Lines file.
 
     Columns (CSV) or keys (JSONL): id (required), model, serial, labels
     (CSV "k=v;k=v", JSONL an object), profile, csr (a CSR file relative to
-    FILE; the device keeps its key). Devices already provisioned are skipped:
-    re-run the same command after an interruption to finish the batch.
-    Failed rows go to --report and make the exit code 1; the rest go ahead.
+    FILE; the device keeps its key). The CSV delimiter (comma, semicolon or
+    tab) is detected; unknown columns are ignored with a warning (--strict
+    refuses them); fleet's own export CSV is accepted as is. Devices already
+    provisioned are skipped: re-run the same command after an interruption to
+    finish the batch. OUT/manifest.csv keeps the rows of earlier files run into
+    OUT and lists this file's. Failed rows go to --report and make the exit
+    code 1; the rest go ahead.
 
     Example:
 
@@ -133,7 +146,10 @@ def provision(
             progress=_Bar(stack) if show_bar else None,
             clouds=cloud or (),
             bundle_format=bundle_format(bundle_fmt, p12_password_env),
+            strict=strict,
         )
+    for warning in summary.warnings:
+        message(f"warning: {warning}")
     if json_out:
         print_json(summary.to_dict())
     else:

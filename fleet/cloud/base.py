@@ -100,6 +100,11 @@ class TransientError(CloudError):
         self.retry_after = retry_after
 
 
+class UnreachableError(TransientError):
+    """The platform cannot be reached at all (connection refused, unknown host): the push
+    stops at once and every job stays queued, unattempted, for a later ``sync``."""
+
+
 class PermanentError(CloudError):
     """A failure that retrying cannot fix (other 4xx, invalid names): the job is marked failed."""
 

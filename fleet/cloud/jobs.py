@@ -318,8 +318,18 @@ def queue_registrations(
     ws: Workspace, name: str, device_ids: Sequence[str] = (), *, all_devices: bool = False
 ) -> int:
     """Queue registration of devices (or every active one) on a cloud; returns jobs queued."""
+    return queue_registrations_skipping(ws, name, device_ids, all_devices=all_devices)[0]
+
+
+def queue_registrations_skipping(
+    ws: Workspace, name: str, device_ids: Sequence[str] = (), *, all_devices: bool = False
+) -> tuple[int, list[str]]:
+    """As :func:`queue_registrations`; with ``all_devices``, active devices without an active
+    certificate are skipped rather than refused. Returns the jobs queued and the devices
+    skipped (in ID order)."""
     if bool(device_ids) == all_devices:
         raise InvalidInput("give device IDs or --all (not both)")
+    skipped: list[str] = []
     with write_session(ws.open_registry()) as session:
         get_cloud(session, name)
         ids = list(device_ids)
@@ -328,4 +338,7 @@ def queue_registrations(
                 select(Device.id).where(Device.status == DeviceStatus.ACTIVE).order_by(Device.id)
             )
             ids = list(session.exec(query))
-        return enqueue_register(session, ids, [name])
+            certs = newest_active_certificates(session, ids)
+            skipped = [device_id for device_id in ids if device_id not in certs]
+            ids = [device_id for device_id in ids if device_id in certs]
+        return enqueue_register(session, ids, [name]), skipped

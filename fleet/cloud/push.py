@@ -31,9 +31,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from fleet import clock
-from fleet.cloud.base import CaMaterial, CloudBackend, CloudError
+from fleet.cloud.base import CaMaterial, CloudBackend, CloudError, UnreachableError
 from fleet.cloud.clouds import make_backend
-from fleet.cloud.jobs import get_cloud, queue_registrations
+from fleet.cloud.jobs import get_cloud, queue_registrations_skipping
 from fleet.cloud.models import Cloud, CloudJob, CloudRegistration
 from fleet.cloud.pacing import SYSTEM_TIMER, PushPolicy, RateLimiter, Timer
 from fleet.cloud.transitions import Attempt, JobRow, Outcome, Transition, short_error, transition
@@ -64,10 +64,13 @@ class PushReport:
     left: int = 0  # still queued (retry later): offline, throttled, out of time
     failures: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # the run could not start (prepare failed)
+    # the platform could not be reached (connection refused...): the run stopped at once and
+    # its jobs stay queued, unattempted; the first such error
+    unreachable: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as ``--json`` shows it."""
-        return {
+        """The report as ``--json`` shows it (``"unreachable"`` only when it was)."""
+        result: dict[str, Any] = {
             "cloud": self.cloud,
             "done": self.done,
             "failed": self.failed,
@@ -75,6 +78,9 @@ class PushReport:
             "failures": self.failures,
             "error": self.error,
         }
+        if self.unreachable is not None:
+            result["unreachable"] = self.unreachable
+        return result
 
 
 def ca_material(ws: Workspace, passphrase: Passphrase | None = None) -> CaMaterial:
@@ -276,6 +282,8 @@ class _Pusher:
                 works = self._due(page)
                 if works:
                     self._run_round(pool, works)
+                    if self.report.unreachable is not None:
+                        break  # nobody answers: every job stays queued for a later run
                     continue
                 next_due = self._next_due()
                 if next_due is None:
@@ -309,6 +317,9 @@ class _Pusher:
         exhausted = False
         while True:
             while not exhausted and in_flight < window:
+                if self.report.unreachable is not None:
+                    exhausted = True  # submit nothing more: it would only be refused too
+                    break
                 group = next(items, None)
                 if group is None:
                     exhausted = True
@@ -322,7 +333,12 @@ class _Pusher:
             for done in finished:
                 group = pending.pop(done)
                 in_flight -= len(group)
-                batch.extend(zip(group, done.result(), strict=True))
+                for work, outcome in zip(group, done.result(), strict=True):
+                    if outcome.unreachable:  # not an attempt: the job stays as it was
+                        if self.report.unreachable is None:
+                            self.report.unreachable = outcome.error
+                        continue
+                    batch.append((work, outcome))
             if len(batch) >= self.policy.commit_every:
                 self._apply(batch)
                 batch = []
@@ -400,6 +416,8 @@ def push(
                 state = _ensure_prepared(ws, engine, cloud, backend, passphrase)
             except CloudError as exc:
                 report = PushReport(cloud.name, error=f"setup failed: {short_error(str(exc))}")
+                if isinstance(exc, UnreachableError):
+                    report.unreachable = short_error(str(exc))
                 with read_session(engine) as session:
                     report.left = count_open_jobs(session, cloud.name, device_ids)
                 reports.append(report)
@@ -435,10 +453,11 @@ def register(
     passphrase: Passphrase | None = None,
 ) -> RegisterResult:
     """Queue registration of devices on a cloud and, unless ``queue_only``, push the cloud's
-    queue now. Returns how many were queued and the push's report (``None``: queue only)."""
-    queued = queue_registrations(ws, name, device_ids, all_devices=all_devices)
+    queue now. Returns how many were queued, the push's report (``None``: queue only) and,
+    with ``all_devices``, the active devices skipped for having no active certificate."""
+    queued, skipped = queue_registrations_skipping(ws, name, device_ids, all_devices=all_devices)
     if queue_only:
-        return RegisterResult(queued, None)
+        return RegisterResult(queued, None, tuple(skipped))
     reports = push(
         ws,
         name,
@@ -448,4 +467,4 @@ def register(
         progress=progress,
         passphrase=passphrase,
     )
-    return RegisterResult(queued, reports[0])
+    return RegisterResult(queued, reports[0], tuple(skipped))

@@ -171,7 +171,7 @@ def sync(
     )
     for push_report in pushed:
         report = SyncReport(push_report)
-        if push_report.error is None:
+        if push_report.error is None and push_report.unreachable is None:
             with read_session(ws.open_registry()) as session:
                 cloud = get_cloud(session, push_report.cloud)
             backend = make_backend(cloud, client=client)

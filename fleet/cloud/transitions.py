@@ -43,6 +43,7 @@ class Outcome:
     remote: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     retry_after: float | None = None  # the server's hint, seconds
+    unreachable: bool = False  # not attempted: the platform could not be reached at all
 
 
 @dataclass(frozen=True)

@@ -103,11 +103,18 @@ class RegisterResult:
 
     queued: int
     push: PushReport | None
+    skipped: tuple[str, ...] = ()  # --all: active devices without an active certificate
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"queued": n, "push": report-or-None}``, as ``fleet cloud register --json``
-        prints it."""
-        return {"queued": self.queued, "push": None if self.push is None else self.push.to_dict()}
+        """``{"queued": n, "push": report-or-None}`` (and ``"skipped": [ids]`` when --all
+        skipped some), as ``fleet cloud register --json`` prints it."""
+        result: dict[str, Any] = {
+            "queued": self.queued,
+            "push": None if self.push is None else self.push.to_dict(),
+        }
+        if self.skipped:
+            result["skipped"] = list(self.skipped)
+        return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from fleet.cloud.base import (
     DeviceRecord,
     FirmwareTarget,
     TransientError,
+    UnreachableError,
     idempotency_key,
 )
 from fleet.cloud.jobs import chunks, devices_by_id, newest_active_certificates, registrations_of
@@ -184,6 +185,8 @@ def perform(
                 return Outcome(OutcomeKind.DONE)
             backend.deregister(work.record, work.remote, state)
             return Outcome(OutcomeKind.DONE)
+    except UnreachableError as exc:
+        return Outcome(OutcomeKind.TRANSIENT, error=short_error(str(exc)), unreachable=True)
     except TransientError as exc:
         return Outcome(
             OutcomeKind.TRANSIENT, error=short_error(str(exc)), retry_after=exc.retry_after
@@ -226,6 +229,8 @@ def perform_group(
 def _outcome_of(result: Any) -> Outcome:
     if isinstance(result, dict):
         return Outcome(OutcomeKind.DONE, remote=dict(result))
+    if isinstance(result, UnreachableError):
+        return Outcome(OutcomeKind.TRANSIENT, error=short_error(str(result)), unreachable=True)
     if isinstance(result, TransientError):
         return Outcome(
             OutcomeKind.TRANSIENT, error=short_error(str(result)), retry_after=result.retry_after

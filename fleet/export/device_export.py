@@ -19,7 +19,7 @@ from fleet.export.cells import iso_moment
 from fleet.export.files import export_output
 from fleet.export.filters import ExportFilters
 from fleet.export.live import live_lines
-from fleet.export.replay import replayed_lines
+from fleet.export.replay import as_of_warnings, replayed_lines
 from fleet.export.snapshot import Snapshot, read_head, snapshot_connection
 from fleet.export.telemetry import EXPORT_COLUMNS
 from fleet.export.write import write_lines
@@ -82,13 +82,17 @@ def export_devices(
     passphrase: Passphrase | None = None,
     now: datetime | None = None,
     replay_workers: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Export every device (matching ``filters``) with its newest certificate.
 
     To ``out`` (all or nothing; signed with a manifest unless ``sign`` is False) or, without
     ``out``, to ``stream`` (default stdout, never signed). ``as_of`` rebuilds the registry as
     it was at that moment from the audit trail (in ``replay_workers`` processes, default one
-    per CPU, for large registries). Returns a summary (rows, file, sha256...).
+    per CPU, for large registries). An ``out`` that is a signed export already is refused
+    (:class:`~fleet.errors.Conflict`) unless ``force``. ``as_of`` before the audit trail's
+    first event or in the future adds a ``"warnings"`` list to the summary (rows, file,
+    sha256...) it returns.
     Example::
 
         export_devices(ws, fmt="jsonl", out=Path("devices.jsonl"), as_of=datetime(2026, 6, 30))
@@ -108,6 +112,7 @@ def export_devices(
             replay_workers=replay_workers,
         )
 
+    warnings = as_of_warnings(ws.open_registry(), as_of, moment) if as_of is not None else []
     description = {
         "kind": "devices",
         "format": fmt,
@@ -115,7 +120,7 @@ def export_devices(
         "filters": filters.to_dict(),
         "as_of": audit.format_ts(as_of) if as_of is not None else None,
     }
-    return export_output(
+    result = export_output(
         ws,
         produce,
         description,
@@ -124,7 +129,11 @@ def export_devices(
         sign=sign,
         passphrase=passphrase,
         now=moment,
+        overwrite=force,
     )
+    if warnings:
+        result["warnings"] = warnings
+    return result
 
 
 def _check_format(fmt: str) -> None:

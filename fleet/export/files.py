@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from fleet import __version__
-from fleet.errors import InvalidInput
+from fleet.errors import Conflict, InvalidInput
 from fleet.export.snapshot import Snapshot
 from fleet.files import PendingFile
 from fleet.pki.cms import Signer, sign_detached
@@ -48,12 +48,23 @@ def export_output(
     sign: bool | None,
     passphrase: Passphrase | None,
     now: datetime,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Run ``produce`` on ``stream`` (default stdout; never signed) or, given ``out``, on
     that file, all or nothing; signed with a manifest (``description`` says what the file
-    holds) unless ``sign`` is False. Returns the export's summary (rows, file, sha256...)."""
+    holds) unless ``sign`` is False. Returns the export's summary (rows, file, sha256...).
+
+    Unless ``overwrite``, refuses (:class:`Conflict`) when ``out`` is a signed export
+    already (its manifest or signature is there): an auditor may hold that one."""
     if sign and out is None:
         raise InvalidInput("--sign needs --out FILE (signatures are written beside the file)")
+    if out is not None and not overwrite:
+        existing = [p for p in (manifest_path(out), signature_path(out)) if p.exists()]
+        if existing:
+            raise Conflict(
+                f"{out} is a signed export already ({existing[0].name} is there): "
+                "give --force to replace it, or another --out"
+            )
     signing = out is not None if sign is None else sign
     ws.open_registry()
     if out is None:

@@ -276,3 +276,20 @@ def _replayed_parts(
             pool.shutdown(cancel_futures=True)
 
     return results()
+
+
+def as_of_warnings(engine: Engine, as_of: datetime, now: datetime) -> list[str]:
+    """What is suspicious about looking back at ``as_of``: a moment before the audit trail's
+    first event (the registry was empty then) or after ``now`` (it is the current one)."""
+    events = AuditEvent.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        first = conn.execute(select(events.c.ts).order_by(events.c.seq).limit(1)).scalar()
+    moment = audit.format_ts(as_of)
+    if first is not None and moment < first:
+        return [
+            f"--as-of {moment} is before the audit trail's first event ({first}): "
+            "the registry was empty then"
+        ]
+    if as_of > now:
+        return [f"--as-of {moment} is in the future: this is the registry as it is now"]
+    return []

@@ -10,7 +10,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from fleet import clock
-from fleet.errors import Conflict
+from fleet.errors import Conflict, InvalidInput
 from fleet.pki import audit_key, ca
 from fleet.pki.keys import cert_pem, fingerprint_sha256, key_type_of, serial_hex
 from fleet.registry import audit, db, migrations
@@ -19,6 +19,8 @@ from fleet.registry.models import AuditEvent
 from fleet.views import CaCertificateSummary, CaInfo, InitResult
 from fleet.workspace import Passphrase, Workspace, require_passphrase
 
+MIN_PASSPHRASE_LENGTH = 12  # characters; `init --allow-weak-passphrase` takes fewer
+
 
 def init_workspace(
     ws: Workspace,
@@ -26,14 +28,22 @@ def init_workspace(
     name: str = "fleet",
     key_type: str = "ec-p256",
     passphrase: Passphrase | None = None,
+    allow_weak_passphrase: bool = False,
 ) -> InitResult:
     """Create the registry (migrated to the current schema) and the root and issuing CA.
 
     Refuses, changing nothing, when the workspace already has a CA or the registry already
-    recorded one.
+    recorded one, and (:class:`InvalidInput`) a passphrase shorter than
+    :data:`MIN_PASSPHRASE_LENGTH` characters unless ``allow_weak_passphrase``.
     """
     ca.check_ca_request(name, key_type)  # before anything is created
     secret = require_passphrase(passphrase)
+    length = len(secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret)
+    if length < MIN_PASSPHRASE_LENGTH and not allow_weak_passphrase:
+        raise InvalidInput(
+            f"the CA passphrase has {length} characters: use at least {MIN_PASSPHRASE_LENGTH} "
+            "(or --allow-weak-passphrase for a throwaway workspace)"
+        )
     if ca.ca_dir(ws.home).exists():
         raise Conflict(f"{ws.home} is already initialised (it has a CA in {ca.ca_dir(ws.home)})")
     ws.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -113,3 +123,9 @@ def ca_chain_pem(ws: Workspace) -> bytes:
     """The issuing CA certificate followed by the root, PEM."""
     issuing, root = ca.load_ca_certificates(ws.home)
     return cert_pem(issuing) + cert_pem(root)
+
+
+def ca_root_pem(ws: Workspace) -> bytes:
+    """The root CA certificate alone, PEM: the trust anchor auditors check exports with."""
+    _issuing, root = ca.load_ca_certificates(ws.home)
+    return cert_pem(root)

@@ -80,15 +80,20 @@ def _text(pending: PendingFile) -> TextIO:
 def write_manifest(
     out_dir: Path, token: str, engine: Engine, seen: SeenIds, faults: Faults
 ) -> Path:
-    """Rebuild ``manifest.csv`` for every provisioned row of the file, in file order:
-    certificates this run committed from its own record, the others from the registry.
-    Written under a staging name (``token``) and renamed into place; returns its path."""
+    """Rebuild ``manifest.csv``: first the rows an earlier file's run left there for devices
+    this file does not list (every batch run into one folder stays listed), then every
+    provisioned row of the file, in file order: certificates this run committed from its
+    own record, the others from the registry. Re-running a file rewrites its own rows, never
+    twice. Written under a staging name (``token``) and renamed into place; returns its
+    path."""
     final = out_dir / MANIFEST_NAME
     written = 0
     with PendingFile(final, temp_name=f".{MANIFEST_NAME}.tmp-{token}") as pending:
         handle = _text(pending)
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
+        for rows in _earlier_rows(final, seen):
+            writer.writerows(rows)
         for page in seen.ok_rows():
             for entry in _filled_in(engine, page):
                 writer.writerow(entry)
@@ -99,6 +104,25 @@ def write_manifest(
         handle.flush()
         pending.commit()
     return final
+
+
+def _earlier_rows(manifest: Path, seen: SeenIds, page: int = 1000) -> Iterator[list[list[str]]]:
+    """The rows of the manifest already at ``manifest`` whose device this file does not list,
+    a page at a time (none when there is no manifest, or not one of fleet's)."""
+    try:
+        handle = manifest.open(encoding="utf-8", newline="")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return
+    with handle:
+        reader = csv.reader(handle)
+        if next(reader, None) != list(MANIFEST_COLUMNS):
+            return
+        while True:
+            rows = [row for _, row in zip(range(page), reader, strict=False) if row]
+            if not rows:
+                return
+            listed = seen.contains([row[0] for row in rows])
+            yield [row for row in rows if row[0] not in listed]
 
 
 def _filled_in(engine: Engine, page: list[ManifestRow]) -> Iterator[tuple[str, str, str, str]]:

@@ -53,6 +53,7 @@ def provision(
     progress: Progress | None = None,
     clouds: Sequence[str] = (),
     bundle_format: BundleFormat | None = None,
+    strict: bool = False,
 ) -> ProvisionSummary:
     """Provision every device listed in ``path`` (CSV or JSON Lines); see :mod:`fleet.provision`.
 
@@ -62,13 +63,15 @@ def provision(
 
     Rows already provisioned are skipped; rows that cannot be provisioned are listed in
     ``report`` (CSV ``line,id,error``) and counted as failed while the others go ahead.
-    Problems with the whole request (unreadable file, unknown columns, unknown profile, wrong
-    passphrase) raise before anything is written. Example::
+    A CSV's delimiter (``,``, ``;``, tab) is sniffed; unknown columns are ignored and named
+    in ``summary.warnings`` (refused with ``strict``); a fleet export CSV is read with its
+    columns mapped. Problems with the whole request (unreadable file, unknown columns with
+    ``strict``, unknown profile, wrong passphrase) raise before anything is written. Example::
 
         provision(Workspace(Path("~/fleet")), Path("batch-7.csv"), out_dir=Path("ids"))
     """
     started = time.monotonic()
-    source = open_source(path, fmt)
+    source = open_source(path, fmt, strict=strict)
     chosen_workers = default_workers() if workers is None else workers
     if chosen_workers < 1:
         raise InvalidInput("--workers must be at least 1")
@@ -88,6 +91,11 @@ def provision(
         out_dir=str(out_dir),
         report=str(report) if report is not None else None,
     )
+    if source.ignored:
+        shown = ", ".join(repr(c) for c in source.ignored)
+        summary.warnings.append(
+            f"{path}: ignored unknown column(s) {shown} (--strict refuses them)"
+        )
     sink = Report(report)
     tally = Tally(summary, sink, progress, source.total)
     out = OutDir(

@@ -74,6 +74,17 @@ class SeenIds:
         while rows := cursor.fetchmany(page):
             yield rows
 
+    def contains(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` the file lists (provisioned or not)."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                i for (i,) in self.db.execute(f"SELECT id FROM seen WHERE id IN ({marks})", chunk)
+            )
+        return found
+
     def close(self) -> None:
         """Drop the scratch database."""
         self.db.close()

@@ -22,6 +22,11 @@ from fleet.identifiers import (
 
 COLUMNS = ("id", "model", "serial", "labels", "profile", "csr")
 FORMATS = ("csv", "jsonl")
+DELIMITERS = ",;\t"  # what spreadsheets write: `;` where the decimal separator is a comma
+# fleet's own export CSV (`fleet export --format csv`) as input: its columns that mean ours;
+# its other columns are ignored without a warning (labels cells are JSON objects there)
+EXPORT_ALIASES = {"device_id": "id", "cert_profile": "profile"}
+_SNIFF_BYTES = 64 * 1024
 # Rows per worker task and per registry transaction: large enough to amortise IPC and
 # commits, small enough to keep transactions (and the SQLite write lock) short.
 BATCH_SIZE = 500
@@ -66,6 +71,9 @@ class Source:
     path: Path
     fmt: str
     total: int  # data rows (an upper bound for CSV with quoted line breaks)
+    delimiter: str = ","
+    ignored: tuple[str, ...] = ()  # unknown columns or keys, left out (warned about)
+    export: bool = False  # the file is a fleet export CSV (its columns mapped)
 
 
 def detect_format(path: Path, fmt: str | None) -> str:
@@ -82,8 +90,11 @@ def detect_format(path: Path, fmt: str | None) -> str:
     raise InvalidInput(f"cannot tell the format of {path} from its name: give --format csv|jsonl")
 
 
-def open_source(path: Path, fmt: str | None) -> Source:
-    """Check the whole file before anything is written: readable, UTF-8, known columns."""
+def open_source(path: Path, fmt: str | None, *, strict: bool = False) -> Source:
+    """Check the whole file before anything is written: readable, UTF-8, a header with
+    ``id``. A CSV's delimiter is sniffed (``,``, ``;`` or tab); unknown columns (keys) are
+    ignored and listed in ``Source.ignored``, or refused when ``strict``. A fleet export CSV
+    (``device_id`` ...) is read with its columns mapped (:data:`EXPORT_ALIASES`)."""
     chosen = detect_format(path, fmt)
     if not path.is_file():
         raise InvalidInput(f"cannot read {path}: no such file")
@@ -98,13 +109,46 @@ def open_source(path: Path, fmt: str | None) -> Source:
         raise InvalidInput(f"{path} is not UTF-8 text (byte offset {exc.start})") from exc
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+    delimiter, export = ",", False
     if chosen == "csv":
-        unknown = _check_csv_header(path)
+        delimiter = sniff_delimiter(path)
+        unknown, export = _check_csv_header(path, delimiter)
         lines = max(lines - 1, 0)
-    if unknown:
+    if unknown and strict:
         shown = ", ".join(sorted(repr(c) for c in unknown))
         raise InvalidInput(f"{path}: unknown column(s) {shown}; allowed: {', '.join(COLUMNS)}")
-    return Source(path, chosen, lines)
+    return Source(path, chosen, lines, delimiter, tuple(sorted(unknown)), export)
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The CSV file's delimiter, ``,``, ``;`` or tab, sniffed from its header row (``,``
+    when the header has a single column)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        sample = handle.read(_SNIFF_BYTES)
+    header = sample.splitlines()[0] if sample else ""
+    present = [d for d in DELIMITERS if d in header]
+    if len(present) <= 1:
+        return present[0] if present else ","
+    try:
+        return csv.Sniffer().sniff(header, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _header(path: Path, delimiter: str) -> tuple[list[str], bool]:
+    """The header row, stripped, export columns renamed; whether it is a fleet export."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=delimiter), None)
+    except csv.Error as exc:
+        raise InvalidInput(f"{path}: the header row is not valid CSV ({exc})") from exc
+    if not header:
+        raise InvalidInput(f"{path} is empty: expected a header row ({', '.join(COLUMNS)})")
+    header = [c.strip() for c in header]
+    export = "device_id" in header and "id" not in header
+    if export:
+        header = [EXPORT_ALIASES.get(c, c) for c in header]
+    return header, export
 
 
 def _scan_csv(handle: IO[bytes]) -> int:
@@ -138,22 +182,17 @@ def _scan_jsonl(handle: IO[bytes]) -> tuple[int, set[str]]:
     return lines, unknown
 
 
-def _check_csv_header(path: Path) -> set[str]:
-    """The header's unknown columns; refuse a header without ``id`` or with a repeat."""
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), None)
-    except csv.Error as exc:
-        raise InvalidInput(f"{path}: the header row is not valid CSV ({exc})") from exc
-    if not header:
-        raise InvalidInput(f"{path} is empty: expected a header row ({', '.join(COLUMNS)})")
-    header = [c.strip() for c in header]
-    unknown = {c for c in header if c not in COLUMNS}
+def _check_csv_header(path: Path, delimiter: str) -> tuple[set[str], bool]:
+    """The header's unknown columns (an export's own are not), and whether the file is a
+    fleet export; refuse a header without ``id`` or with a repeat."""
+    header, export = _header(path, delimiter)
     if len(set(header)) != len(header):
         raise InvalidInput(f"{path}: a column appears twice in the header")
-    if not unknown and "id" not in header:
+    if "id" not in header:
         raise InvalidInput(f"{path}: the header has no 'id' column (allowed: {', '.join(COLUMNS)})")
-    return unknown
+    # an export's other columns (status, cert_serial, clouds...) are expected: no warning
+    unknown = set() if export else {c for c in header if c not in COLUMNS}
+    return unknown, export
 
 
 def batches(source: Source) -> Iterator[list[Record]]:
@@ -170,15 +209,16 @@ def batches(source: Source) -> Iterator[list[Record]]:
 
 def _iter_records(source: Source) -> Iterator[Record]:
     if source.fmt == "csv":
-        yield from _iter_csv(source.path)
+        yield from _iter_csv(source.path, source.delimiter)
     else:
         yield from _iter_jsonl(source.path)
 
 
-def _iter_csv(path: Path) -> Iterator[Record]:
+def _iter_csv(path: Path, delimiter: str = ",") -> Iterator[Record]:
+    header, _export = _header(path, delimiter)
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        header = [c.strip() for c in next(reader)]
+        reader = csv.reader(handle, delimiter=delimiter)
+        next(reader)
         last = reader.line_num
         while True:
             try:
@@ -206,10 +246,23 @@ def _csv_record(line: int, header: list[str], values: list[str]) -> Row | RowErr
     }
     labels_text = fields.get("labels")
     try:
-        fields["labels"] = parse_label_list(labels_text) if labels_text else None
+        fields["labels"] = parse_label_cell(labels_text) if labels_text else None
     except FleetError as exc:
         return RowError(line, printable(str(fields.get("id") or "")[:128]), str(exc))
     return _make_row(line, fields)
+
+
+def parse_label_cell(text: str) -> dict[str, str]:
+    """A CSV ``labels`` cell: ``k=v;k=v``, or a JSON object as fleet's export writes it."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise InvalidInput("labels cell is not a valid JSON object") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise InvalidInput("labels must be an object of strings")
+        return value
+    return parse_label_list(text)
 
 
 def parse_label_list(text: str) -> dict[str, str]:

@@ -29,10 +29,13 @@ class ProvisionSummary:
     manifest: str | None = None
     report: str | None = None
     errors: list[RowError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. the unknown columns ignored
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON summary ``fleet provision --json`` prints."""
+        """The stable JSON summary ``fleet provision --json`` prints (``"warnings"`` only
+        when there are some)."""
         rate = self.provisioned / self.elapsed_seconds if self.elapsed_seconds else 0.0
+        extra = {"warnings": list(self.warnings)} if self.warnings else {}
         return {
             "provisioned": self.provisioned,
             "skipped": self.skipped,
@@ -47,6 +50,7 @@ class ProvisionSummary:
             "manifest": self.manifest,
             "report": self.report,
             "errors": [{"line": e.line, "id": e.device_id, "error": e.error} for e in self.errors],
+            **extra,
         }
 
 

@@ -18,7 +18,12 @@ from urllib.parse import quote
 import httpx
 
 from fleet.cloud.aws.sigv4 import BotocoreSigV4Auth, CredentialsError
-from fleet.cloud.base import PermanentError, TransientError, retry_after_seconds
+from fleet.cloud.base import (
+    PermanentError,
+    TransientError,
+    UnreachableError,
+    retry_after_seconds,
+)
 
 REQUEST_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 
@@ -189,6 +194,10 @@ class AwsApi:
             raise PermanentError(str(exc)) from None
         except httpx.TimeoutException:
             raise TransientError(f"AWS IoT {operation}: timed out talking to {base}") from None
+        except httpx.ConnectError as exc:  # refused, unknown host: nobody to retry against
+            raise UnreachableError(
+                f"AWS IoT {operation}: cannot reach {base} ({type(exc).__name__})"
+            ) from None
         except httpx.TransportError as exc:
             raise TransientError(
                 f"AWS IoT {operation}: cannot reach {base} ({type(exc).__name__})"

@@ -24,6 +24,7 @@ options or state.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -79,8 +80,15 @@ class AwsIotBackend(CloudBackend):
     ) -> None:
         super().__init__(name, options, client=client)
         self.region: str = self.options["region"]
+        # as the AWS SDKs do: the option, else $AWS_ENDPOINT_URL_IOT, else $AWS_ENDPOINT_URL
+        self.endpoint_override: str | None = (
+            self.options.get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_IOT")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
         self.endpoint = (
-            self.options.get("endpoint_url") or f"https://iot.{self.region}.amazonaws.com"
+            self.endpoint_override or f"https://iot.{self.region}.amazonaws.com"
         ).rstrip("/")
         self.policy_name: str = self.options.get("policy") or aws_options.POLICY.default
         self.thing_group: str | None = self.options.get("thing_group")
@@ -119,7 +127,7 @@ class AwsIotBackend(CloudBackend):
             self.api.call("DescribeEndpoint", "GET", setup.DATA_ENDPOINT_PATH)
         except TransientError as exc:
             hint = ""
-            if "cannot reach" in str(exc) and not self.options.get("endpoint_url"):
+            if "cannot reach" in str(exc) and not self.endpoint_override:
                 hint = f" (check --region {self.region!r} and the network)"
             return CheckResult(False, f"{exc}{hint}")
         except AwsApiError as exc:
@@ -163,7 +171,7 @@ class AwsIotBackend(CloudBackend):
         }
 
     def _data_endpoint_lookup(self) -> str:
-        explicit = self.options.get("data_endpoint_url") or self.options.get("endpoint_url")
+        explicit = self.options.get("data_endpoint_url") or self.endpoint_override
         if explicit:
             return str(explicit).rstrip("/")
         if self._data_endpoint:

@@ -14,8 +14,10 @@ and query exactly as they go on the wire), so a thing name with ``:`` (sent perc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Generator
+from pathlib import Path
 
 import botocore.session
 import httpx
@@ -115,18 +117,63 @@ class BotocoreSigV4Auth(httpx.Auth):
         yield request
 
 
+# What the machine says it is (Linux sysfs): EC2 instances name Amazon here. Containers on
+# EC2 see the host's values.
+DMI_FILES = (
+    Path("/sys/devices/virtual/dmi/id/sys_vendor"),
+    Path("/sys/devices/virtual/dmi/id/board_vendor"),
+)
+HYPERVISOR_UUID = Path("/sys/hypervisor/uuid")  # older Xen instances: "ec2..."
+IMDS_PROVIDER = "iam-role"  # botocore's instance-metadata credential provider
+
+
+def may_be_ec2() -> bool:
+    """Whether this machine may be an EC2 instance, whose metadata service (IMDS) can hold
+    credentials. False only when Linux's DMI data is readable and names another vendor: there
+    botocore's probe of 169.254.169.254 can only wait for its timeouts (seconds, on networks
+    that drop the packets)."""
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "false":
+        return True  # asked for explicitly
+    try:
+        if HYPERVISOR_UUID.read_text(errors="replace").lower().startswith("ec2"):
+            return True
+    except OSError:
+        pass
+    vendors = []
+    for path in DMI_FILES:
+        try:
+            vendors.append(path.read_text(errors="replace").strip().lower())
+        except OSError:
+            continue
+    if not vendors:
+        return True  # not Linux, or no DMI data: cannot tell, keep botocore's chain
+    return any("amazon" in vendor for vendor in vendors)
+
+
 def load_credentials(profile: str | None) -> Credentials:
-    """Credentials from botocore's standard chain, or :class:`CredentialsError` saying why not."""
+    """Credentials from botocore's standard chain, or :class:`CredentialsError` saying why not.
+
+    The instance metadata service is left out of the chain on machines that are not EC2
+    instances (:func:`may_be_ec2`), so missing credentials are reported at once."""
+    skip_imds = not may_be_ec2()
     try:
         session = botocore.session.Session(profile=profile)
+        if skip_imds:
+            session.get_component("credential_provider").remove(IMDS_PROVIDER)
         credentials = session.get_credentials()
     except BotoCoreError as exc:
         # e.g. ProfileNotFound; botocore's messages name the profile, never a secret.
         raise CredentialsError(f"cannot load AWS credentials: {exc}") from None
     if credentials is None:
         where = f"profile {profile!r}" if profile else "the default chain"
+        skipped = (
+            " (instance metadata not asked: this is no EC2 instance; "
+            "AWS_EC2_METADATA_DISABLED=false asks it anyway)"
+            if skip_imds
+            else ""
+        )
         raise CredentialsError(
-            f"no AWS credentials found in {where}: set AWS_ACCESS_KEY_ID and "
+            f"no AWS credentials found in {where}{skipped}: set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or configure ~/.aws/credentials (aws configure)"
         )
     return credentials

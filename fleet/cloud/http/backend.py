@@ -46,6 +46,7 @@ from fleet.cloud.base import (
     PermanentError,
     RemoteStatus,
     TransientError,
+    UnreachableError,
     current_idempotency_key,
     retry_after_seconds,
 )
@@ -77,6 +78,8 @@ class HttpBackend(CloudBackend):
         )
         self.header_envs: dict[str, str] = dict(options.get("header", {}))
         self.timeout = float(options.get("timeout", http_options.TIMEOUT.default))
+        self.check_method = str(options.get("check_method", http_options.CHECK_METHOD.default))
+        self.check_url: str | None = options.get("check_url")
         if self._client is None:  # built eagerly: worker threads share it
             self._client = httpx.Client(
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0)),
@@ -122,6 +125,10 @@ class HttpBackend(CloudBackend):
             return self.client.request(method, url, json=json, headers=headers)
         except httpx.TimeoutException:
             raise TransientError(f"{method} {self._where(url)}: timed out") from None
+        except httpx.ConnectError as exc:  # refused, unknown host: nobody to retry against
+            raise UnreachableError(
+                f"{method} {self._where(url)}: cannot connect ({type(exc).__name__})"
+            ) from None
         except httpx.TransportError as exc:
             raise TransientError(
                 f"{method} {self._where(url)}: connection failed ({type(exc).__name__})"
@@ -148,12 +155,19 @@ class HttpBackend(CloudBackend):
     # --- the interface ---------------------------------------------------------------------
 
     def check(self) -> CheckResult:
-        url = self.url_for("fleet-check")
+        url = self.check_url or self.url_for("fleet-check")
+        method = self.check_method
         try:
-            response = self._send("OPTIONS", url)
+            response = self._send(method, url)
         except (TransientError, PermanentError) as exc:
             return CheckResult(False, f"{exc}; is the URL right and the server up?")
         status = response.status_code
+        if status in (405, 501):
+            return CheckResult(
+                False,
+                f"{method} {self._where(url)} answered HTTP {status}: the server does not take "
+                f"{method}; choose another with `fleet cloud add ... --check-method`",
+            )
         if status in (401, 403):
             envs = ", ".join(self.header_envs.values()) or "none configured"
             return CheckResult(
@@ -162,8 +176,10 @@ class HttpBackend(CloudBackend):
                 f"header environment variables ({envs})",
             )
         if status >= 500:
-            return CheckResult(False, f"{self._where(url)} answered HTTP {status}: server error")
-        return CheckResult(True, f"{self._where(url)} reachable (HTTP {status})")
+            return CheckResult(
+                False, f"{method} {self._where(url)} answered HTTP {status}: server error"
+            )
+        return CheckResult(True, f"{method} {self._where(url)} reachable (HTTP {status})")
 
     def prepare(self, ca: CaMaterial) -> dict[str, Any]:
         return {}

@@ -30,6 +30,16 @@ DEREGISTER_METHOD = BackendOption(
 TIMEOUT = BackendOption(
     "timeout", "Per-request timeout in seconds (default 10).", value_type=float, default=10.0
 )
+CHECK_METHOD = BackendOption(
+    "check_method",
+    "`cloud check` method (default GET; a plain server answers OPTIONS with 501).",
+    choices=("GET", "HEAD", "OPTIONS"),
+    default="GET",
+)
+CHECK_URL = BackendOption(
+    "check_url",
+    "`cloud check` URL, e.g. a health endpoint (default: --url with {id}=fleet-check).",
+)
 OPTIONS = (
     BackendOption("url", "URL template with {id}, e.g. https://h/devices/{id}."),
     METHOD,
@@ -46,6 +56,8 @@ OPTIONS = (
         "URL template with {id} where a firmware target is PUT (default: the --url with "
         "/firmware appended, e.g. https://h/devices/{id}/firmware).",
     ),
+    CHECK_METHOD,
+    CHECK_URL,
 )
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -130,4 +142,17 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
         stored["timeout"] = _timeout(options["timeout"])
     if options.get("firmware_url"):
         stored["firmware_url"] = _url(options, "firmware_url")
+    if options.get("check_method") is not None:
+        stored["check_method"] = _method(options, CHECK_METHOD)
+    if options.get("check_url") is not None:
+        stored["check_url"] = _check_url(str(options["check_url"]))
     return stored
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidInput(f"--check-url must be an http:// or https:// URL, got {url!r}")
+    if parts.username or parts.password:
+        raise InvalidInput("--check-url must not contain credentials; use --header NAME=ENV_VAR")
+    return url
