@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import unquote
 
-from fleet.resources import data_dir
+from fleet.resources import RESERVED_PROFILES, data_dir
 
 LIMIT = 200  # names offered at once: more would only scroll the terminal
 _QUERIES = {  # table, key column: what each kind of name is
@@ -83,4 +83,4 @@ def profile_names(home: Path, prefix: str = "") -> list[str]:
             names.update(p.stem for p in folder.glob("*.toml") if p.stem.startswith(prefix))
         except OSError:
             continue
-    return sorted(names)
+    return sorted(names - RESERVED_PROFILES)

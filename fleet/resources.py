@@ -17,3 +17,9 @@ def data_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"fleet's {name}/ folder is missing from the installation")
+
+
+# Profiles of fleet's own signing certificates (fleet.pki.signers): never issued to a device,
+# else a device's key could sign firmware that verifies against the root. Not listed, not
+# completed, refused by ``load_profile``.
+RESERVED_PROFILES = frozenset({"firmware-signing"})

@@ -27,7 +27,7 @@ from typing import Any
 
 from fleet.errors import FleetError, InvalidInput, NotFound
 from fleet.pki.names import SUBJECT_UPPER_BOUNDS, dns_name_problem, subject_value_problem
-from fleet.resources import data_dir
+from fleet.resources import RESERVED_PROFILES, data_dir
 
 KEY_TYPES = ("ec-p256", "ec-p384", "ec-p521", "rsa-2048", "rsa-3072", "rsa-4096")
 KEY_USAGES = (
@@ -137,17 +137,14 @@ def profile_dirs(home: Path | None) -> list[Path]:
 
 
 def available_profiles(home: Path | None = None) -> list[str]:
-    """Names of every profile that :func:`load_profile` can find."""
+    """Names of every profile that :func:`load_profile` can find (not the reserved ones)."""
     names: set[str] = set()
     for folder in profile_dirs(home):
         if folder.is_dir():
             names.update(p.stem for p in folder.glob("*.toml"))
-    return sorted(names)
+    return sorted(names - RESERVED_PROFILES)
 
 
-# Profiles of fleet's own signing certificates (fleet.pki.signers): never issued to a device,
-# else a device's key could sign firmware that verifies against the root.
-RESERVED_PROFILES = frozenset({"firmware-signing"})
 
 
 def load_profile(name: str, home: Path | None = None) -> Profile:
