@@ -145,8 +145,6 @@ def available_profiles(home: Path | None = None) -> list[str]:
     return sorted(names - RESERVED_PROFILES)
 
 
-
-
 def load_profile(name: str, home: Path | None = None) -> Profile:
     """Find, parse and validate profile ``name``; unknown names, bad files and fleet's own
     signers' profiles (:data:`RESERVED_PROFILES`) are refused."""
