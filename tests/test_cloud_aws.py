@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from helpers import PASSPHRASE, device_record, require_service
+from helpers.moto import fake_aws_env, moto_server, reset_moto
 
 from fleet.cloud.aws import AwsIotBackend, query_string, thing_name_for, uri_label
 from fleet.cloud.aws.sigv4 import BotocoreSigV4Auth
@@ -46,10 +47,8 @@ SESSION_TOKEN = "fleet-test-TOKEN-do-not-leak-8d1e"
 
 try:
     import boto3
-    from moto.server import ThreadedMotoServer
 except ImportError:  # pragma: no cover - depends on the environment
     boto3 = None
-    ThreadedMotoServer = None
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -58,41 +57,21 @@ except ImportError:  # pragma: no cover - depends on the environment
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """A moto server on 127.0.0.1, port chosen by the OS (port 0), for this module."""
-    if ThreadedMotoServer is None or boto3 is None:
-        require_service("moto[server] and boto3 are not installed (pip install -e .[test])")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    yield url
-    server.stop()
+    if boto3 is None:
+        require_service("boto3 is not installed (pip install -e .[test])")
+    yield from moto_server()
 
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Fake credentials in env; the developer's own AWS config is never read."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    fake_aws_env(monkeypatch, tmp_path, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
 
 
 @pytest.fixture
 def moto(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A freshly reset moto, with AWS-accurate certificate IDs (SHA-256 of the DER).
-
-    moto's HTTP config API does not expose that IoT switch; the server runs in this process,
-    so it is set in moto's own config dict.
-    """
-    from moto.core.config import default_user_config
-
-    httpx.post(f"{moto_url}/moto-api/reset").raise_for_status()
-    monkeypatch.setitem(default_user_config, "iot", {"use_valid_cert": True})
-    return moto_url
+    """A freshly reset moto, with AWS-accurate certificate IDs (SHA-256 of the DER)."""
+    return reset_moto(moto_url, monkeypatch)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 from helpers import Cli, add_devices, require_service
+from helpers.moto import ACCESS_KEY, REGION, SECRET_KEY, fake_aws_env, moto_server, reset_moto
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -380,50 +381,32 @@ def test_a_cloud_failing_mid_inventory_is_one_line_and_exit_1(
 
 # --- AWS IoT end to end, against moto -------------------------------------------------------
 
-REGION = "eu-west-1"
-
 try:
     import boto3
-    from moto.server import ThreadedMotoServer
 except ImportError:  # pragma: no cover - depends on the environment
     boto3 = None
-    ThreadedMotoServer = None
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    """A moto server on 127.0.0.1 (as in tests/test_cloud_aws.py)."""
-    if ThreadedMotoServer is None or boto3 is None:
-        require_service("moto[server] and boto3 are not installed (pip install -e .[test])")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    """A moto server on 127.0.0.1 (tests/helpers/moto.py)."""
+    if boto3 is None:
+        require_service("boto3 is not installed (pip install -e .[test])")
+    yield from moto_server()
 
 
 @pytest.fixture
 def iot(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """A reset moto with AWS-accurate certificate ids, fake credentials, and boto3's client
     (the independent reader and the hand behind fleet's back)."""
-    import httpx
-    from moto.core.config import default_user_config
-
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFLEETTEST0000001")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fleet-test-secret")
-    httpx.post(f"{moto_url}/moto-api/reset").raise_for_status()
-    monkeypatch.setitem(default_user_config, "iot", {"use_valid_cert": True})
+    fake_aws_env(monkeypatch, tmp_path, region=None)
+    reset_moto(moto_url, monkeypatch)
     return boto3.client(
         "iot",
         endpoint_url=moto_url,
         region_name=REGION,
-        aws_access_key_id="AKIAFLEETTEST0000001",
-        aws_secret_access_key="fleet-test-secret",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
     )
 
 

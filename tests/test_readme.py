@@ -25,6 +25,7 @@ import pytest
 from cloudserver import RegistryServer
 from cryptography import x509
 from helpers import PASSPHRASE, REPO, child_env, require_service
+from helpers.moto import moto_server, reset_moto
 
 pytestmark = pytest.mark.slow  # about a minute: some sixty fleet commands
 
@@ -84,20 +85,8 @@ def test_blocks_are_found() -> None:
 
 @pytest.fixture
 def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    try:
-        from moto.core.config import default_user_config
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        require_service("moto[server] is not installed (pip install -e .[test])")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    httpx.post(f"{url}/moto-api/reset").raise_for_status()
-    # AWS-accurate certificate IDs (SHA-256 of the DER), as tests/test_cloud_aws.py sets them
-    monkeypatch.setitem(default_user_config, "iot", {"use_valid_cert": True})
-    yield url
-    server.stop()
+    for url in moto_server():
+        yield reset_moto(url, monkeypatch)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from helpers import PASSPHRASE, FrozenClock, require_service
+from helpers.moto import ACCESS_KEY, REGION, SECRET_KEY, fake_aws_env, moto_server, reset_moto
 
 from fleet import clock, devices
 from fleet.cloud.clouds import add_cloud
@@ -35,44 +36,26 @@ from fleet.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
-REGION = "eu-west-1"
-KEYS = {"aws_access_key_id": "AKIAFLEETTEST0000001", "aws_secret_access_key": "fleet-test-x"}
+KEYS = {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY}
 
 try:
     import boto3
-    from moto.server import ThreadedMotoServer
 except ImportError:  # pragma: no cover - depends on the environment
     boto3 = None
-    ThreadedMotoServer = None
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    if ThreadedMotoServer is None or boto3 is None:
-        require_service("moto[server] and boto3 are not installed (pip install -e .[test])")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    if boto3 is None:
+        require_service("boto3 is not installed (pip install -e .[test])")
+    yield from moto_server()
 
 
 @pytest.fixture
 def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    import httpx
-    from moto.core.config import default_user_config
-
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["aws_secret_access_key"])
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    httpx.post(f"{moto_url}/moto-api/reset").raise_for_status()
-    monkeypatch.setitem(default_user_config, "iot", {"use_valid_cert": True})
-    return moto_url
+    """A reset moto and fake credentials (tests/helpers/moto.py)."""
+    fake_aws_env(monkeypatch, tmp_path)
+    return reset_moto(moto_url, monkeypatch)
 
 
 class Devices:
