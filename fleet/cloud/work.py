@@ -57,20 +57,22 @@ def _previous_fingerprints(
     session: Session, device_ids: Sequence[str], newest: Mapping[str, Certificate]
 ) -> dict[str, str]:
     """Each device's active certificate issued just before its newest one (a renewal
-    window), by device id."""
-    result: dict[str, Certificate] = {}
+    window), by device id: its fingerprint (three columns read, not the certificates)."""
+    best: dict[str, tuple[Any, str]] = {}  # device id -> (issued_at, fingerprint)
+    columns = (Certificate.device_id, Certificate.serial, Certificate.issued_at,
+               Certificate.fingerprint_sha256)  # fmt: skip
     for chunk in chunks(device_ids):
-        query = select(Certificate).where(
+        query = select(*columns).where(
             col(Certificate.device_id).in_(chunk), Certificate.status == CertStatus.ACTIVE
         )
-        for cert in session.exec(query):
-            current = newest.get(cert.device_id)
-            if current is None or cert.serial == current.serial:
+        for device_id, serial, issued_at, fingerprint in session.exec(query):
+            current = newest.get(device_id)
+            if current is None or serial == current.serial:
                 continue
-            best = result.get(cert.device_id)
-            if best is None or cert.issued_at > best.issued_at:
-                result[cert.device_id] = cert
-    return {device_id: cert.fingerprint_sha256 for device_id, cert in result.items()}
+            found = best.get(device_id)
+            if found is None or issued_at > found[0]:
+                best[device_id] = (issued_at, fingerprint)
+    return {device_id: fingerprint for device_id, (_, fingerprint) in best.items()}
 
 
 def _record(device: Device, cert: Certificate | None, previous: str = "") -> DeviceRecord:
