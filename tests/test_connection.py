@@ -277,3 +277,86 @@ def test_sqlite_fast_path_applies_the_same_rules(
     assert fast[0] == generic[0]
     assert fast[1] == generic[1]
     assert fast[1]["connection_state"] and fast[1]["stray_connection_event"]
+
+
+@pytest.mark.parametrize(
+    "time_text",
+    [
+        "2027-03-01T08:00:00.250000+00:00",  # cut from the text
+        "2027-03-01T08:00:00+00:00",  # cut, whole seconds
+        "2027-03-01T08:00:00-00:00",
+        "2027-03-01T10:00:00.250000+02:00",  # formatted: another offset
+        "2027-03-01T08:00:00.25+00:00",
+        "2027-03-01T08:00:00Z",
+        "2027-03-01 08:00:00.250000+00:00",
+        "2027-03-01T08:00:00.250000",
+        "2027-03-01",
+    ],
+)
+def test_parsed_time_text_is_the_formatted_one(time_text: str) -> None:
+    """Where ingest cuts the stored time text from the line instead of formatting it, it is
+    the same text, so the event's key is the same either way."""
+    from fleet.status.events import time_text as formatted
+    from fleet.status.ingest import parse_event
+
+    event = parse_event({"device_id": "gw-1", "state": "online", "time": time_text})
+    assert event.time_text in (None, formatted(event.source_time))
+    assert event.key == event._replace(time_text=None).key
+    assert event.key.startswith(formatted(event.source_time))
+
+
+def test_ingest_refuses_state_and_source_of_the_wrong_type(fleet_ws: Workspace) -> None:
+    """A list or object where a name belongs is a bad line, not a crash (a dict lookup of an
+    unhashable value raised TypeError)."""
+    lines = [
+        {"device_id": "gw-1", "state": ["online"], "time": "2027-03-01T08:00:00Z"},
+        {"device_id": "gw-1", "state": "online", "source": {"x": 1}, "time": "2027-03-01"},
+        {"device_id": "gw-1", "state": "online", "time": "2027-03-01T08:00:00Z"},
+    ]
+    text = "\n".join(json.dumps(line) for line in lines).encode()
+    report = ingest(fleet_ws, io.BytesIO(text))
+    assert (report.recorded.recorded, report.bad_count) == (1, 2)
+    assert [n for n, _ in report.bad] == [1, 2]
+
+
+def test_migration_0008_rekeys_recorded_events(fleet_ws: Workspace) -> None:
+    """Keys start with the event's time since 0008; the events recorded before are re-keyed
+    (and back on downgrade), so a source re-sending one of them is still a duplicate."""
+    import hashlib
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from fleet.registry.migrations import _alembic_config, upgrade
+
+    events = [
+        seen("gw-1", ON, 0),
+        seen("gw-1", OFF, 10.5, reason="power"),
+        Seen("gw-2", ON, EventSource.AWS, at(3), marker="0" * 19 + "4", session="s-1"),
+    ]
+    record(fleet_ws, events)
+    engine = fleet_ws.engine
+
+    def keys() -> list[str]:
+        with engine.connect() as conn:
+            return [
+                r[0] for r in conn.execute(text("SELECT key FROM connection_event ORDER BY id"))
+            ]
+
+    assert keys() == [e.key for e in events]
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0007")
+    old = [
+        hashlib.sha256(
+            "\x1f".join(
+                (e.source, e.device_id, e.state, e.source_time.isoformat(), e.marker or "",
+                 e.session or "")
+            ).encode()
+        ).hexdigest()
+        for e in events
+    ]  # fmt: skip
+    assert keys() == old
+    upgrade(engine)
+    assert keys() == [e.key for e in events]
+    again = record(fleet_ws, events)
+    assert (again.recorded, again.duplicates) == (0, 3)

@@ -19,11 +19,11 @@ of :class:`Seen` events; one transaction stores the new ones and moves each devi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import sha256
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -62,7 +62,9 @@ class Seen(NamedTuple):
 
     ``marker``: the source's ordering, comparable as text within that source (fixed width);
     ``session``: what identifies the connection (Sparkplug bdSeq, AWS sessionIdentifier),
-    kept for history but not used for ordering; ``firmware``: a version the device reported.
+    kept for history but not used for ordering; ``firmware``: a version the device reported;
+    ``time_text``: ``source_time`` as :func:`time_text` writes it, when the parser already had
+    that text (formatting a time is a large share of recording one).
     """
 
     device_id: str
@@ -73,23 +75,31 @@ class Seen(NamedTuple):
     session: str | None = None
     reason: str | None = None
     firmware: str | None = None
+    time_text: str | None = None
 
     @property
     def key(self) -> str:
         """The event's identity: the same report from the same source is the same event."""
-        moment = self.source_time
-        text = "\x1f".join(
-            (
-                self.source,
-                self.device_id,
-                self.state,
-                # one text per moment
-                (moment if moment.tzinfo is UTC else moment.astimezone(UTC)).isoformat(),
-                self.marker or "",
-                self.session or "",
-            )
-        )
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return event_key(self, self.time_text or time_text(self.source_time))
+
+
+def time_text(moment: datetime) -> str:
+    """``moment`` as naive UTC text with microseconds (``2026-11-01 00:00:00.250000``): how
+    SQLite stores it, fixed width, so text order is time order."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def event_key(event: Seen, text: str) -> str:
+    """The key of ``event`` whose source time is ``text`` (:func:`time_text`): that text,
+    then a hash of what the source said. Starting with the time, events recorded in time order
+    append to the key index instead of landing on random pages of it."""
+    said = (
+        f"{event.source}\x1f{event.device_id}\x1f{event.state}\x1f{text}"
+        f"\x1f{event.marker or ''}\x1f{event.session or ''}"
+    )
+    return text + sha256(said.encode("utf-8")).hexdigest()[:38]
 
 
 @dataclass
@@ -351,23 +361,13 @@ def _record_sqlite(
                 (ids,),
             ).fetchall()
         )
-        times: dict[datetime, str] = {}
         kept: list[tuple[Any, ...]] = []
         stray: list[tuple[Any, ...]] = []
         applied: list[tuple[str, str, Seen]] = []
         active = DeviceStatus.ACTIVE.value
         # the enums go to the driver as they are (str subclasses: their text is stored)
         for key, event in unique.items():
-            moment = event.source_time
-            when = times.get(moment)
-            if when is None:
-                # the stored text (naive UTC, microseconds); isoformat's first 26 characters
-                # are that text for a UTC time, in C
-                when = times[moment] = (
-                    moment.isoformat(" ", "microseconds")[:26]
-                    if moment.tzinfo is UTC
-                    else str(_sqlite_utc_text(moment))
-                )
+            when = key[:26]  # the key starts with the stored time text
             status = statuses.get(event.device_id)
             if status == active:
                 kept.append(
@@ -385,6 +385,8 @@ def _record_sqlite(
             cursor.executemany(_STRAY_INSERT, stray)
             report.stray = max(cursor.rowcount, 0)
         if kept:
+            # in (device, time) order: neighbouring rows land on the same index pages
+            kept.sort(key=_device_then_time)
             cursor.executemany(_EVENT_INSERT, kept)
             report.recorded = max(cursor.rowcount, 0)
         report.duplicates = len(events) - report.recorded - report.stray
@@ -396,6 +398,7 @@ def _record_sqlite(
 
 
 _time_then_marker = itemgetter(0, 1)
+_device_then_time = itemgetter(1, 4)
 
 
 def _advance_sqlite(cursor: Any, applied: list[tuple[str, str, Seen]]) -> int:
