@@ -36,7 +36,6 @@ from fleet import __version__
 from fleet.cli import _common
 from fleet.cli._common import fail
 from fleet.errors import FleetError, InvalidInput, RegistryError
-from fleet.identifiers import is_utf8_text
 from fleet.workspace import (
     DATABASE_URL_ENV,
     HOME_ENV,
@@ -249,6 +248,11 @@ class FleetGroup(TyperGroup):
         # Bytes that are not UTF-8 arrive as lone surrogates, which no file or database
         # takes: refuse them here, once, rather than wherever one ends up.
         for arg in args:
+            # ASCII is UTF-8: the identifiers module (and what it imports) only when needed
+            if arg.isascii():
+                continue
+            from fleet.identifiers import is_utf8_text
+
             if not is_utf8_text(arg):
                 fail(f"argument {arg!r} is not valid UTF-8 text", InvalidInput.exit_code)
         if not args and self.no_args_is_help and not ctx.resilient_parsing:
