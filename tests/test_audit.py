@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import json
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_hash_is_reproducible_from_the_documented_canonical_form(busy_ws: Worksp
 
 def test_actor_falls_back_to_os_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLEET_ACTOR")
-    monkeypatch.setattr(audit.getpass, "getuser", lambda: "field-tech-7")
+    monkeypatch.setattr(getpass, "getuser", lambda: "field-tech-7")
     assert audit.current_actor() == "field-tech-7"
 
 

@@ -15,7 +15,7 @@ from helpers.cli import child_env
 from sqlalchemy import text
 
 from fleet.registry import audit
-from fleet.registry.audit import Anchor, VerifyResult
+from fleet.registry.audit import Anchor, VerifyResult, verification
 from fleet.registry.db import read_session, write_session
 from fleet.workspace import Workspace
 
@@ -66,7 +66,7 @@ def _reference_verify(ws: Workspace) -> VerifyResult:
                 reason = "content does not match its hash (edited)"
                 return VerifyResult(False, count, prev, event.seq, reason)
             prev, expected = event.hash, expected + 1
-        return audit._check_end(session, (), 1, count, prev)
+        return verification._check_end(session, (), 1, count, prev)
 
 
 def _sql(ws: Workspace, *statements: str, **params: Any) -> None:
@@ -169,7 +169,7 @@ def test_anchors_apply_from_the_range_on(chain_ws: Workspace) -> None:
 
 
 def test_progress_is_reported(chain_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "PROGRESS_EVERY", 4)
+    monkeypatch.setattr(verification, "PROGRESS_EVERY", 4)
     calls: list[tuple[int, int]] = []
     assert audit.verify_audit(chain_ws, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (31, 31)
