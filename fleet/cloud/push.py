@@ -19,9 +19,10 @@ between threads; SQLite prefers one writer), which also keeps audit appends in o
 
 from __future__ import annotations
 
+import queue
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -307,6 +308,10 @@ class _Pusher:
 
     def _run_round(self, pool: ThreadPoolExecutor, works: list[Work]) -> None:
         pending: dict[Future[list[Outcome]], list[Work]] = {}
+        # Workers hand their finished futures over through a queue: waiting on it costs this
+        # thread O(1) per result (concurrent.futures.wait() would add and remove a waiter on
+        # every pending future each time, GIL time the workers and the limiter wait for).
+        done_queue: queue.SimpleQueue[Future[list[Outcome]]] = queue.SimpleQueue()
         batch: list[tuple[Work, Outcome]] = []
         items = iter(self._groups(works))
         in_flight = 0
@@ -326,11 +331,11 @@ class _Pusher:
                     break
                 future = pool.submit(perform_group, self.backend, self.state, self.limiter, group)
                 pending[future] = group
+                future.add_done_callback(done_queue.put)
                 in_flight += len(group)
             if not pending:
                 break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for done in finished:
+            for done in _drain(done_queue):
                 group = pending.pop(done)
                 in_flight -= len(group)
                 for work, outcome in zip(group, done.result(), strict=True):
@@ -381,6 +386,16 @@ class _Pusher:
         else:
             return
         self.finished += 1
+
+
+def _drain(finished: queue.SimpleQueue[Future[list[Outcome]]]) -> list[Future[list[Outcome]]]:
+    """The futures in ``finished``: waits for the first, takes the others already there."""
+    done = [finished.get()]
+    while True:
+        try:
+            done.append(finished.get_nowait())
+        except queue.Empty:
+            return done
 
 
 def _clouds_to_push(ws: Workspace, name: str | None) -> list[Cloud]:
