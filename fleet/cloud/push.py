@@ -19,10 +19,12 @@ between threads; SQLite prefers one writer), which also keeps audit appends in o
 
 from __future__ import annotations
 
+import gc
 import queue
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -278,7 +280,7 @@ class _Pusher:
             self.progress(0, self.total)
         deadline = self.timer.monotonic() + self.policy.max_wait
         page = max(500, self.cloud.concurrency * 50)
-        with ThreadPoolExecutor(max_workers=self.cloud.concurrency) as pool:
+        with _old_objects_frozen(), ThreadPoolExecutor(self.cloud.concurrency) as pool:
             while True:
                 works = self._due(page)
                 if works:
@@ -386,6 +388,22 @@ class _Pusher:
         else:
             return
         self.finished += 1
+
+
+@contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """Leave the objects that exist before the push out of the garbage collector's full
+    collections while it runs (:func:`gc.freeze`), and give them back after.
+
+    A full collection traverses every tracked object of the process while holding the GIL:
+    in a process that has loaded and made a lot (the bench: ~100 ms), every worker thread
+    and the rate limiter stop, and a rated push loses those slots for good.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _drain(finished: queue.SimpleQueue[Future[list[Outcome]]]) -> list[Future[list[Outcome]]]:
