@@ -19,9 +19,12 @@ between threads; SQLite prefers one writer), which also keeps audit appends in o
 
 from __future__ import annotations
 
+import gc
+import queue
 import random
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -277,7 +280,7 @@ class _Pusher:
             self.progress(0, self.total)
         deadline = self.timer.monotonic() + self.policy.max_wait
         page = max(500, self.cloud.concurrency * 50)
-        with ThreadPoolExecutor(max_workers=self.cloud.concurrency) as pool:
+        with _old_objects_frozen(), ThreadPoolExecutor(self.cloud.concurrency) as pool:
             while True:
                 works = self._due(page)
                 if works:
@@ -307,6 +310,10 @@ class _Pusher:
 
     def _run_round(self, pool: ThreadPoolExecutor, works: list[Work]) -> None:
         pending: dict[Future[list[Outcome]], list[Work]] = {}
+        # Workers hand their finished futures over through a queue: waiting on it costs this
+        # thread O(1) per result (concurrent.futures.wait() would add and remove a waiter on
+        # every pending future each time, GIL time the workers and the limiter wait for).
+        done_queue: queue.SimpleQueue[Future[list[Outcome]]] = queue.SimpleQueue()
         batch: list[tuple[Work, Outcome]] = []
         items = iter(self._groups(works))
         in_flight = 0
@@ -326,11 +333,11 @@ class _Pusher:
                     break
                 future = pool.submit(perform_group, self.backend, self.state, self.limiter, group)
                 pending[future] = group
+                future.add_done_callback(done_queue.put)
                 in_flight += len(group)
             if not pending:
                 break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for done in finished:
+            for done in _drain(done_queue):
                 group = pending.pop(done)
                 in_flight -= len(group)
                 for work, outcome in zip(group, done.result(), strict=True):
@@ -381,6 +388,32 @@ class _Pusher:
         else:
             return
         self.finished += 1
+
+
+@contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """Leave the objects that exist before the push out of the garbage collector's full
+    collections while it runs (:func:`gc.freeze`), and give them back after.
+
+    A full collection traverses every tracked object of the process while holding the GIL:
+    in a process that has loaded and made a lot (the bench: ~100 ms), every worker thread
+    and the rate limiter stop, and a rated push loses those slots for good.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _drain(finished: queue.SimpleQueue[Future[list[Outcome]]]) -> list[Future[list[Outcome]]]:
+    """The futures in ``finished``: waits for the first, takes the others already there."""
+    done = [finished.get()]
+    while True:
+        try:
+            done.append(finished.get_nowait())
+        except queue.Empty:
+            return done
 
 
 def _clouds_to_push(ws: Workspace, name: str | None) -> list[Cloud]:
