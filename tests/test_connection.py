@@ -296,7 +296,7 @@ def test_sqlite_fast_path_applies_the_same_rules(
 def test_parsed_time_text_is_the_formatted_one(time_text: str) -> None:
     """Where ingest cuts the stored time text from the line instead of formatting it, it is
     the same text, so the event's key is the same either way."""
-    from fleet.status.events import time_text as formatted
+    from fleet.registry.bulk import utc_text as formatted
     from fleet.status.ingest import parse_event
 
     event = parse_event({"device_id": "gw-1", "state": "online", "time": time_text})

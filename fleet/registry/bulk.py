@@ -69,11 +69,15 @@ def bind_converter(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[[
     return convert
 
 
-def _sqlite_utc_text(value: datetime | None) -> str | None:
-    if value is None:
-        return None
+def utc_text(value: datetime) -> str:
+    """``value`` as SQLite stores a UTC column: naive UTC text with microseconds
+    (``2026-11-01 00:00:00.250000``), fixed width, so text order is time order."""
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column")
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_utc_text(value: datetime | None) -> str | None:
+    return None if value is None else utc_text(value)

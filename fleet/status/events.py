@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from hashlib import sha256
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,7 +33,7 @@ from sqlmodel import Session
 
 from fleet import clock
 from fleet.firmware.reports import Report, record_reports
-from fleet.registry.bulk import _sqlite_utc_text, bulk_insert
+from fleet.registry.bulk import bulk_insert, utc_text
 from fleet.registry.db import write_session
 from fleet.registry.models import Device
 from fleet.status.models import ConnectionEvent, ConnectionStatus, StrayConnectionEvent
@@ -63,8 +63,8 @@ class Seen(NamedTuple):
     ``marker``: the source's ordering, comparable as text within that source (fixed width);
     ``session``: what identifies the connection (Sparkplug bdSeq, AWS sessionIdentifier),
     kept for history but not used for ordering; ``firmware``: a version the device reported;
-    ``time_text``: ``source_time`` as :func:`time_text` writes it, when the parser already had
-    that text (formatting a time is a large share of recording one).
+    ``time_text``: ``source_time`` as :func:`~fleet.registry.bulk.utc_text` writes it, when
+    the parser already had that text (formatting a time is a large share of recording one).
     """
 
     device_id: str
@@ -80,21 +80,14 @@ class Seen(NamedTuple):
     @property
     def key(self) -> str:
         """The event's identity: the same report from the same source is the same event."""
-        return event_key(self, self.time_text or time_text(self.source_time))
-
-
-def time_text(moment: datetime) -> str:
-    """``moment`` as naive UTC text with microseconds (``2026-11-01 00:00:00.250000``): how
-    SQLite stores it, fixed width, so text order is time order."""
-    if moment.tzinfo is not UTC:
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return event_key(self, self.time_text or utc_text(self.source_time))
 
 
 def event_key(event: Seen, text: str) -> str:
-    """The key of ``event`` whose source time is ``text`` (:func:`time_text`): that text,
-    then a hash of what the source said. Starting with the time, events recorded in time order
-    append to the key index instead of landing on random pages of it."""
+    """The key of ``event`` whose source time is ``text`` (as
+    :func:`~fleet.registry.bulk.utc_text` writes it): that text, then a hash of what the source
+    said. Starting with the time, events recorded in time order append to the key index
+    instead of landing on random pages of it."""
     said = (
         f"{event.source}\x1f{event.device_id}\x1f{event.state}\x1f{text}"
         f"\x1f{event.marker or ''}\x1f{event.session or ''}"
@@ -353,7 +346,7 @@ def _record_sqlite(
     cursor = driver.cursor()
     try:
         cursor.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-        received_text = _sqlite_utc_text(received)
+        received_text = utc_text(received)
         ids = json.dumps(sorted({event.device_id for event in unique.values()}))
         statuses = dict(
             cursor.execute(

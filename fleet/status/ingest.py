@@ -101,7 +101,7 @@ def _optional_text(value: dict[str, Any], name: str, limit: int) -> str | None:
 
 def _moment(text: Any, name: str) -> tuple[datetime, str | None]:
     """An event's absolute time (ISO 8601; no offset means UTC), in UTC, and its stored text
-    (:func:`~fleet.status.events.time_text`) when ``text`` is already UTC with microseconds or
+    (:func:`~fleet.registry.bulk.utc_text`) when ``text`` is already UTC with microseconds or
     whole seconds: cut from it rather than formatted."""
     if not isinstance(text, str):
         raise BadLine(f"{name!r} must be an ISO 8601 time")
