@@ -243,6 +243,21 @@ def refuse_undeclared(
         raise InvalidInput(f"cloud type {type_name!r} does not take {shown}")
 
 
+# Secrets are never options: an option names the environment variable that holds one.
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def timeout_seconds(value: Any) -> float:
+    """A ``--timeout`` option's value: seconds, more than 0 and at most 600."""
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("--timeout must be a number of seconds") from None
+    if not 0 < timeout <= 600:
+        raise InvalidInput("--timeout must be between 0 and 600 seconds")
+    return timeout
+
+
 class CloudBackend(abc.ABC):
     """One cloud platform. Instances are used from several threads at once by the outbox."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleet.cloud.base import BackendOption, refuse_undeclared
+from fleet.cloud.base import ENV_NAME_RE, BackendOption, refuse_undeclared
 from fleet.errors import InvalidInput
 
 TYPE_NAME = "azure-iot-hub"
@@ -63,7 +63,6 @@ OPTIONS = (
     QUERY_RATE,
     TIMEOUT,
 )
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -131,7 +130,7 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
             "cloud type 'azure-iot-hub' needs --connection-string-env (the NAME of the "
             "environment variable holding the hub's connection string)"
         )
-    if not _ENV_NAME_RE.match(str(env)):
+    if not ENV_NAME_RE.match(str(env)):
         raise InvalidInput(
             "--connection-string-env takes an environment variable NAME (letters, digits, _), "
             "not the connection string itself"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleet.cloud.base import BackendOption, refuse_undeclared
+from fleet.cloud.base import ENV_NAME_RE, BackendOption, refuse_undeclared, timeout_seconds
 from fleet.errors import InvalidInput
 
 TYPE_NAME = "http"
@@ -60,7 +60,6 @@ OPTIONS = (
     CHECK_URL,
 )
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_headers(values: Any) -> dict[str, str]:
@@ -73,7 +72,7 @@ def parse_headers(values: Any) -> dict[str, str]:
     for item in values or []:
         name, sep, env = str(item).partition("=")
         name, env = name.strip(), env.strip()
-        if not sep or not _HEADER_NAME_RE.match(name) or not _ENV_NAME_RE.match(env):
+        if not sep or not _HEADER_NAME_RE.match(name) or not ENV_NAME_RE.match(env):
             raise InvalidInput(
                 f"--header must be NAME=ENV_VAR (the value is read from that environment "
                 f"variable at run time), got {str(item).partition('=')[0]!r}=..."
@@ -114,16 +113,6 @@ def _method(options: Mapping[str, Any], option: BackendOption) -> str:
     return method
 
 
-def _timeout(value: Any) -> float:
-    try:
-        timeout = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInput("--timeout must be a number of seconds") from None
-    if not 0 < timeout <= 600:
-        raise InvalidInput("--timeout must be between 0 and 600 seconds")
-    return timeout
-
-
 def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """What gets stored for ``fleet cloud add NAME --type http``: ``url`` (required,
     http(s), with ``{id}``), ``method``, ``deregister_method``, ``header`` (NAME=ENV_VAR
@@ -139,7 +128,7 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if headers:
         stored["header"] = headers
     if options.get("timeout") is not None:
-        stored["timeout"] = _timeout(options["timeout"])
+        stored["timeout"] = timeout_seconds(options["timeout"])
     if options.get("firmware_url"):
         stored["firmware_url"] = _url(options, "firmware_url")
     if options.get("check_method") is not None:

@@ -7,12 +7,11 @@ options: only the NAMES of the environment variables holding them are stored.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleet.cloud.base import BackendOption, refuse_undeclared
+from fleet.cloud.base import ENV_NAME_RE, BackendOption, refuse_undeclared, timeout_seconds
 from fleet.errors import InvalidInput
 
 TYPE_NAME = "thingsboard"
@@ -39,7 +38,6 @@ OPTIONS = (
     ON_DEREGISTER,
     TIMEOUT,
 )
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _url(given: Mapping[str, Any]) -> str:
@@ -61,22 +59,12 @@ def _url(given: Mapping[str, Any]) -> str:
 
 def _env_name(given: Mapping[str, Any], key: str) -> str:
     value = str(given[key])
-    if not _ENV_NAME_RE.match(value):
+    if not ENV_NAME_RE.match(value):
         flag = "--" + key.replace("_", "-")
         raise InvalidInput(
             f"{flag} names an environment variable (letters, digits, '_'), not the secret itself"
         )
     return value
-
-
-def _timeout(value: Any) -> float:
-    try:
-        timeout = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInput("--timeout must be a number of seconds") from None
-    if not 0 < timeout <= 600:
-        raise InvalidInput("--timeout must be between 0 and 600 seconds")
-    return timeout
 
 
 def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,5 +94,5 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidInput(f"--on-deregister must be delete or keep, got {mode!r}")
     stored["on_deregister"] = mode
     if "timeout" in given:
-        stored["timeout"] = _timeout(given["timeout"])
+        stored["timeout"] = timeout_seconds(given["timeout"])
     return stored
