@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -115,6 +116,57 @@ def test_ingest_reads_every_shape_and_reports_bad_lines(
     assert again.recorded.recorded == 0 and again.recorded.duplicates == 4
 
 
+def test_a_long_ingest_parses_in_a_worker_with_the_same_result(
+    ready_sqlite_ws: Workspace,
+    tmp_path: Path,
+    fleet_clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On SQLite a stream of more than one chunk is parsed in a worker process while the
+    previous chunk is recorded: bad lines keep their numbers across chunks, and the tables
+    and report are those of the one-process path."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    from typing import Any
+
+    from fleet.status import ingest as ingest_module
+
+    batches = _random_batches(ready_sqlite_ws, tmp_path)
+    lines = []
+    for batch in batches:
+        for event in batch:
+            line = {"device_id": event.device_id, "state": event.state, "source": event.source,
+                    "time": event.source_time.isoformat(), "reason": event.reason,
+                    "firmware": event.firmware, "marker": event.marker}  # fmt: skip
+            lines.append(json.dumps({k: v for k, v in line.items() if v is not None}))
+        lines += ["not json", "", '{"device_id": "gw-1", "state": "up", "time": "2027-03-01"}']
+    body = ("\n".join(lines) + "\n").encode()
+    pools = []
+
+    class Pool(ProcessPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 1500)  # about 15 lines a chunk
+    parallel = ingest(ready_sqlite_ws, io.BytesIO(body))
+    fast = _tables(ready_sqlite_ws)
+    assert pools == [(1,)]  # one worker process parsed the chunks
+    _empty(ready_sqlite_ws)
+    # the same chunks, parsed here
+    monkeypatch.setattr(ingest_module, "_parsed_ahead", partial(map, ingest_module._parse_job))
+    serial = ingest(ready_sqlite_ws, io.BytesIO(body))
+    assert fast == _tables(ready_sqlite_ws)
+    assert fast["connection_state"] and fast["stray_connection_event"]
+    numbers = [n for n, line in enumerate(lines, start=1) if line == "not json" or "up" in line]
+    assert [n for n, _ in parallel.bad] == [n for n, _ in serial.bad] == numbers
+    assert parallel.bad[1][1] == "'state' must be 'online' or 'offline'"
+    assert parallel.lines == serial.lines == len(lines)
+    assert parallel.to_dict() == serial.to_dict()
+    assert parallel.recorded.recorded > 0 and parallel.recorded.stray > 0
+
+
 def test_prune_keeps_the_current_state(fleet_ws: Workspace, fleet_clock: FrozenClock) -> None:
     record(fleet_ws, [seen("gw-1", ON, 0), seen("gw-1", OFF, 60 * 24 * 50)])
     fleet_clock.now = at(60 * 24 * 100)
@@ -210,28 +262,17 @@ def test_cli_ingest_and_prune(
     assert bad.exit_code == 2
 
 
-def test_sqlite_fast_path_applies_the_same_rules(
-    ready_sqlite_ws: Workspace,
-    tmp_path: Path,
-    fleet_clock: FrozenClock,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """SQLite records through its driver (fleet/status/events.py ``_record_sqlite``); a random
-    stream (time and marker ties, duplicates within and across batches, strays, firmware,
-    two sources) leaves the same tables and reports as the SQLAlchemy path."""
+def _random_batches(ws: Workspace, tmp_path: Path) -> list[list[Seen]]:
+    """Devices gw-1..3 (active), gw-old (decommissioned); 25 random batches of events with
+    time and marker ties, duplicates within and across batches, strays (gw-old, the unknown
+    ghost), firmware and two sources."""
     import random
 
-    from sqlalchemy import text
-
-    from fleet.status import events
-
     for device_id in ("gw-1", "gw-2", "gw-3", "gw-old"):
-        devices.add_device(
-            ready_sqlite_ws, device_id, out_dir=tmp_path / "ids", passphrase=PASSPHRASE
-        )
-    devices.decommission_device(ready_sqlite_ws, "gw-old")
+        devices.add_device(ws, device_id, out_dir=tmp_path / "ids", passphrase=PASSPHRASE)
+    devices.decommission_device(ws, "gw-old")
     chance = random.Random(11)
-    batches = []
+    batches: list[list[Seen]] = []
     for _ in range(25):
         batch = []
         for _ in range(chance.randrange(1, 40)):
@@ -250,33 +291,133 @@ def test_sqlite_fast_path_applies_the_same_rules(
         batches.append(
             batch + chance.sample(batches[-1], min(3, len(batches[-1]))) if batches else batch
         )
+    return batches
 
-    tables = ("connection_event", "connection_state", "stray_connection_event")
+
+_TABLES = ("connection_event", "connection_state", "stray_connection_event", "device_firmware")
+
+
+def _tables(ws: Workspace) -> dict[str, list[tuple[object, ...]]]:
+    from sqlalchemy import text
+
+    with ws.open_registry().connect() as connection:
+        rows = {
+            table: connection.execute(text(f"SELECT * FROM {table} ORDER BY 2")).all()
+            for table in _TABLES
+        }
+    for table in ("connection_event", "stray_connection_event"):
+        rows[table] = [row[1:] for row in rows[table]]  # without the autoincrement ID
+    return rows
+
+
+def _empty(ws: Workspace) -> None:
+    from sqlalchemy import text
+
+    with ws.open_registry().begin() as connection:
+        for table in _TABLES:
+            connection.execute(text(f"DELETE FROM {table}"))
+
+
+def test_sqlite_fast_path_applies_the_same_rules(
+    ready_sqlite_ws: Workspace,
+    tmp_path: Path,
+    fleet_clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite records through its driver (fleet/status/sqlite_record.py); a random stream
+    leaves the same tables and reports as the SQLAlchemy path."""
+    from fleet.status import events
+
+    batches = _random_batches(ready_sqlite_ws, tmp_path)
 
     def run() -> tuple[list[dict[str, object]], dict[str, list[tuple[object, ...]]]]:
+        _empty(ready_sqlite_ws)
         engine = ready_sqlite_ws.open_registry()
-        with engine.begin() as connection:
-            for table in tables:
-                connection.execute(text(f"DELETE FROM {table}"))
         reports = []
         for index, batch in enumerate(batches):
             report = record(engine, batch, now=at(100 + index))
             reports.append({**report.to_dict(), "stray_ids": report.stray_ids})
-        with engine.connect() as connection:
-            rows = {
-                table: connection.execute(text(f"SELECT * FROM {table} ORDER BY 2")).all()
-                for table in tables
-            }
-        for table in ("connection_event", "stray_connection_event"):
-            rows[table] = [row[1:] for row in rows[table]]  # without the autoincrement ID
-        return reports, rows
+        return reports, _tables(ready_sqlite_ws)
 
     fast = run()
-    monkeypatch.setattr(events, "_record_sqlite", events._record_generic)
+    monkeypatch.setattr(events, "SQLITE_DRIVER", False)
     generic = run()
     assert fast[0] == generic[0]
     assert fast[1] == generic[1]
     assert fast[1]["connection_state"] and fast[1]["stray_connection_event"]
+
+
+@pytest.mark.parametrize("tx_devices", [1, 1000])
+def test_sqlite_batches_share_a_transaction_with_the_same_result(
+    ready_sqlite_ws: Workspace,
+    tmp_path: Path,
+    fleet_clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+    tx_devices: int,
+) -> None:
+    """On SQLite, ``record_batches`` records many batches in one transaction, keeping the
+    state rows in memory and writing them when it ends (after TX_DEVICES devices or
+    TX_SECONDS): the tables are those of one ``record`` per batch, and ``changed`` counts
+    a device once per transaction."""
+    from fleet.status import events
+
+    batches = _random_batches(ready_sqlite_ws, tmp_path)
+    stream = [event for batch in batches for event in batch]
+    monkeypatch.setattr(events, "TX_DEVICES", tx_devices)
+    chunked = events.record_batches(ready_sqlite_ws, stream, batch=7)
+    fast = _tables(ready_sqlite_ws)
+
+    _empty(ready_sqlite_ws)
+    monkeypatch.setattr(events, "SQLITE_DRIVER", False)
+    engine = ready_sqlite_ws.open_registry()
+    per_batch = [record(engine, stream[start : start + 7]) for start in range(0, len(stream), 7)]
+    assert fast == _tables(ready_sqlite_ws)
+    assert fast["connection_state"] and fast["device_firmware"]
+    wanted = {
+        name: sum(getattr(report, name) for report in per_batch)
+        for name in ("recorded", "duplicates", "stray")
+    }
+    assert {name: getattr(chunked, name) for name in wanted} == wanted
+    if tx_devices == 1:  # every batch its own transaction: the same count
+        assert chunked.changed == sum(report.changed for report in per_batch)
+    else:  # fewer transactions: a device changing in several batches counts once per one
+        assert 0 < chunked.changed < sum(report.changed for report in per_batch)
+
+
+def test_a_long_sqlite_ingest_commits_every_tx_seconds(
+    ready_sqlite_ws: Workspace,
+    tmp_path: Path,
+    fleet_clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Other writers (``fleet watch``) wait for an ingest's transaction: it ends once it has
+    run TX_SECONDS, and what it recorded is committed then."""
+    import sqlite3
+    from contextlib import closing
+
+    from fleet.status import events
+
+    batches = _random_batches(ready_sqlite_ws, tmp_path)
+    seen_committed = []
+
+    def stream() -> Iterator[Seen]:
+        for batch in batches:
+            # another connection, reading while the ingest holds the write lock
+            other = sqlite3.connect(ready_sqlite_ws.home / "registry.db")
+            with closing(other):
+                (count,) = other.execute("SELECT count(*) FROM connection_event").fetchone()
+            seen_committed.append(count)
+            yield from batch
+
+    monkeypatch.setattr(events, "TX_SECONDS", 0.0)  # every batch its own transaction
+    report = events.record_batches(ready_sqlite_ws, stream(), batch=len(batches[0]))
+    assert report.recorded > 0
+    assert seen_committed[-1] > 0  # another connection saw the earlier transactions' events
+    seen_committed.clear()
+    _empty(ready_sqlite_ws)
+    monkeypatch.setattr(events, "TX_SECONDS", 3600.0)
+    events.record_batches(ready_sqlite_ws, stream(), batch=len(batches[0]))
+    assert set(seen_committed) == {0}  # one transaction: nothing visible until its end
 
 
 @pytest.mark.parametrize(
@@ -360,3 +501,25 @@ def test_migration_0008_rekeys_recorded_events(fleet_ws: Workspace) -> None:
     assert keys() == [e.key for e in events]
     again = record(fleet_ws, events)
     assert (again.recorded, again.duplicates) == (0, 3)
+
+
+def test_migration_0009_drops_the_unread_received_at_index(fleet_ws: Workspace) -> None:
+    """No query reads events by ``received_at``; 0009 drops its index (and its downgrade
+    restores it)."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from fleet.registry.migrations import _alembic_config, upgrade
+
+    engine = fleet_ws.engine
+
+    def indexes() -> set[str]:
+        return {str(i["name"]) for i in inspect(engine).get_indexes("connection_event")}
+
+    assert "ix_connection_event_received_at" not in indexes()
+    assert "ix_connection_event_device_time" in indexes()
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0008")
+    assert "ix_connection_event_received_at" in indexes()
+    upgrade(engine)
+    assert "ix_connection_event_received_at" not in indexes()

@@ -19,12 +19,12 @@ of :class:`Seen` events; one transaction stores the new ones and moves each devi
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from hashlib import sha256
-from operator import itemgetter
+from itertools import islice
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select
@@ -40,12 +40,20 @@ from fleet.status.models import ConnectionEvent, ConnectionStatus, StrayConnecti
 from fleet.statuses import ConnectionState, DeviceStatus, EventSource, FirmwareSource
 
 if TYPE_CHECKING:
+    from fleet.status.sqlite_record import EventRow, SqliteRecorder
     from fleet.workspace import Workspace
 
 CHUNK = 2000  # IDs per IN (...) lookup, rows per multi-row INSERT
+# a SQLite ingest transaction ends once it holds this many devices' state rows (memory), or
+# has run this long (other writers, such as `fleet watch`, wait for it)
+TX_DEVICES = 200_000
+# SQLite records through its driver (fleet/status/sqlite_record.py); tests turn it off to
+# compare it with the SQLAlchemy path, which applies the same rules
+SQLITE_DRIVER = True
+TX_SECONDS = 30.0
 # the firmware source of a version an event carries: births from the watcher, else what
 # `fleet status ingest` read (fleet's own shape may name any source), cloud pulls as cloud
-FIRMWARE_SOURCES = {
+FIRMWARE_SOURCES: dict[str, FirmwareSource] = {
     EventSource.SPARKPLUG: FirmwareSource.SPARKPLUG,
     EventSource.HTTP: FirmwareSource.CLOUD,
 }
@@ -88,9 +96,9 @@ def event_key(event: Seen, text: str) -> str:
     :func:`~fleet.registry.bulk.utc_text` writes it): that text, then a hash of what the source
     said. Starting with the time, events recorded in time order append to the key index
     instead of landing on random pages of it."""
-    said = (
-        f"{event.source}\x1f{event.device_id}\x1f{event.state}\x1f{text}"
-        f"\x1f{event.marker or ''}\x1f{event.session or ''}"
+    # join, not an f-string: it takes the enums' text as it is, without their __format__
+    said = "\x1f".join(
+        (event.source, event.device_id, event.state, text, event.marker or "", event.session or "")
     )
     return text + sha256(said.encode("utf-8")).hexdigest()[:38]
 
@@ -141,13 +149,16 @@ def record_in(
     if not events:
         return report
     received = now or clock.now()
+    if uses_sqlite_driver(session.connection().engine):
+        from fleet.status.sqlite_record import SqliteRecorder
+
+        recorder = SqliteRecorder(session)
+        text = utc_text(received)
+        report = _record_rows(session, recorder, [event_row(e, text) for e in events], received)
+        report.changed = recorder.flush()
+        return report
     unique = {event.key: event for event in events}
-    if session.connection().dialect.name == "sqlite":
-        report = _record_sqlite(session, events, unique, received)
-    else:
-        report = _record_generic(session, events, unique, received)
-    # a firmware version the event carries (a Sparkplug birth's property, ingest's field) is
-    # the device's reported firmware; reports for unknown or retired devices are dropped there
+    report = _record_generic(session, events, unique, received)
     firmware = [
         Report(e.device_id, e.firmware, FIRMWARE_SOURCES.get(e.source, FirmwareSource.INGEST),
                e.source_time)
@@ -157,6 +168,62 @@ def record_in(
     if firmware:
         record_reports(session, firmware, now=received)
     return report
+
+
+def uses_sqlite_driver(engine: Engine) -> bool:
+    """Whether events for ``engine`` are recorded through SQLite's driver
+    (fleet/status/sqlite_record.py) as :data:`EventRow` tuples."""
+    return SQLITE_DRIVER and engine.dialect.name == "sqlite"
+
+
+def event_row(event: Seen, received: str) -> EventRow:
+    """``event`` as ``connection_event`` stores it, received at ``received`` (stored text)."""
+    when = event.time_text or utc_text(event.source_time)
+    return (
+        event_key(event, when), event.device_id, event.state, event.source, when, received,
+        event.marker, event.session, event.reason, event.firmware,
+    )  # fmt: skip
+
+
+def record_row_chunks(engine: Engine, chunks: Iterable[list[EventRow]]) -> RecordReport:
+    """Record chunks of :func:`event_row` tuples on SQLite: one transaction takes chunks
+    until it has run :data:`TX_SECONDS` or holds :data:`TX_DEVICES` devices, its
+    :class:`~fleet.status.sqlite_record.SqliteRecorder` writing each changed state row once
+    when it ends (``changed`` counts a device once per transaction); returns the summed
+    report."""
+    from fleet.status.sqlite_record import SqliteRecorder
+
+    total = RecordReport()
+    stream = iter(chunks)
+    rows = next(stream, None)
+    while rows is not None:
+        with write_session(engine) as session:
+            recorder = SqliteRecorder(session)
+            received, ends = clock.now(), time.monotonic() + TX_SECONDS
+            while rows is not None:
+                total.add(_record_rows(session, recorder, rows, received))
+                rows = next(stream, None)
+                if recorder.devices >= TX_DEVICES or time.monotonic() >= ends:
+                    break
+            total.changed += recorder.flush()
+    return total
+
+
+def _record_rows(
+    session: Session, recorder: SqliteRecorder, rows: list[EventRow], received: datetime
+) -> RecordReport:
+    recorded, stray, stray_ids = recorder.record(rows)
+    # a firmware version the event carries (a Sparkplug birth's property, ingest's field) is
+    # the device's reported firmware; reports for unknown or retired devices are dropped there
+    firmware = {
+        row[0]: Report(row[1], row[9], FIRMWARE_SOURCES.get(row[3], FirmwareSource.INGEST),
+                       datetime.fromisoformat(row[4]).replace(tzinfo=UTC))
+        for row in rows
+        if row[9]
+    }  # fmt: skip
+    if firmware:
+        record_reports(session, list(firmware.values()), now=received)
+    return RecordReport(recorded, len(rows) - recorded - stray, stray, 0, stray_ids)
 
 
 def _record_generic(
@@ -311,147 +378,18 @@ def _state_row(event: Seen, *, since: datetime) -> dict[str, Any]:
     }
 
 
-# --- SQLite: the same rules at driver speed ---------------------------------------------------
-# Times are compared as the text SQLite stores (naive UTC, fixed width, microseconds: text order
-# is time order), so rows go from the driver to the rules and back without conversions.
-_STATE_COLUMNS = "device_id, state, since, last_seen, source, source_time, marker, reason, firmware"
-_EVENT_INSERT = (
-    'INSERT OR IGNORE INTO connection_event ("key", device_id, state, source, source_time, '
-    "received_at, marker, session, reason, firmware) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_STRAY_INSERT = (
-    'INSERT OR IGNORE INTO stray_connection_event ("key", device_id, why, state, source, '
-    "source_time, received_at, marker, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_STATE_UPSERT = (
-    f"INSERT INTO connection_state ({_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, since = excluded.since, "
-    "last_seen = excluded.last_seen, source = excluded.source, "
-    "source_time = excluded.source_time, marker = excluded.marker, "
-    "reason = excluded.reason, firmware = excluded.firmware"
-)
-# a page cache that holds the event key index's hot pages (random keys): bounded memory
-_CACHE_KIB = 32 * 1024
-
-
-def _record_sqlite(
-    session: Session, events: Sequence[Seen], unique: dict[str, Seen], received: datetime
-) -> RecordReport:
-    """:func:`record_in` on SQLite: the same rules, through the driver's own cursor (one
-    ``json_each`` lookup per table instead of thousands of parameters, executemany inserts,
-    the state rules over rows as the driver returns them)."""
-    report = RecordReport()
-    driver = session.connection().connection.dbapi_connection
-    assert driver is not None
-    cursor = driver.cursor()
-    try:
-        cursor.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-        received_text = utc_text(received)
-        ids = json.dumps(sorted({event.device_id for event in unique.values()}))
-        statuses = dict(
-            cursor.execute(
-                "SELECT id, status FROM device WHERE id IN (SELECT value FROM json_each(?))",
-                (ids,),
-            ).fetchall()
-        )
-        kept: list[tuple[Any, ...]] = []
-        stray: list[tuple[Any, ...]] = []
-        applied: list[tuple[str, str, Seen]] = []
-        active = DeviceStatus.ACTIVE.value
-        # the enums go to the driver as they are (str subclasses: their text is stored)
-        for key, event in unique.items():
-            when = key[:26]  # the key starts with the stored time text
-            status = statuses.get(event.device_id)
-            if status == active:
-                kept.append(
-                    (key, event.device_id, event.state, event.source, when,
-                     received_text, event.marker, event.session, event.reason, event.firmware)
-                )  # fmt: skip
-                applied.append((when, event.marker or "", event))
-            else:
-                why = "unknown" if status is None else "decommissioned"
-                stray.append(
-                    (key, event.device_id[:128], why, event.state, event.source,
-                     when, received_text, event.marker, event.reason)
-                )  # fmt: skip
-        if stray:
-            cursor.executemany(_STRAY_INSERT, stray)
-            report.stray = max(cursor.rowcount, 0)
-        if kept:
-            # in (device, time) order: neighbouring rows land on the same index pages
-            kept.sort(key=_device_then_time)
-            cursor.executemany(_EVENT_INSERT, kept)
-            report.recorded = max(cursor.rowcount, 0)
-        report.duplicates = len(events) - report.recorded - report.stray
-        report.stray_ids = [row[1] for row in stray[:20]]
-        report.changed = _advance_sqlite(cursor, applied)
-    finally:
-        cursor.close()
-    return report
-
-
-_time_then_marker = itemgetter(0, 1)
-_device_then_time = itemgetter(1, 4)
-
-
-def _advance_sqlite(cursor: Any, applied: list[tuple[str, str, Seen]]) -> int:
-    """:func:`_advance_states` over (time text, marker, event) triples, applied in the same
-    order: the rows as the driver reads them, the same rules, the changed rows written back
-    by one executemany upsert."""
-    if not applied:
-        return 0
-    ids = json.dumps(sorted({event.device_id for _, _, event in applied}))
-    current: dict[str, list[Any]] = {
-        row[0]: list(row)
-        for row in cursor.execute(
-            f"SELECT {_STATE_COLUMNS} FROM connection_state "
-            "WHERE device_id IN (SELECT value FROM json_each(?))",
-            (ids,),
-        )
-    }
-    before = {device_id: tuple(row) for device_id, row in current.items()}
-    changed: set[str] = set()
-    # (device_id, state, since, last_seen, source, source_time, marker, reason, firmware)
-    for when, _, event in sorted(applied, key=_time_then_marker):
-        device_id, source, marker = event.device_id, event.source, event.marker
-        row = current.get(device_id)
-        if row is None:
-            current[device_id] = [
-                device_id, event.state, when, when, source, when, marker, event.reason,
-                event.firmware,
-            ]  # fmt: skip
-            changed.add(device_id)
-            continue
-        if when > row[3]:
-            row[3] = when
-        if source == row[4] and marker and row[6]:
-            if not marker > row[6]:
-                continue
-        elif not when > row[5]:
-            continue
-        if event.state != row[1]:
-            row[2] = when
-            changed.add(device_id)
-        row[1], row[4], row[5], row[6], row[7] = event.state, source, when, marker, event.reason
-        if event.firmware:
-            row[8] = event.firmware
-    updated = [row for device_id, row in current.items() if before.get(device_id) != tuple(row)]
-    if updated:
-        cursor.executemany(_STATE_UPSERT, updated)
-    return len(changed)
-
-
 def record_batches(ws: Workspace, events: Iterable[Seen], *, batch: int = 5000) -> RecordReport:
-    """Record a long stream of events in transactions of ``batch`` events (memory stays
-    flat); returns the summed report."""
+    """Record a long stream of events ``batch`` at a time (memory stays flat); returns the
+    summed report. PostgreSQL commits each batch; SQLite as :func:`record_row_chunks`."""
     engine = ws.open_registry()
+    stream = iter(events)
+    if uses_sqlite_driver(engine):
+        chunks = (
+            [event_row(event, utc_text(clock.now())) for event in pending]
+            for pending in iter(lambda: list(islice(stream, batch)), [])
+        )
+        return record_row_chunks(engine, chunks)
     total = RecordReport()
-    pending: list[Seen] = []
-    for event in events:
-        pending.append(event)
-        if len(pending) >= batch:
-            total.add(record(engine, pending))
-            pending = []
-    if pending:
+    while pending := list(islice(stream, batch)):
         total.add(record(engine, pending))
     return total

@@ -35,7 +35,7 @@ class ConnectionEvent(SQLModel, table=True):
     state: str = Field(max_length=8)  # a ConnectionState
     source: str = Field(max_length=16)  # an EventSource
     source_time: datetime = utc_column(nullable=False)
-    received_at: datetime = utc_column(nullable=False, index=True)
+    received_at: datetime = utc_column(nullable=False)  # not indexed: no query reads by it
     marker: str | None = Field(default=None, max_length=80)
     session: str | None = Field(default=None, max_length=128)
     reason: str | None = Field(default=None, max_length=256)
