@@ -47,10 +47,10 @@ CHUNK = 2000  # IDs per IN (...) lookup, rows per multi-row INSERT
 # a SQLite ingest transaction ends once it holds this many devices' state rows (memory), or
 # has run this long (other writers, such as `fleet watch`, wait for it)
 TX_DEVICES = 200_000
+TX_SECONDS = 30.0
 # SQLite records through its driver (fleet/status/sqlite_record.py); tests turn it off to
 # compare it with the SQLAlchemy path, which applies the same rules
 SQLITE_DRIVER = True
-TX_SECONDS = 30.0
 # the firmware source of a version an event carries: births from the watcher, else what
 # `fleet status ingest` read (fleet's own shape may name any source), cloud pulls as cloud
 FIRMWARE_SOURCES: dict[str, FirmwareSource] = {
