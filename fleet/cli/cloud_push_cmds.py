@@ -112,8 +112,9 @@ def register(
             )
         if result.push is not None:
             _render_push(result.push)
-    if result.push is not None and _exit_code([result.push]):
-        raise typer.Exit(_exit_code([result.push]))
+    code = 0 if result.push is None else _exit_code([result.push])
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("sync")
@@ -148,8 +149,9 @@ def sync(
                 message(f"  status: {error}")
         if not results:
             message("no clouds configured")
-    if _exit_code([r.push for r in results]):
-        raise typer.Exit(_exit_code([r.push for r in results]))
+    code = _exit_code([r.push for r in results])
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("status")

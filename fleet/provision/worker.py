@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import multiprocessing
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from fleet.pki.csr import load_csr
 from fleet.pki.issue import IssuedCertificate, issue_certificate
 from fleet.pki.issuer import Issuer, IssuerFactory
 from fleet.pki.profiles import Profile
+from fleet.processes import worker_context
 
 _worker_issuer: Issuer | None = None
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -41,13 +41,10 @@ class TaskRow(NamedTuple):
 def start_pool(issuer: Issuer, workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes, each with the issuer ``issuer.for_workers()`` gives
     (started lazily)."""
-    # fork: workers start without re-importing fleet and inherit the issuer factory in
-    # memory (spawn would re-run ``python -m fleet``'s entry point and pickle it instead).
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # fork where there is one: workers inherit the issuer factory in memory
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=context,
+        mp_context=worker_context(),
         initializer=_init_worker,
         initargs=(issuer.for_workers(), os.getpid()),
     )

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing
 import signal
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ import orjson
 
 from fleet import clock
 from fleet.files import atomic_write
+from fleet.processes import worker_context
 from fleet.registry.bulk import utc_text
 from fleet.status.events import (
     RecordReport,
@@ -245,15 +246,31 @@ def _parse_line(raw: bytes) -> Seen:
     return parse_event(value)
 
 
-def _lines(stream: IO[bytes], report: IngestReport) -> Iterator[Seen]:
-    for number, raw in enumerate(stream, start=1):
-        report.lines = number
+def _chunks(stream: IO[bytes], report: IngestReport) -> Iterator[tuple[int, list[bytes]]]:
+    """The stream's lines, about :data:`CHUNK_BYTES` at a time, each chunk with its first
+    line's number; ``report.lines`` counts the lines read."""
+    first = 1
+    while lines := stream.readlines(CHUNK_BYTES):
+        yield first, lines
+        first += len(lines)
+        report.lines = first - 1
+
+
+def _events(first: int, lines: list[bytes], refuse: Callable[[int, str], object]) -> Iterator[Seen]:
+    """The events in ``lines`` (numbered from ``first``); ``refuse(number, error)`` for
+    each line that is not one. Blank lines are skipped."""
+    for number, raw in enumerate(lines, start=first):
         if not raw.strip():
             continue
         try:
             yield _parse_line(raw)
         except BadLine as exc:
-            report.refuse(number, str(exc))
+            refuse(number, str(exc))
+
+
+def _lines(stream: IO[bytes], report: IngestReport) -> Iterator[Seen]:
+    for first, lines in _chunks(stream, report):
+        yield from _events(first, lines, report.refuse)
 
 
 # what a parse job gets (its first line's number, the lines, the received time text) and
@@ -264,15 +281,9 @@ Parsed = tuple[list[EventRow], list[tuple[int, str]]]
 
 def _parse_job(job: ParseJob) -> Parsed:
     first, lines, received = job
-    rows: list[EventRow] = []
     bad: list[tuple[int, str]] = []
-    for number, raw in enumerate(lines, start=first):
-        if not raw.strip():
-            continue
-        try:
-            rows.append(event_row(_parse_line(raw), received))
-        except BadLine as exc:
-            bad.append((number, str(exc)))
+    refuse = lambda number, error: bad.append((number, error))  # noqa: E731
+    rows = [event_row(event, received) for event in _events(first, lines, refuse)]
     # by device (stable): neighbouring inserts land on the same pages of the
     # (device_id, source_time) index; sorting here costs the recording process nothing
     rows.sort(key=_device)
@@ -282,38 +293,24 @@ def _parse_job(job: ParseJob) -> Parsed:
 def _rows(stream: IO[bytes], report: IngestReport, received: str) -> Iterator[list[EventRow]]:
     """The events in ``stream`` as rows, a chunk at a time: parsed in a worker process
     (:func:`_parsed_ahead`) while this one records the chunk before."""
-    counted = 1
-
-    def jobs() -> Iterator[ParseJob]:
-        nonlocal counted
-        while lines := stream.readlines(CHUNK_BYTES):
-            yield counted, lines, received
-            counted += len(lines)
-
-    for rows, bad in _parsed_ahead(jobs()):
+    jobs = ((first, lines, received) for first, lines in _chunks(stream, report))
+    for rows, bad in _parsed_ahead(jobs):
         for number, error in bad:
             report.refuse(number, error)
-        report.lines = counted - 1
         yield rows
-    report.lines = counted - 1
 
 
 def _parsed_ahead(jobs: Iterator[ParseJob]) -> Iterator[Parsed]:
     """:func:`_parse_job` over ``jobs``, in order. A stream of one chunk is parsed here;
     a longer one in a worker process, :data:`AHEAD` jobs ahead, so that parsing and hashing
     (a third of the work) run beside the recording."""
-    first = next(jobs, None)
-    second = None if first is None else next(jobs, None)
-    if first is None or second is None:
-        if first is not None:
-            yield _parse_job(first)
+    head = list(islice(jobs, 2))
+    if len(head) < 2:
+        yield from map(_parse_job, head)
         return
-    methods = multiprocessing.get_all_start_methods()
-    # fork: the worker starts without re-importing fleet (spawn would re-run the entry point)
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(1, mp_context=context, initializer=_ignore_interrupts)
+    pool = ProcessPoolExecutor(1, mp_context=worker_context(), initializer=_ignore_interrupts)
     try:
-        ahead = deque(pool.submit(_parse_job, job) for job in (first, second))
+        ahead = deque(pool.submit(_parse_job, job) for job in head)
         for job in jobs:
             if len(ahead) >= AHEAD:
                 yield ahead.popleft().result()
