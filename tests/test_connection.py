@@ -129,6 +129,7 @@ def test_a_long_ingest_parses_in_a_worker_with_the_same_result(
     from functools import partial
     from typing import Any
 
+    from fleet.status import events
     from fleet.status import ingest as ingest_module
 
     batches = _random_batches(ready_sqlite_ws, tmp_path)
@@ -165,6 +166,50 @@ def test_a_long_ingest_parses_in_a_worker_with_the_same_result(
     assert parallel.lines == serial.lines == len(lines)
     assert parallel.to_dict() == serial.to_dict()
     assert parallel.recorded.recorded > 0 and parallel.recorded.stray > 0
+    # in one chunk: the rules over each device's events in (time, marker) order, as the
+    # parser sorts them, leave what the generic path leaves applying them in global order
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", len(body))
+    _empty(ready_sqlite_ws)
+    whole = ingest(ready_sqlite_ws, io.BytesIO(body))
+    one_chunk = _tables(ready_sqlite_ws)
+    _empty(ready_sqlite_ws)
+    monkeypatch.setattr(events, "SQLITE_DRIVER", False)
+    generic = ingest(ready_sqlite_ws, io.BytesIO(body))
+    assert one_chunk == _tables(ready_sqlite_ws)
+    assert whole.to_dict() == generic.to_dict()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 40, 1500])
+def test_ingest_blocks_end_on_line_ends(
+    fleet_ws: Workspace, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    """The reader hands out whole lines in blocks (a worker splits them): CRLF line ends,
+    blank lines and a last line without a newline give the same events and line numbers
+    for any block size."""
+    from fleet.status import ingest as ingest_module
+
+    lines = [
+        '{"device_id": "gw-1", "state": "online", "time": "2027-03-01T08:01:00Z"}',
+        "",
+        "not json",
+        '{"device_id": "gw-2", "state": "online", "time": "2027-03-01T08:02:00Z"}',
+        '{"device_id": "gw-1",\r"state": "offline", "time": "2027-03-01T08:03:00Z"}',
+        "[]",
+        '{"device_id": "gw-2", "state": "offline", "time": "2027-03-01T08:04:00Z"}',
+    ]
+    body = "\r\n".join(lines).encode()  # no newline after the last line
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", chunk_bytes)
+    blocks = list(ingest_module._chunks(io.BytesIO(body), ingest_module.IngestReport()))
+    assert b"".join(block for _, block in blocks) == body
+    assert all(block.endswith(b"\n") for _, block in blocks[:-1])
+    assert [first for first, _ in blocks] == [
+        1 + sum(block.count(b"\n") for _, block in blocks[:index]) for index in range(len(blocks))
+    ]
+    report = ingest(fleet_ws, io.BytesIO(body))
+    assert report.lines == 7 and [n for n, _ in report.bad] == [3, 6]
+    assert report.recorded.recorded == 4
+    gw1, gw2 = connection_of(fleet_ws, "gw-1"), connection_of(fleet_ws, "gw-2")
+    assert (gw1.state, gw1.since, gw2.state, gw2.since) == ("offline", at(3), "offline", at(4))
 
 
 def test_prune_keeps_the_current_state(fleet_ws: Workspace, fleet_clock: FrozenClock) -> None:

@@ -6,8 +6,10 @@ import importlib
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from helpers import FLEET_DIR, PASSPHRASE, Cli, child_env, modules_under, run_fleet
@@ -154,6 +156,32 @@ def test_sqlite_is_opened_with_wal_foreign_keys_and_busy_timeout(
         assert (
             conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_S * 1000
         )
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_checked_references_skip_foreign_keys_for_one_transaction_only(
+    ready_sqlite_ws: Workspace, fails: bool
+) -> None:
+    """A writer that checked its references itself (status ingest) runs its transaction
+    without SQLite's foreign-key lookups; the connection gets them back when it returns to
+    the pool, after a commit or a rollback."""
+    from sqlalchemy.exc import IntegrityError
+
+    engine = ready_sqlite_ws.engine
+    checked = engine.execution_options(**{db.CHECKED_REFERENCES: True})
+    orphan = "INSERT INTO device_label (key, value, device_id) VALUES ('k', 'v', 'nobody')"
+    failing = pytest.raises(RuntimeError) if fails else nullcontext()
+    with failing, db.write_session(checked) as session:
+        conn = session.connection()
+        used = conn.connection.dbapi_connection
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+        if fails:
+            raise RuntimeError("the writer fails")
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), db.write_session(engine) as session:
+        conn = session.connection()
+        assert conn.connection.dbapi_connection is used  # the same connection, back
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        conn.exec_driver_sql(orphan)
 
 
 def test_concurrent_processes_wait_for_each_other(ready_ws: Workspace, tmp_path: Path) -> None:

@@ -34,13 +34,13 @@ from sqlmodel import Session
 from fleet import clock
 from fleet.firmware.reports import Report, record_reports
 from fleet.registry.bulk import bulk_insert, utc_text
-from fleet.registry.db import write_session
+from fleet.registry.db import CHECKED_REFERENCES, write_session
 from fleet.registry.models import Device
 from fleet.status.models import ConnectionEvent, ConnectionStatus, StrayConnectionEvent
+from fleet.status.sqlite_record import EventRow, SqliteRecorder, in_order
 from fleet.statuses import ConnectionState, DeviceStatus, EventSource, FirmwareSource
 
 if TYPE_CHECKING:
-    from fleet.status.sqlite_record import EventRow, SqliteRecorder
     from fleet.workspace import Workspace
 
 CHUNK = 2000  # IDs per IN (...) lookup, rows per multi-row INSERT
@@ -140,6 +140,11 @@ def record(
         return record_in(session, events, now=now)
 
 
+def _in_order(event: Seen) -> tuple[str, datetime, str]:
+    """:func:`~fleet.status.sqlite_record.in_order` of an event."""
+    return event.device_id, event.source_time, event.marker or ""
+
+
 def record_in(
     session: Session, events: Sequence[Seen], *, now: datetime | None = None
 ) -> RecordReport:
@@ -150,8 +155,6 @@ def record_in(
         return report
     received = now or clock.now()
     if uses_sqlite_driver(session.connection().engine):
-        from fleet.status.sqlite_record import SqliteRecorder
-
         recorder = SqliteRecorder(session)
         text = utc_text(received)
         report = _record_rows(session, recorder, [event_row(e, text) for e in events], received)
@@ -159,10 +162,11 @@ def record_in(
         return report
     unique = {event.key: event for event in events}
     report = _record_generic(session, events, unique, received)
+    # in the rules' order, as on SQLite: of two reports at one time, the same one wins
     firmware = [
         Report(e.device_id, e.firmware, FIRMWARE_SOURCES.get(e.source, FirmwareSource.INGEST),
                e.source_time)
-        for e in unique.values()
+        for e in sorted(unique.values(), key=_in_order)
         if e.firmware
     ]  # fmt: skip
     if firmware:
@@ -179,21 +183,31 @@ def uses_sqlite_driver(engine: Engine) -> bool:
 def event_row(event: Seen, received: str) -> EventRow:
     """``event`` as ``connection_event`` stores it, received at ``received`` (stored text)."""
     when = event.time_text or utc_text(event.source_time)
+    # the enums' plain text: the sqlite3 module binds a str subclass through its slow
+    # adaptation path (as it does None), about 1 us a value
     return (
-        event_key(event, when), event.device_id, event.state, event.source, when, received,
-        event.marker, event.session, event.reason, event.firmware,
+        event_key(event, when), event.device_id, _TEXT[event.state], _TEXT[event.source], when,
+        received, event.marker, event.session, event.reason, event.firmware,
     )  # fmt: skip
 
 
-def record_row_chunks(engine: Engine, chunks: Iterable[list[EventRow]]) -> RecordReport:
+_TEXT: dict[str, str] = {member: member.value for member in (*ConnectionState, *EventSource)}
+
+
+def record_row_chunks(
+    engine: Engine, chunks: Iterable[list[EventRow]], *, ordered: bool = False
+) -> RecordReport:
     """Record chunks of :func:`event_row` tuples on SQLite: one transaction takes chunks
     until it has run :data:`TX_SECONDS` or holds :data:`TX_DEVICES` devices, its
     :class:`~fleet.status.sqlite_record.SqliteRecorder` writing each changed state row once
     when it ends (``changed`` counts a device once per transaction); returns the summed
-    report."""
-    from fleet.status.sqlite_record import SqliteRecorder
+    report. ``ordered``: each chunk is sorted by
+    :func:`~fleet.status.sqlite_record.in_order` already."""
 
     total = RecordReport()
+    # the recorder reads every event's device under the write lock and keeps aside those
+    # the registry does not have: SQLite need not look each one up again
+    engine = engine.execution_options(**{CHECKED_REFERENCES: True})
     stream = iter(chunks)
     rows = next(stream, None)
     while rows is not None:
@@ -201,7 +215,7 @@ def record_row_chunks(engine: Engine, chunks: Iterable[list[EventRow]]) -> Recor
             recorder = SqliteRecorder(session)
             received, ends = clock.now(), time.monotonic() + TX_SECONDS
             while rows is not None:
-                total.add(_record_rows(session, recorder, rows, received))
+                total.add(_record_rows(session, recorder, rows, received, ordered=ordered))
                 rows = next(stream, None)
                 if recorder.devices >= TX_DEVICES or time.monotonic() >= ends:
                     break
@@ -210,16 +224,21 @@ def record_row_chunks(engine: Engine, chunks: Iterable[list[EventRow]]) -> Recor
 
 
 def _record_rows(
-    session: Session, recorder: SqliteRecorder, rows: list[EventRow], received: datetime
+    session: Session,
+    recorder: SqliteRecorder,
+    rows: list[EventRow],
+    received: datetime,
+    *,
+    ordered: bool = False,
 ) -> RecordReport:
-    recorded, stray, stray_ids = recorder.record(rows)
+    recorded, stray, stray_ids = recorder.record(rows, ordered=ordered)
     # a firmware version the event carries (a Sparkplug birth's property, ingest's field) is
     # the device's reported firmware; reports for unknown or retired devices are dropped there
+    # in the rules' order (record_reports keeps the first of two reports at one time)
     firmware = {
         row[0]: Report(row[1], row[9], FIRMWARE_SOURCES.get(row[3], FirmwareSource.INGEST),
                        datetime.fromisoformat(row[4]).replace(tzinfo=UTC))
-        for row in rows
-        if row[9]
+        for row in sorted((row for row in rows if row[9]), key=in_order)
     }  # fmt: skip
     if firmware:
         record_reports(session, list(firmware.values()), now=received)

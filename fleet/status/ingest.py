@@ -25,7 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from operator import itemgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -43,7 +42,7 @@ from fleet.status.events import (
     record_row_chunks,
     uses_sqlite_driver,
 )
-from fleet.status.sqlite_record import EventRow
+from fleet.status.sqlite_record import EventRow, in_order
 from fleet.statuses import ConnectionState, EventSource
 
 if TYPE_CHECKING:
@@ -61,9 +60,6 @@ AWS_TYPES = {"connected": ConnectionState.ONLINE, "disconnected": ConnectionStat
 # lookups, not enum calls: a million lines pay for each
 _STATES = {state.value: state for state in ConnectionState}
 _SOURCES = {source.value: source for source in EventSource}
-
-
-_device = itemgetter(1)
 
 
 class BadLine(ValueError):
@@ -246,19 +242,25 @@ def _parse_line(raw: bytes) -> Seen:
     return parse_event(value)
 
 
-def _chunks(stream: IO[bytes], report: IngestReport) -> Iterator[tuple[int, list[bytes]]]:
-    """The stream's lines, about :data:`CHUNK_BYTES` at a time, each chunk with its first
-    line's number; ``report.lines`` counts the lines read."""
+def _chunks(stream: IO[bytes], report: IngestReport) -> Iterator[tuple[int, bytes]]:
+    """The stream in blocks of whole lines, about :data:`CHUNK_BYTES` each, each with its
+    first line's number; ``report.lines`` counts the lines read. A block is one bytes object:
+    the parser splits it (in the worker, when there is one), not this process."""
     first = 1
-    while lines := stream.readlines(CHUNK_BYTES):
-        yield first, lines
-        first += len(lines)
+    while block := stream.read(CHUNK_BYTES):
+        if not block.endswith(b"\n"):
+            block += stream.readline()
+        yield first, block
+        first += block.count(b"\n") + (not block.endswith(b"\n"))
         report.lines = first - 1
 
 
-def _events(first: int, lines: list[bytes], refuse: Callable[[int, str], object]) -> Iterator[Seen]:
-    """The events in ``lines`` (numbered from ``first``); ``refuse(number, error)`` for
-    each line that is not one. Blank lines are skipped."""
+def _events(first: int, block: bytes, refuse: Callable[[int, str], object]) -> Iterator[Seen]:
+    """The events in the lines of ``block`` (numbered from ``first``); ``refuse(number,
+    error)`` for each line that is not one. Blank lines are skipped."""
+    lines = block.split(b"\n")
+    if block.endswith(b"\n"):
+        lines.pop()  # what follows the last newline is no line
     for number, raw in enumerate(lines, start=first):
         if not raw.strip():
             continue
@@ -269,31 +271,30 @@ def _events(first: int, lines: list[bytes], refuse: Callable[[int, str], object]
 
 
 def _lines(stream: IO[bytes], report: IngestReport) -> Iterator[Seen]:
-    for first, lines in _chunks(stream, report):
-        yield from _events(first, lines, report.refuse)
+    for first, block in _chunks(stream, report):
+        yield from _events(first, block, report.refuse)
 
 
-# what a parse job gets (its first line's number, the lines, the received time text) and
-# gives back (the events as rows, the refused lines)
-ParseJob = tuple[int, list[bytes], str]
+# what a parse job gets (its first line's number, a block of lines, the received time text)
+# and gives back (the events as rows, the refused lines)
+ParseJob = tuple[int, bytes, str]
 Parsed = tuple[list[EventRow], list[tuple[int, str]]]
 
 
 def _parse_job(job: ParseJob) -> Parsed:
-    first, lines, received = job
+    first, block, received = job
     bad: list[tuple[int, str]] = []
     refuse = lambda number, error: bad.append((number, error))  # noqa: E731
-    rows = [event_row(event, received) for event in _events(first, lines, refuse)]
-    # by device (stable): neighbouring inserts land on the same pages of the
-    # (device_id, source_time) index; sorting here costs the recording process nothing
-    rows.sort(key=_device)
+    rows = [event_row(event, received) for event in _events(first, block, refuse)]
+    # in the order the recorder takes them: sorting here costs the recording process nothing
+    rows.sort(key=in_order)
     return rows, bad
 
 
 def _rows(stream: IO[bytes], report: IngestReport, received: str) -> Iterator[list[EventRow]]:
     """The events in ``stream`` as rows, a chunk at a time: parsed in a worker process
     (:func:`_parsed_ahead`) while this one records the chunk before."""
-    jobs = ((first, lines, received) for first, lines in _chunks(stream, report))
+    jobs = ((first, block, received) for first, block in _chunks(stream, report))
     for rows, bad in _parsed_ahead(jobs):
         for number, error in bad:
             report.refuse(number, error)
@@ -337,7 +338,7 @@ def ingest(ws: Workspace, stream: IO[bytes], *, report_path: Path | None = None)
     engine = ws.open_registry()
     if uses_sqlite_driver(engine):
         rows = _rows(stream, report, utc_text(clock.now()))
-        report.recorded = record_row_chunks(engine, rows)
+        report.recorded = record_row_chunks(engine, rows, ordered=True)
     else:
         report.recorded = record_batches(ws, _lines(stream, report), batch=BATCH)
     if report_path is not None:
