@@ -194,6 +194,12 @@ def event_row(event: Seen, received: str) -> EventRow:
 _TEXT: dict[str, str] = {member: member.value for member in (*ConnectionState, *EventSource)}
 
 
+def _received_now(events: list[Seen]) -> list[EventRow]:
+    """``events`` as rows received now (one clock reading for the batch, as :func:`record`)."""
+    text = utc_text(clock.now())
+    return [event_row(event, text) for event in events]
+
+
 def record_row_chunks(
     engine: Engine, chunks: Iterable[list[EventRow]], *, ordered: bool = False
 ) -> RecordReport:
@@ -233,8 +239,8 @@ def _record_rows(
 ) -> RecordReport:
     recorded, stray, stray_ids = recorder.record(rows, ordered=ordered)
     # a firmware version the event carries (a Sparkplug birth's property, ingest's field) is
-    # the device's reported firmware; reports for unknown or retired devices are dropped there
-    # in the rules' order (record_reports keeps the first of two reports at one time)
+    # the device's reported firmware; reports for unknown or retired devices are dropped there.
+    # In the rules' order: record_reports keeps the first of two reports at one time.
     firmware = {
         row[0]: Report(row[1], row[9], FIRMWARE_SOURCES.get(row[3], FirmwareSource.INGEST),
                        datetime.fromisoformat(row[4]).replace(tzinfo=UTC))
@@ -403,10 +409,7 @@ def record_batches(ws: Workspace, events: Iterable[Seen], *, batch: int = 5000) 
     engine = ws.open_registry()
     stream = iter(events)
     if uses_sqlite_driver(engine):
-        chunks = (
-            [event_row(event, utc_text(clock.now())) for event in pending]
-            for pending in iter(lambda: list(islice(stream, batch)), [])
-        )
+        chunks = map(_received_now, iter(lambda: list(islice(stream, batch)), []))
         return record_row_chunks(engine, chunks)
     total = RecordReport()
     while pending := list(islice(stream, batch)):

@@ -17,7 +17,7 @@ is time order), so rows go from the driver to the rules and back without convers
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlmodel import Session
@@ -122,21 +122,11 @@ class SqliteRecorder:
         unique = {row[0]: row for row in rows}
         devices = {row[1] for row in unique.values()}
         self._look_up(devices)
-        statuses = self._statuses
-        kept: list[EventRow] = list(unique.values())
         stray: list[tuple[Any, ...]] = []
-        if not devices.isdisjoint(self._inactive):
-            kept = []
-            for row in unique.values():
-                status = statuses[row[1]]
-                if status == _ACTIVE:
-                    kept.append(row)
-                else:
-                    key, device_id, state, source, when, received, marker, _, reason, _ = row
-                    why = "unknown" if status is None else "decommissioned"
-                    stray.append(
-                        (key, device_id[:128], why, state, source, when, received, marker, reason)
-                    )
+        if devices.isdisjoint(self._inactive):
+            kept = list(unique.values())
+        else:
+            kept, stray = self._split(unique.values())
         if stray:
             insert = _insert("stray_connection_event", _STRAY_COLUMNS)
             stray_count = self._execute(insert, stray, _STRAY_NULLABLE)
@@ -148,6 +138,22 @@ class SqliteRecorder:
                 kept.sort(key=in_order)
             self._advance(kept)
         return recorded, stray_count, [row[1] for row in stray[:20]]
+
+    def _split(self, rows: Iterable[EventRow]) -> tuple[list[EventRow], list[tuple[Any, ...]]]:
+        """``rows`` of active devices, and the others as stray rows (why they are kept aside)."""
+        kept: list[EventRow] = []
+        stray: list[tuple[Any, ...]] = []
+        for row in rows:
+            status = self._statuses[row[1]]
+            if status == _ACTIVE:
+                kept.append(row)
+            else:
+                key, device_id, state, source, when, received, marker, _, reason, _ = row
+                why = "unknown" if status is None else "decommissioned"
+                stray.append(
+                    (key, device_id[:128], why, state, source, when, received, marker, reason)
+                )
+        return kept, stray
 
     def flush(self) -> int:
         """Write the state rows the rules changed; how many devices changed state (or got
@@ -205,7 +211,7 @@ class SqliteRecorder:
         for row in rows:
             values = row[low:high]
             if values == nones:
-                bare.append(row[:low] + row[high:] if high < width else row[:low])
+                bare.append(row[:low] + row[high:])
             else:
                 mask = tuple(value is None for value in values)
                 kept = tuple(value for value in values if value is not None)
